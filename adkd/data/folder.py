@@ -1,0 +1,70 @@
+"""Any folder in the MVTec AD layout, and MVTec AD itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adkd.data.base import AnomalyDataModule, DatasetNotFoundError
+from adkd.data.records import Record, mvtec_layout_records
+
+MVTEC_LAYOUT = """\
+  <root>/<category>/train/good/*.png
+  <root>/<category>/test/good/*.png
+  <root>/<category>/test/<defect>/*.png
+  <root>/<category>/ground_truth/<defect>/<image stem>_mask.png   (optional)"""
+
+
+class FolderDataModule(AnomalyDataModule):
+    """Your own images in the MVTec AD layout: ``root/category`` (or ``root`` when category is empty)."""
+
+    name = "folder"
+
+    def __init__(self, root: str | None = None, category: str | None = None, **kwargs) -> None:
+        if not root:
+            raise DatasetNotFoundError("dataset.root is not set: point it at a folder in the MVTec AD layout:\n" + MVTEC_LAYOUT)
+        super().__init__(root=root, category=category, **kwargs)
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.category if self.category else self.root
+
+    def check_available(self) -> None:
+        if not (self.path / "train" / "good").is_dir():
+            raise DatasetNotFoundError(
+                f"No training images at {self.path / 'train' / 'good'}.\nExpected the MVTec AD layout:\n{MVTEC_LAYOUT}"
+            )
+        self.has_masks = (self.path / "ground_truth").is_dir()
+
+    def records(self, split: str) -> list[Record]:
+        return mvtec_layout_records(self.path, split)
+
+
+class MVTecADDataModule(FolderDataModule):
+    """MVTec AD (Bergmann et al., CVPR 2019): 15 categories, pixel masks."""
+
+    name = "mvtec"
+    categories = (
+        "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
+        "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
+    )  # fmt: skip
+    default_category = "bottle"
+
+    def __init__(self, root: str | None = None, category: str | None = None, download: bool = False, **kwargs) -> None:
+        self.download = download
+        super().__init__(root=root or "datasets/mvtec", category=category, **kwargs)
+
+    def check_available(self) -> None:
+        if not (self.path / "train" / "good").is_dir():
+            if self.download:
+                from adkd.data.download import download
+
+                download("mvtec", self.root)
+            else:
+                raise DatasetNotFoundError(
+                    f"MVTec AD category {self.category!r} not found at {self.path}.\n"
+                    f"Expected layout:\n{MVTEC_LAYOUT}\n"
+                    "Get it from https://www.mvtec.com/company/research/datasets/mvtec-ad (free for "
+                    "non-commercial use), extract it and set dataset.root=/path/to/mvtec, or add "
+                    "dataset.download=true to fetch it (about 5 GB)."
+                )
+        super().check_available()

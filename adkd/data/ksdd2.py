@@ -1,0 +1,55 @@
+"""KolektorSDD2 (Bozic et al., 2021) in the unsupervised protocol: train on the defect-free images."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from adkd.data.base import AnomalyDataModule, DatasetNotFoundError
+from adkd.data.records import Record
+
+KSDD2_LAYOUT = """\
+  <root>/train/<id>.png  <root>/train/<id>_GT.png
+  <root>/test/<id>.png   <root>/test/<id>_GT.png"""
+
+
+class KolektorSDD2DataModule(AnomalyDataModule):
+    """An image is anomalous when its ``_GT`` mask has any non-zero pixel."""
+
+    name = "ksdd2"
+    categories = ("ksdd2",)
+    default_category = "ksdd2"
+
+    def __init__(self, root: str | None = None, category: str | None = None, download: bool = False, **kwargs) -> None:
+        self.download = download
+        super().__init__(root=root or "datasets/ksdd2", category=category, **kwargs)
+
+    def check_available(self) -> None:
+        if (self.root / "train").is_dir() and (self.root / "test").is_dir():
+            return
+        if self.download:
+            from adkd.data.download import download
+
+            download("ksdd2", self.root)
+            return
+        raise DatasetNotFoundError(
+            f"KolektorSDD2 not found at {self.root}.\nExpected layout:\n{KSDD2_LAYOUT}\n"
+            "Get it from https://www.vicos.si/resources/kolektorsdd2/, extract it and set "
+            "dataset.root=/path/to/ksdd2, or add dataset.download=true."
+        )
+
+    def records(self, split: str) -> list[Record]:
+        folder = self.root / split
+        records = []
+        for mask in sorted(folder.glob("*_GT.png")):
+            image = mask.with_name(mask.name.replace("_GT.png", ".png"))
+            if not image.is_file():
+                raise DatasetNotFoundError(f"Mask {mask} has no image {image}")
+            with Image.open(mask) as m:
+                positive = bool(np.asarray(m).any())
+            if split == "train" and positive:
+                continue  # the unsupervised protocol trains on negatives only
+            records.append(Record(image, int(positive), mask if positive else None, "defect" if positive else "good"))
+        if not records:
+            raise DatasetNotFoundError(f"No image/_GT.png pairs under {folder}")
+        return records

@@ -1,0 +1,123 @@
+"""The embedded pixel-level set: real textures (scikit-image's brick, grass, gravel; CC0) with
+procedural defects (scratch, crack, stain, pit from the ``defect-synthesis`` package).
+
+Generated once, deterministically, into an MVTec-layout folder under ``root`` and read from
+there like any folder dataset. Training crops come from the top of each 512x512 texture and
+test crops from the bottom band, so no test pixel was seen in training. The defects are drawn
+by a different generator family than the Perlin/texture-blend anomalies some methods (ADPS)
+train on, so those methods are not tested on their own training distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from adkd.data.folder import FolderDataModule
+
+log = logging.getLogger(__name__)
+
+TEXTURES = ("brick", "grass", "gravel")
+DEFECTS = ("scratch", "crack", "stain", "pit")
+FORMAT_VERSION = 1
+
+
+def _defect_generator(kind: str, crop: int):
+    import defect_synthesis as ds
+
+    s = crop / 128  # parameters below are for 128 px crops
+    if kind == "scratch":
+        return ds.ScratchGenerator(length_range=(int(30 * s), int(80 * s)), width_range=(1, max(2, int(3 * s))))
+    if kind == "crack":
+        return ds.CrackGenerator(base_length_range=(int(30 * s), int(90 * s)), base_width_range=(1, max(2, int(3 * s))))
+    if kind == "stain":
+        return ds.StainGenerator(radius_range=(int(8 * s), int(22 * s)))
+    if kind == "pit":
+        return ds.PittingGenerator(cluster_size_range=(4, 12), pit_radius_range=(1, max(2, int(4 * s))), spread_radius=int(16 * s))
+    raise ValueError(kind)
+
+
+def _texture(name: str) -> np.ndarray:
+    import skimage.data
+
+    grey = getattr(skimage.data, name)()
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _crops(image: np.ndarray, rows: tuple[int, int], crop: int, n: int, rng: random.Random) -> list[np.ndarray]:
+    top, bottom = rows
+    out = []
+    for _ in range(n):
+        y = rng.randint(top, bottom - crop)
+        x = rng.randint(0, image.shape[1] - crop)
+        out.append(image[y : y + crop, x : x + crop].copy())
+    return out
+
+
+def generate(folder: Path, category: str, crop_size: int, n_train: int, n_test_good: int, n_test_defect: int) -> None:
+    """Write one texture category in the MVTec AD layout into ``folder``."""
+    params = dict(version=FORMAT_VERSION, category=category, crop_size=crop_size, n_train=n_train,
+                  n_test_good=n_test_good, n_test_defect=n_test_defect)  # fmt: skip
+    stamp = folder / "params.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == params:
+        return
+    log.info("Generating the %s texture set into %s (once)", category, folder)
+    seed = TEXTURES.index(category)
+    rng = random.Random(seed)
+    random.seed(seed)  # defect_synthesis draws from the global generators
+    np.random.seed(seed)
+    image = _texture(category)
+    split_row = image.shape[0] * 5 // 8  # train crops above, test crops below
+    if image.shape[0] - split_row < crop_size:
+        raise ValueError(f"crop_size {crop_size} is too large for the {image.shape[0] - split_row}-row test band")
+
+    def save(array: np.ndarray, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+
+    for i, crop in enumerate(_crops(image, (0, split_row), crop_size, n_train, rng)):
+        save(crop, folder / "train" / "good" / f"{i:03d}.png")
+    test = _crops(image, (split_row, image.shape[0]), crop_size, n_test_good + n_test_defect, rng)
+    for i, crop in enumerate(test[:n_test_good]):
+        save(crop, folder / "test" / "good" / f"{i:03d}.png")
+    generators = {kind: _defect_generator(kind, crop_size) for kind in DEFECTS}
+    for i, crop in enumerate(test[n_test_good:]):
+        kind = DEFECTS[i % len(DEFECTS)]
+        for _ in range(20):  # a defect can land (almost) nowhere; draw again
+            result = generators[kind].apply(crop)
+            if result.anomaly_mask.sum() / 255 >= 16:
+                break
+        mask = ((result.anomaly_mask > 0) * 255).astype(np.uint8)
+        save(result.image, folder / "test" / kind / f"{i:03d}.png")
+        save(mask, folder / "ground_truth" / kind / f"{i:03d}_mask.png")
+    stamp.write_text(json.dumps(params))  # written last: an interrupted generation is redone
+
+
+class TexturesDataModule(FolderDataModule):
+    """Textures with synthetic defects and pixel masks, generated on first use (a few seconds)."""
+
+    name = "textures"
+    categories = TEXTURES
+    default_category = "brick"
+
+    def __init__(
+        self,
+        root: str | None = None,
+        category: str | None = None,
+        crop_size: int = 128,
+        n_train: int = 160,
+        n_test_good: int = 40,
+        n_test_defect: int = 60,
+        **kwargs,
+    ) -> None:
+        self.generation = dict(crop_size=crop_size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect)
+        super().__init__(root=root or "~/.cache/adkd/textures", category=category, **kwargs)
+
+    def check_available(self) -> None:
+        generate(self.path, self.category, **self.generation)
+        super().check_available()

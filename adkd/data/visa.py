@@ -1,0 +1,62 @@
+"""VisA (Zou et al., ECCV 2022), read in its released layout with the official 1cls split."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from adkd.data.base import AnomalyDataModule, DatasetNotFoundError
+from adkd.data.records import Record
+
+VISA_LAYOUT = """\
+  <root>/split_csv/1cls.csv                     (columns object,split,label,image,mask)
+  <root>/<object>/Data/Images/{Normal,Anomaly}/*.JPG
+  <root>/<object>/Data/Masks/Anomaly/*.png"""
+
+
+class VisADataModule(AnomalyDataModule):
+    """VisA: 12 objects; training on the split file's normal train images."""
+
+    name = "visa"
+    categories = (
+        "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
+        "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
+    )  # fmt: skip
+    default_category = "candle"
+
+    def __init__(self, root: str | None = None, category: str | None = None, download: bool = False, **kwargs) -> None:
+        self.download = download
+        super().__init__(root=root or "datasets/visa", category=category, **kwargs)
+
+    @property
+    def split_file(self) -> Path:
+        return self.root / "split_csv" / "1cls.csv"
+
+    def check_available(self) -> None:
+        if self.split_file.is_file():
+            return
+        if self.download:
+            from adkd.data.download import download
+
+            download("visa", self.root)
+            return
+        raise DatasetNotFoundError(
+            f"VisA not found: no split file at {self.split_file}.\nExpected layout:\n{VISA_LAYOUT}\n"
+            "Get it from https://github.com/amazon-science/spot-diff (VisA_20220922.tar), extract it "
+            "and set dataset.root=/path/to/visa, or add dataset.download=true."
+        )
+
+    def records(self, split: str) -> list[Record]:
+        records = []
+        with self.split_file.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if row["object"] != self.category or row["split"] != split:
+                    continue
+                anomalous = row["label"].strip().lower() == "anomaly"
+                if split == "train" and anomalous:
+                    continue
+                mask = self.root / row["mask"] if anomalous and row.get("mask") else None
+                records.append(Record(self.root / row["image"], int(anomalous), mask, "anomaly" if anomalous else "good"))
+        if not records:
+            raise DatasetNotFoundError(f"No {split} rows for {self.category!r} in {self.split_file}")
+        return records

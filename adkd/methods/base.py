@@ -1,0 +1,133 @@
+"""Shared training plumbing and evaluation for every method.
+
+A method subclasses :class:`AnomalyModule` and provides ``self.network`` with
+
+- ``network(images)`` -> whatever ``loss`` needs (training forward), and
+- ``network.anomaly_map(images)`` -> raw anomaly map (B, 1, H, W) at the input size,
+
+plus ``loss(batch) -> Tensor``. Smoothing the map, the image score, the metrics, figures and
+inference timing live here, once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from adkd.metrics import AnomalyMetrics
+
+
+def gaussian_blur(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing with a kernel of +-4 sigma, as the RD4AD and ADPS evaluations use."""
+    if sigma <= 0:
+        return anomaly_map
+    size = 2 * int(4 * sigma + 0.5) + 1
+    return TF.gaussian_blur(anomaly_map, [size, size], [sigma, sigma])
+
+
+class AnomalyModule(L.LightningModule):
+    """Loss/optimizer wiring plus the shared evaluation (metrics, figures, timing)."""
+
+    def __init__(
+        self,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        map_sigma: float = 4.0,
+        score: str = "max",
+        num_figures: int = 8,
+    ) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.map_sigma = map_sigma
+        if score not in ("max", "mean"):
+            raise ValueError(f"score must be 'max' or 'mean', got {score!r}")
+        self.score = score
+        self.num_figures = num_figures
+        self.pixel_metrics = True  # set from the datamodule by run.py (False: image labels only)
+        self.test_metrics: dict[str, float] = {}
+        self.figures: list[dict] = []
+
+    # -- what methods provide ------------------------------------------------------------------
+    def loss(self, batch: dict) -> torch.Tensor | dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- training ------------------------------------------------------------------------------
+    def _log_losses(self, losses, stage: str) -> torch.Tensor:
+        if isinstance(losses, dict):
+            for name, value in losses.items():
+                self.log(f"{stage}/{name}", value, prog_bar=name == "loss", on_epoch=True, on_step=False)
+            return losses["loss"]
+        self.log(f"{stage}/loss", losses, prog_bar=True, on_epoch=True, on_step=False)
+        return losses
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._log_losses(self.loss(batch), "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._log_losses(self.loss(batch), "val")
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError("No optimizer configured: set method.optimizer in the config.")
+        optimizer = self.optimizer_factory(params=self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Smoothed anomaly maps (B,1,H,W) and image scores (B,) for normalised images."""
+        anomaly_map = gaussian_blur(self.network.anomaly_map(images).float(), self.map_sigma)
+        flat = anomaly_map.flatten(1)
+        pred_score = flat.amax(1) if self.score == "max" else flat.mean(1)
+        return anomaly_map, pred_score
+
+    def on_test_epoch_start(self) -> None:
+        self.metrics = AnomalyMetrics(pixel=self.pixel_metrics)
+        self.figures, self._infer_time, self._infer_count = [], 0.0, 0
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        if images.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        anomaly_map, pred_score = self.predict_maps(images)
+        if images.is_cuda:
+            torch.cuda.synchronize()
+        self._infer_time += time.perf_counter() - start
+        self._infer_count += images.shape[0]
+        self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
+        self._keep_figures(batch, anomaly_map, pred_score)
+
+    def _keep_figures(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
+        """Keep up to ``num_figures`` samples, half anomalous and half normal where possible."""
+        for i, label in enumerate(batch["gt_label"].tolist()):
+            same = sum(f["gt_label"] == label for f in self.figures)
+            if same >= (self.num_figures + 1) // 2 or len(self.figures) >= self.num_figures:
+                continue
+            self.figures.append(
+                {
+                    "image": batch["image"][i].cpu(),
+                    "anomaly_map": anomaly_map[i, 0].cpu(),
+                    "gt_mask": batch["gt_mask"][i, 0].cpu(),
+                    "gt_label": label,
+                    "pred_score": float(pred_score[i]),
+                    "image_path": batch["image_path"][i],
+                }
+            )
+
+    def on_test_epoch_end(self) -> None:
+        results = self.metrics.compute()
+        results["inference_ms_per_image"] = 1000 * self._infer_time / max(self._infer_count, 1)
+        self.test_metrics = results
+        for name, value in results.items():
+            self.log(f"test/{name}", value)

@@ -1,0 +1,1 @@
+"""Results tables (per category, like the papers') and anomaly-map figures."""
