@@ -38,7 +38,7 @@ def run(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset)  # checks the data is there (and the category) first
-    model = instantiate(cfg.method)
+    model = instantiate(cfg.method, _convert_="all")  # plain containers: checkpoints load with weights_only
     model.pixel_metrics = datamodule.has_masks
     loggers = _loggers(cfg)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]

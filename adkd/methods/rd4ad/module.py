@@ -31,7 +31,7 @@ class RD4AD(AnomalyModule):
         num_figures: int = 8,
     ) -> None:
         super().__init__(optimizer, scheduler, map_sigma, score, num_figures)
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.loss_mode = loss_mode
         self.network = RD4ADNetwork(
             backbone["name"], list(layers), backbone.get("pretrained", True), backbone.get("weights"),

