@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -36,6 +37,8 @@ def run(cfg: DictConfig) -> dict:
     from adkd.report.figures import save_figures
 
     output_dir = Path(cfg.output_dir)
+    # Frozen teachers are in eval mode on purpose; Lightning warns about it on every fit.
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset)  # checks the data is there (and the category) first
     model = instantiate(cfg.method, _convert_="all")  # plain containers: checkpoints load with weights_only

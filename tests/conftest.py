@@ -11,9 +11,6 @@ from PIL import Image
 
 torch.set_num_threads(1)
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-
-
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     base = np.tile(np.linspace(60, 180, size, dtype=np.float32), (size, 1))
     return np.clip(base + rng.normal(0, 8, (size, size)), 0, 255)
@@ -43,22 +40,6 @@ def tiny_mvtec(tmp_path_factory) -> Path:
         save(img, cat / "test" / "spot" / f"{i:03d}.png")
         save(mask, cat / "ground_truth" / "spot" / f"{i:03d}_mask.png")
     return root
-
-
-def compose(overrides: list[str], output_dir: Path):
-    """The real config, as `python -m adkd.run <overrides>` would see it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = hydra_compose("run", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            cfg.output_dir = str(output_dir)
-            del cfg.hydra
-    return cfg
 
 
 def tiny_overrides(root: Path, *extra: str) -> list[str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose, tiny_overrides
+from adkd.config import compose
+from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

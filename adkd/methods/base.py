@@ -60,19 +60,18 @@ class AnomalyModule(L.LightningModule):
         return [p for p in self.parameters() if p.requires_grad]
 
     # -- training ------------------------------------------------------------------------------
-    def _log_losses(self, losses, stage: str) -> torch.Tensor:
-        if isinstance(losses, dict):
-            for name, value in losses.items():
-                self.log(f"{stage}/{name}", value, prog_bar=name == "loss", on_epoch=True, on_step=False)
-            return losses["loss"]
-        self.log(f"{stage}/loss", losses, prog_bar=True, on_epoch=True, on_step=False)
-        return losses
+    def _log_losses(self, losses, stage: str, batch_size: int) -> torch.Tensor:
+        if not isinstance(losses, dict):
+            losses = {"loss": losses}
+        for name, value in losses.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "loss", on_epoch=True, on_step=False, batch_size=batch_size)
+        return losses["loss"]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._log_losses(self.loss(batch), "train")
+        return self._log_losses(self.loss(batch), "train", len(batch["image"]))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._log_losses(self.loss(batch), "val")
+        self._log_losses(self.loss(batch), "val", len(batch["image"]))
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:
