@@ -1,6 +1,6 @@
 """Inference speed of every method side by side, in one process (ratios are what to compare).
 
-    python experiments/bench.py [--backbone mobilenet_v2] [--image-size 256] [--batch 8] [--device cpu]
+python experiments/bench.py [--backbone mobilenet_v2] [--image-size 256] [--batch 8] [--device cpu]
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def main() -> None:
         model = cls(backbone=backbone).to(args.device).eval()
         results[name] = time_per_image(model, images, args.repeats)
     base = results["rd4ad"]
-    print(f"{args.backbone}, {args.image_size} px, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.backbone}, {args.image_size} px, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads"
+    )
     for name, ms in results.items():
         print(f"  {name:<8} {ms:8.2f} ms/image   x{ms / base:.2f} of rd4ad")
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 torch.set_num_threads(1)
 
+
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     base = np.tile(np.linspace(60, 180, size, dtype=np.float32), (size, 1))
     return np.clip(base + rng.normal(0, 8, (size, size)), 0, 255)

@@ -20,7 +20,8 @@ def test_layers_1_to_3_are_strides_4_8_16(name, channels):
     assert extractor.channels == channels
     assert extractor.strides == [4, 8, 16]
     feats = extractor(torch.zeros(2, 3, 64, 64))
-    assert [tuple(f.shape) for f in feats] == [(2, c, 64 // s, 64 // s) for c, s in zip(channels, [4, 8, 16])]
+    expected = [(2, c, 64 // s, 64 // s) for c, s in zip(channels, [4, 8, 16], strict=True)]
+    assert [tuple(f.shape) for f in feats] == expected
 
 
 def test_frozen_extractor_stays_in_eval_mode_and_takes_no_gradient():

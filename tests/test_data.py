@@ -78,7 +78,9 @@ def test_missing_mask_for_an_anomalous_image_is_named(tiny_mvtec, tmp_path):
         dm.setup("test")
 
 
-@pytest.mark.parametrize(("category", "train", "normal_test", "anomalous_test"), [("mono", 441, 147, 486), ("poly", 690, 230, 630)])
+@pytest.mark.parametrize(
+    ("category", "train", "normal_test", "anomalous_test"), [("mono", 441, 147, 486), ("poly", 690, 230, 630)]
+)
 def test_elpv_split_is_fixed_and_disjoint(category, train, normal_test, anomalous_test):
     dm = ELPVDataModule(category=category)
     tr, te = dm.records("train"), dm.records("test")
@@ -99,4 +101,10 @@ def test_textures_generation_is_deterministic(tmp_path):
     for rel in files_a:
         assert (a.path / rel).read_bytes() == (b.path / rel).read_bytes()
     test = a.records("test")
-    assert sum(r.gt_label for r in test) == 4 and {r.defect for r in test} == {"good", "scratch", "crack", "stain", "pit"}
+    assert sum(r.gt_label for r in test) == 4 and {r.defect for r in test} == {
+        "good",
+        "scratch",
+        "crack",
+        "stain",
+        "pit",
+    }

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,7 +71,8 @@ def test_cli_missing_dataset_and_wrong_category(tmp_path):
 
 
 def test_multirun_then_report_gives_the_per_category_table(tiny_mvtec, tmp_path):
-    (tiny_mvtec / "gadget").exists() or __import__("shutil").copytree(tiny_mvtec / "widget", tiny_mvtec / "gadget")
+    if not (tiny_mvtec / "gadget").exists():
+        shutil.copytree(tiny_mvtec / "widget", tiny_mvtec / "gadget")
     overrides = [o for o in tiny_overrides(tiny_mvtec) if not o.startswith("category=")]
     res = cli("adkd.run", "-m", "method=rd4ad,stfpm", "category=widget,gadget", *overrides,
               "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip

@@ -52,7 +52,9 @@ def _download(name: str, spec: BackboneSpec) -> dict:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / spec.hub_url.rsplit("/", 1)[-1]
         if cached.is_file():
             return _read_state_dict(cached)
-        raise BackboneWeightsError(f"Offline mode and no cached weights for {name!r} at {cached}.\n" + _ways_out(name, spec))
+        raise BackboneWeightsError(
+            f"Offline mode and no cached weights for {name!r} at {cached}.\n" + _ways_out(name, spec)
+        )
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:

@@ -36,9 +36,7 @@ def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ImageReadError(f"Cannot read mask {path}: {err}") from err
     if mask.shape != (size[1], size[0]):
-        raise ImageReadError(
-            f"Mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {size[0]}x{size[1]}."
-        )
+        raise ImageReadError(f"Mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {size[0]}x{size[1]}.")
     return mask
 
 

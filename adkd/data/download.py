@@ -37,4 +37,6 @@ def download(name: str, root: Path) -> None:
     except ValueError:
         raise
     except Exception as err:  # noqa: BLE001 - network/IO errors become one actionable message
-        raise RuntimeError(f"Downloading {name} failed: {err}\nDownload it by hand and extract it into {root}.") from err
+        raise RuntimeError(
+            f"Downloading {name} failed: {err}\nDownload it by hand and extract it into {root}."
+        ) from err

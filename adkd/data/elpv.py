@@ -26,7 +26,9 @@ def elpv_folder() -> Path:
     try:
         import elpv_dataset
     except ImportError as err:
-        raise DatasetNotFoundError("ELPV needs the package elpv-dataset: pip install elpv-dataset==1.0.0.post1") from err
+        raise DatasetNotFoundError(
+            "ELPV needs the package elpv-dataset: pip install elpv-dataset==1.0.0.post1"
+        ) from err
     return Path(elpv_dataset.__file__).parent / "data"
 
 

@@ -21,7 +21,9 @@ class FolderDataModule(AnomalyDataModule):
 
     def __init__(self, root: str | None = None, category: str | None = None, **kwargs) -> None:
         if not root:
-            raise DatasetNotFoundError("dataset.root is not set: point it at a folder in the MVTec AD layout:\n" + MVTEC_LAYOUT)
+            raise DatasetNotFoundError(
+                "dataset.root is not set: point it at a folder in the MVTec AD layout:\n" + MVTEC_LAYOUT
+            )
         super().__init__(root=root, category=category, **kwargs)
 
     @property

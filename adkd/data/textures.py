@@ -38,7 +38,9 @@ def _defect_generator(kind: str, crop: int):
     if kind == "stain":
         return ds.StainGenerator(radius_range=(int(8 * s), int(22 * s)))
     if kind == "pit":
-        return ds.PittingGenerator(cluster_size_range=(4, 12), pit_radius_range=(1, max(2, int(4 * s))), spread_radius=int(16 * s))
+        return ds.PittingGenerator(
+            cluster_size_range=(4, 12), pit_radius_range=(1, max(2, int(4 * s))), spread_radius=int(16 * s)
+        )
     raise ValueError(kind)
 
 
@@ -115,7 +117,9 @@ class TexturesDataModule(FolderDataModule):
         n_test_defect: int = 60,
         **kwargs,
     ) -> None:
-        self.generation = dict(crop_size=crop_size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect)
+        self.generation = dict(
+            crop_size=crop_size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect
+        )
         super().__init__(root=root or "~/.cache/adkd/textures", category=category, **kwargs)
 
     def check_available(self) -> None:

@@ -56,7 +56,9 @@ class VisADataModule(AnomalyDataModule):
                 if split == "train" and anomalous:
                     continue
                 mask = self.root / row["mask"] if anomalous and row.get("mask") else None
-                records.append(Record(self.root / row["image"], int(anomalous), mask, "anomaly" if anomalous else "good"))
+                records.append(
+                    Record(self.root / row["image"], int(anomalous), mask, "anomaly" if anomalous else "good")
+                )
         if not records:
             raise DatasetNotFoundError(f"No {split} rows for {self.category!r} in {self.split_file}")
         return records

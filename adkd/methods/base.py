@@ -64,7 +64,9 @@ class AnomalyModule(L.LightningModule):
         if not isinstance(losses, dict):
             losses = {"loss": losses}
         for name, value in losses.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "loss", on_epoch=True, on_step=False, batch_size=batch_size)
+            self.log(
+                f"{stage}/{name}", value, prog_bar=name == "loss", on_epoch=True, on_step=False, batch_size=batch_size
+            )
         return losses["loss"]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -57,7 +57,9 @@ def to_markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(folder: Path, metrics: tuple[str, ...] = DEFAULT_METRICS, out: Path | None = None) -> tuple[Path, Path, str]:
+def write_report(
+    folder: Path, metrics: tuple[str, ...] = DEFAULT_METRICS, out: Path | None = None
+) -> tuple[Path, Path, str]:
     """Write ``results.md`` and ``results.csv`` for the runs below ``folder``; returns their paths
     and the Markdown text. Metrics are in percent (timings in ms)."""
     results = collect(folder)

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def reverse_distillation_loss(teacher: list[torch.Tensor], student: list[torch.Tensor], mode: str = "flat") -> torch.Tensor:
+def reverse_distillation_loss(
+    teacher: list[torch.Tensor], student: list[torch.Tensor], mode: str = "flat"
+) -> torch.Tensor:
     """Sum over scales of the batch mean of 1 - cos.
 
     ``flat`` (the official code): one cosine per sample between the whole C*H*W vectors.

@@ -49,7 +49,9 @@ class DecoderBlock(nn.Module):
         super().__init__()
         width = cout // 2
         mid = (
-            nn.ConvTranspose2d(width, width, 2, 2, bias=False) if upsample else nn.Conv2d(width, width, 3, 1, 1, bias=False)
+            nn.ConvTranspose2d(width, width, 2, 2, bias=False)
+            if upsample
+            else nn.Conv2d(width, width, 3, 1, 1, bias=False)
         )
         self.body = nn.Sequential(
             nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
@@ -74,7 +76,9 @@ class ReverseDecoder(nn.Module):
         super().__init__()
         stages, cin = [], in_channels
         for cout, n in zip(reversed(channels), blocks, strict=False):
-            stages.append(nn.Sequential(DecoderBlock(cin, cout, True), *[DecoderBlock(cout, cout, False) for _ in range(n - 1)]))
+            stages.append(
+                nn.Sequential(DecoderBlock(cin, cout, True), *[DecoderBlock(cout, cout, False) for _ in range(n - 1)])
+            )
             cin = cout
         self.stages = nn.ModuleList(stages)
 
@@ -86,7 +90,9 @@ class ReverseDecoder(nn.Module):
         return outs[::-1]  # shallowest first, aligned with the teacher's features
 
 
-def cosine_distance_map(teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+def cosine_distance_map(
+    teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]
+) -> torch.Tensor:
     """Sum over scales of the per-position 1 - cos(t, s) (over channels), upsampled to ``size``."""
     out = 0
     for t, s in zip(teacher, student, strict=True):
