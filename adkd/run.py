@@ -31,22 +31,36 @@ def _loggers(cfg: DictConfig) -> list:
 def run(cfg: DictConfig) -> dict:
     """Train and test one (method, dataset, category); returns the metrics.json content."""
     import lightning as L
-    import torch
     from hydra.utils import instantiate
-
-    from adkd.report.figures import save_figures
 
     output_dir = Path(cfg.output_dir)
     # Frozen teachers are in eval mode on purpose; Lightning warns about it on every fit.
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    for name in ("lightning.pytorch", "lightning.fabric"):  # they print themselves; not twice via Hydra's root
+        logging.getLogger(name).propagate = False
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset)  # checks the data is there (and the category) first
     model = instantiate(cfg.method, _convert_="all")  # plain containers: checkpoints load with weights_only
     model.pixel_metrics = datamodule.has_masks
     loggers = _loggers(cfg)
+    try:
+        return _fit_and_test(cfg, datamodule, model, loggers, output_dir)
+    finally:
+        if any(lg.__class__.__name__ == "WandbLogger" for lg in loggers):
+            import wandb
+
+            wandb.finish()  # each multirun job gets a W&B run of its own
+
+
+def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir: Path) -> dict:  # noqa: ANN001
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    from adkd.report.figures import save_figures
+
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt
@@ -100,11 +114,6 @@ def main(cfg: DictConfig) -> float | None:
             print(f"\nerror: {err}", file=sys.stderr)
             sys.exit(1)
         raise
-    finally:
-        if "wandb" in (cfg.get("logger") or {}):
-            import wandb
-
-            wandb.finish()  # each multirun job gets a W&B run of its own
     OmegaConf.save(cfg, Path(cfg.output_dir) / "config_resolved.yaml", resolve=True)
     metric = results.get("metrics", {})
     return metric.get("pixel_aupro", metric.get("image_auroc"))  # for sweepers that optimise

@@ -85,3 +85,21 @@ def test_multirun_then_report_gives_the_per_category_table(tiny_mvtec, tmp_path)
     assert [line.split(" | ")[0] for line in md[4:]] == ["| widget", "| gadget", "| mean"]
     csv_rows = (tmp_path / "sweep" / "results.csv").read_text().splitlines()
     assert len(csv_rows) == 4 and csv_rows[0].count("stfpm") == 4
+
+
+def test_wandb_logs_offline_without_an_account(tiny_mvtec, tmp_path, monkeypatch):
+    from adkd.run import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run(compose(tiny_overrides(tiny_mvtec, "logger=wandb", "experiment_name=unit"), tmp_path))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1  # ready for `wandb sync`
+    assert len(list((runs[0] / "files" / "media" / "images").rglob("*.png"))) == 2  # the figures
+    records = next(runs[0].glob("run-*.wandb")).read_bytes()
+    assert b"test/pixel_aupro" in records and b"train/loss" in records  # metrics in the run file
+    import wandb
+
+    assert wandb.run is None  # finished: the next job starts its own run
