@@ -35,6 +35,10 @@ class AnomalyMetrics(nn.Module):
             if pixel
             else {}
         )
+        # The test always runs in one process (run.py tests on rank 0 after DDP training), so a
+        # metric must never wait for other ranks to sync.
+        for metric in [*self.image.values(), *self.pixel_metrics.values()]:
+            metric.sync_on_compute = metric._to_sync = False  # _to_sync: the flag compute() reads
 
     @torch.no_grad()
     def update(self, pred_score, gt_label, anomaly_map=None, gt_mask=None) -> None:  # noqa: ANN001
