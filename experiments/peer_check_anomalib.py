@@ -2,10 +2,12 @@
 
 Same data (adkd's datamodule), backbone, image size, batch size and epochs for both; each
 project's own network, loss, optimizer recipe and anomaly-map smoothing; one metric code
-(adkd's) scores both. anomalib's timm encoder cannot fetch hub weights offline, so by default
-both teachers start from random init (pass --pretrained where the hub is reachable).
+(adkd's) scores both. Both teachers get the very same weights: a torchvision ResNet state dict
+(ImageNet where --weights names one, else a seeded random init, since no ResNet weights can be
+had offline) is loaded into adkd's extractor and anomalib's timm encoder alike. Repeated over
+--seeds and averaged.
 
-    python experiments/peer_check_anomalib.py --category brick --epochs 10
+    python experiments/peer_check_anomalib.py --category brick --epochs 10 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tempfile
 import torch
 
 
-def train_anomalib(dm, backbone: str, image_size: int, epochs: int, pretrained: bool, seed: int) -> dict:
+def train_anomalib(dm, backbone: str, image_size: int, epochs: int, weights: str, seed: int) -> dict:
     from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode
     from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
     from anomalib.models.image.reverse_distillation.torch_model import ReverseDistillationModel
@@ -25,8 +27,11 @@ def train_anomalib(dm, backbone: str, image_size: int, epochs: int, pretrained: 
 
     torch.manual_seed(seed)
     model = ReverseDistillationModel(
-        backbone, (image_size, image_size), ["layer1", "layer2", "layer3"], AnomalyMapGenerationMode.ADD, pretrained
+        backbone, (image_size, image_size), ["layer1", "layer2", "layer3"], AnomalyMapGenerationMode.ADD, False
     )
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    missing, _ = model.encoder.feature_extractor.load_state_dict(state, strict=False)
+    assert not missing, f"teacher weights did not fit anomalib's encoder: {missing[:3]}"
     loss_fn = ReverseDistillationLoss()
     params = list(model.decoder.parameters()) + list(model.bottleneck.parameters())
     optimizer = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.99))  # anomalib's recipe
@@ -50,38 +55,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="textures")
     parser.add_argument("--category", default="brick")
-    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--backbone", default="resnet18", help="a torchvision ResNet name")
+    parser.add_argument("--weights", default=None, help="torchvision state dict for the teacher (default: random)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--pretrained", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
 
+    import torchvision
     from hydra.utils import instantiate
 
     from adkd.config import compose
     from adkd.run import run
 
-    overrides = [
-        f"dataset={args.dataset}", f"category={args.category}", f"backbone={args.backbone}",
-        f"backbone.pretrained={args.pretrained}", f"image_size={args.image_size}",
-        f"batch_size={args.batch_size}", f"max_epochs={args.epochs}", f"seed={args.seed}", "logger=none",
-        "method=rd4ad",
-    ]  # fmt: skip
+    keys = ("image_auroc", "pixel_auroc", "pixel_aupro")
+    ours, theirs = {k: [] for k in keys}, {k: [] for k in keys}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose(overrides, tmp)
-        ours = run(cfg)["metrics"]
-        dm = instantiate(cfg.dataset)
-        dm.setup()
-        theirs = train_anomalib(dm, args.backbone, args.image_size, args.epochs, args.pretrained, args.seed)
-    print(f"\n{args.dataset}/{args.category}, {args.backbone} (pretrained={args.pretrained}), "
-          f"{args.image_size} px, {args.epochs} epochs")  # fmt: skip
-    print(f"{'metric':<14}{'adkd':>8}{'anomalib':>10}{'diff':>8}")
-    for k in ("image_auroc", "pixel_auroc", "pixel_aupro"):
-        if k in theirs:
-            print(f"{k:<14}{ours[k]:>8.4f}{theirs[k]:>10.4f}{ours[k] - theirs[k]:>+8.4f}")
-    gap = abs(ours["image_auroc"] - theirs["image_auroc"])
+        for seed in args.seeds:
+            weights = args.weights
+            if weights is None:
+                torch.manual_seed(seed)
+                weights = f"{tmp}/teacher_{seed}.pth"
+                torch.save(getattr(torchvision.models, args.backbone)(weights=None).state_dict(), weights)
+            overrides = [
+                f"dataset={args.dataset}", f"category={args.category}", f"backbone={args.backbone}",
+                f"backbone.weights={weights}", f"image_size={args.image_size}", f"batch_size={args.batch_size}",
+                f"max_epochs={args.epochs}", f"seed={seed}", "logger=none", "method=rd4ad",
+            ]  # fmt: skip
+            cfg = compose(overrides, f"{tmp}/run_{seed}")
+            a = run(cfg)["metrics"]
+            dm = instantiate(cfg.dataset)
+            dm.setup()
+            b = train_anomalib(dm, args.backbone, args.image_size, args.epochs, weights, seed)
+            for k in keys:
+                if k in b:
+                    ours[k].append(a[k])
+                    theirs[k].append(b[k])
+            print(f"seed {seed}: image AUROC adkd {a['image_auroc']:.4f} anomalib {b['image_auroc']:.4f}", flush=True)
+
+    teacher = args.weights or "random (seeded, shared)"
+    print(f"\n{args.dataset}/{args.category}, {args.backbone} teacher {teacher}, {args.image_size} px, "
+          f"{args.epochs} epochs, seeds {args.seeds}")  # fmt: skip
+    print(f"{'metric (mean)':<14}{'adkd':>8}{'anomalib':>10}{'diff':>8}")
+    mean = {k: (sum(ours[k]) / len(ours[k]), sum(theirs[k]) / len(theirs[k])) for k in keys if ours[k]}
+    for k, (x, y) in mean.items():
+        print(f"{k:<14}{x:>8.4f}{y:>10.4f}{x - y:>+8.4f}")
+    gap = abs(mean["image_auroc"][0] - mean["image_auroc"][1])
     print(f"image AUROC gap: {100 * gap:.1f} points ({'within' if gap <= 0.02 else 'OUTSIDE'} the 2-point bar)")
 
 

@@ -63,3 +63,12 @@ def test_blur_keeps_mass_and_sigma_zero_is_identity():
     y = gaussian_blur(x, 2.0)
     assert float(y.sum()) == pytest.approx(1.0, abs=1e-4)
     assert float(y.max()) < 0.05
+
+
+def test_rd4ad_mirrors_basic_block_encoders_like_the_official_code():
+    net = RD4ADNetwork("resnet18", pretrained=False)
+    assert net.bottleneck.out_channels == 512 and len(net.bottleneck.fuse) == 2
+    assert [len(stage) for stage in net.student.stages] == [2, 2, 2]
+    assert len(net.student.stages[0][0].body) == 5  # conv-bn-relu-conv-bn: a BasicBlock mirrored
+    teacher, student = net(torch.zeros(1, 3, 64, 64))
+    assert [s.shape for s in student] == [t.shape for t in teacher]

@@ -21,8 +21,9 @@ class RD4AD(AnomalyModule):
         self,
         backbone: dict,
         layers: list[int] = (1, 2, 3),
-        bottleneck_blocks: int = 3,
-        decoder_blocks: list[int] = (3, 4, 6),
+        block: str = "auto",
+        bottleneck_blocks: int | None = None,
+        decoder_blocks: list[int] | None = None,
         loss_mode: str = "flat",
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
@@ -35,7 +36,7 @@ class RD4AD(AnomalyModule):
         self.loss_mode = loss_mode
         self.network = RD4ADNetwork(
             backbone["name"], list(layers), backbone.get("pretrained", True), backbone.get("weights"),
-            bottleneck_blocks, list(decoder_blocks),
+            block, bottleneck_blocks, decoder_blocks,
         )  # fmt: skip
 
     def loss(self, batch: dict) -> torch.Tensor:
