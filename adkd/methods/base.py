@@ -132,3 +132,9 @@ class AnomalyModule(L.LightningModule):
         self.test_metrics = results
         for name, value in results.items():
             self.log(f"test/{name}", value)
+
+
+def multistep_at_fractions(optimizer, max_epochs: int, fractions: list[float], gamma: float):  # noqa: ANN001, ANN201
+    """MultiStepLR with milestones at fractions of the run (ADPS: x0.2 at 80% and 90%)."""
+    milestones = sorted({max(1, int(round(f * max_epochs))) for f in fractions})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
