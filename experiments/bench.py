@@ -10,10 +10,11 @@ import time
 
 import torch
 
+from adkd.methods.adps import ADPS
 from adkd.methods.rd4ad import RD4AD
 from adkd.methods.stfpm import STFPM
 
-METHODS = {"rd4ad": RD4AD, "stfpm": STFPM}
+METHODS = {"rd4ad": RD4AD, "stfpm": STFPM, "adps": ADPS}
 
 
 def time_per_image(model, images: torch.Tensor, repeats: int) -> float:
@@ -40,7 +41,8 @@ def main() -> None:
     backbone = {"name": args.backbone, "pretrained": False}
     results = {}
     for name, cls in METHODS.items():
-        model = cls(backbone=backbone).to(args.device).eval()
+        kwargs = {"image_size": args.image_size} if name == "adps" else {}
+        model = cls(backbone=backbone, **kwargs).to(args.device).eval()
         results[name] = time_per_image(model, images, args.repeats)
     base = results["rd4ad"]
     print(
