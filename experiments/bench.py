@@ -1,32 +1,44 @@
 """Inference speed of every method side by side, in one process (ratios are what to compare).
 
-python experiments/bench.py [--backbone mobilenet_v2] [--image-size 256] [--batch 8] [--device cpu]
+python experiments/bench.py [--backbone mobilenet_v2] [--image-size 256] [--batch 8] [--rounds 7] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 
 from adkd.methods.adps import ADPS
+from adkd.methods.dhkd import DHKD
 from adkd.methods.rd4ad import RD4AD
 from adkd.methods.stfpm import STFPM
 
-METHODS = {"rd4ad": RD4AD, "stfpm": STFPM, "adps": ADPS}
+METHODS = {"rd4ad": RD4AD, "stfpm": STFPM, "adps": ADPS, "dhkd": DHKD}
 
 
-def time_per_image(model, images: torch.Tensor, repeats: int) -> float:
-    model.predict_maps(images)  # warm-up
+def time_once(model, images: torch.Tensor) -> float:
     if images.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(repeats):
-        model.predict_maps(images)
+    model.predict_maps(images)
     if images.is_cuda:
         torch.cuda.synchronize()
-    return 1000 * (time.perf_counter() - start) / (repeats * images.shape[0])
+    return 1000 * (time.perf_counter() - start) / images.shape[0]
+
+
+def interleaved_medians(models: dict, images: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Median ms/image per model, the models taking turns each round, so that a slow spell of a
+    noisy machine hits all of them alike."""
+    for model in models.values():
+        model.predict_maps(images)  # warm-up
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(time_once(model, images))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -34,16 +46,16 @@ def main() -> None:
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=args.device)
     backbone = {"name": args.backbone, "pretrained": False}
-    results = {}
+    models = {}
     for name, cls in METHODS.items():
-        kwargs = {"image_size": args.image_size} if name == "adps" else {}
-        model = cls(backbone=backbone, **kwargs).to(args.device).eval()
-        results[name] = time_per_image(model, images, args.repeats)
+        kwargs = {"image_size": args.image_size} if name in ("adps", "dhkd") else {}
+        models[name] = cls(backbone=backbone, **kwargs).to(args.device).eval()
+    results = interleaved_medians(models, images, args.rounds)
     base = results["rd4ad"]
     print(
         f"{args.backbone}, {args.image_size} px, batch {args.batch}, {args.device}, {torch.get_num_threads()} threads"

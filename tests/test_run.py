@@ -20,7 +20,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("method", ["rd4ad", "stfpm"])
+@pytest.mark.parametrize("method", ["rd4ad", "stfpm", "adps", "dhkd"])
 def test_run_writes_metrics_checkpoint_and_figures(method, tiny_mvtec, tmp_path):
     from adkd.run import run
 

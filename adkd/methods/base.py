@@ -39,14 +39,17 @@ class AnomalyModule(L.LightningModule):
         map_sigma: float = 4.0,
         score: str = "max",
         num_figures: int = 8,
+        topk: float = 0.01,
     ) -> None:
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.map_sigma = map_sigma
-        if score not in ("max", "mean"):
-            raise ValueError(f"score must be 'max' or 'mean', got {score!r}")
-        self.score = score
+        if score not in ("max", "mean", "topk"):
+            raise ValueError(f"score must be 'max', 'mean' or 'topk', got {score!r}")
+        if not 0 < topk <= 1:
+            raise ValueError(f"topk is the share of pixels averaged for score=topk, in (0, 1]; got {topk}")
+        self.score, self.topk = score, topk
         self.num_figures = num_figures
         self.pixel_metrics = True  # set from the datamodule by run.py (False: image labels only)
         self.test_metrics: dict[str, float] = {}
@@ -89,7 +92,12 @@ class AnomalyModule(L.LightningModule):
         """Smoothed anomaly maps (B,1,H,W) and image scores (B,) for normalised images."""
         anomaly_map = gaussian_blur(self.network.anomaly_map(images).float(), self.map_sigma)
         flat = anomaly_map.flatten(1)
-        pred_score = flat.amax(1) if self.score == "max" else flat.mean(1)
+        if self.score == "max":
+            pred_score = flat.amax(1)
+        elif self.score == "topk":
+            pred_score = flat.topk(max(1, round(self.topk * flat.shape[1])), dim=1).values.mean(1)
+        else:
+            pred_score = flat.mean(1)
         return anomaly_map, pred_score
 
     def on_test_epoch_start(self) -> None:

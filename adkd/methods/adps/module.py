@@ -26,7 +26,7 @@ class ADPS(AnomalyModule):
         student_init: str = "teacher",
         wmb: str = "wmb",
         psm: bool = True,
-        psm_widths: list[int] = (64, 128, 256),
+        psm_widths: list[int] = (32, 64, 128),
         distill_loss: str = "cos",
         mse_margin: float = 1.0,
         seg_weight: float = 1.0,

@@ -104,7 +104,7 @@ class ADPSNetwork(nn.Module):
         student_init: str = "teacher",
         wmb: str = "wmb",
         psm: bool = True,
-        psm_widths: list[int] = (64, 128, 256),
+        psm_widths: list[int] = (32, 64, 128),
     ) -> None:
         super().__init__()
         if wmb not in ("wmb", "diff", "concat"):
