@@ -45,7 +45,8 @@ def test_weight_mask_block_and_maps():
     net = ADPSNetwork("mobilenet_v2", pretrained=False, k=2, psm_widths=[8, 8, 8]).eval()
     t = [torch.randn(1, 4, 2, 2)]
     cos, merged = net.weight_mask(t, [t[0].clone()])
-    assert torch.allclose(cos[0], torch.ones(1, 1, 2, 2)) and torch.allclose(merged[0], torch.zeros(1, 4, 2, 2), atol=1e-5)
+    assert torch.allclose(cos[0], torch.ones(1, 1, 2, 2))
+    assert torch.allclose(merged[0], torch.zeros(1, 4, 2, 2), atol=1e-5)
     cos, merged = net.weight_mask(t, [-t[0]])
     assert torch.allclose(merged[0], 2 * t[0])  # (1 - W) T with W = -1
     x = torch.randn(2, 3, 64, 64)

@@ -122,7 +122,8 @@ class FlowTeacher(nn.Module):
         super().__init__()
         self.positional = positional
         self.flows = nn.ModuleList(
-            build_flow(c, h, w, blocks, hidden_ratio, clamp, positional) for c, (h, w) in zip(channels, sizes, strict=True)
+            build_flow(c, h, w, blocks, hidden_ratio, clamp, positional)
+            for c, (h, w) in zip(channels, sizes, strict=True)
         )
         for i, (h, w) in enumerate(sizes):
             enc = positional_encoding(positional, h, w) if positional else torch.zeros(0)
@@ -172,11 +173,11 @@ class DualDomainBlock(nn.Module):
             nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
         )  # fmt: skip
-        self.frequency = (
-            nn.Sequential(GlobalFilter(channels, height, width), nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True))
-            if frequency
-            else None
-        )
+        self.frequency = None
+        if frequency:
+            self.frequency = nn.Sequential(
+                GlobalFilter(channels, height, width), nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True)
+            )
         branches = 2 if frequency else 1
         self.fuse = nn.Conv2d(branches * channels, channels, 1)
 
@@ -253,8 +254,5 @@ class DHKDNetwork(nn.Module):
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         out = self(images, teacher_grad=False)
         size = images.shape[-2:]
-        maps = [
-            F.interpolate((z.float() - s.float()).pow(2).mean(1, keepdim=True), size=size, mode="bilinear", align_corners=False)
-            for z, s in zip(out["teacher"], out["student"], strict=True)
-        ]  # fmt: skip
-        return sum(maps)
+        maps = [(z.float() - s.float()).pow(2).mean(1, keepdim=True) for z, s in zip(out["teacher"], out["student"])]
+        return sum(F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps)
