@@ -254,5 +254,6 @@ class DHKDNetwork(nn.Module):
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         out = self(images, teacher_grad=False)
         size = images.shape[-2:]
-        maps = [(z.float() - s.float()).pow(2).mean(1, keepdim=True) for z, s in zip(out["teacher"], out["student"])]
+        pairs = zip(out["teacher"], out["student"], strict=True)
+        maps = [(z.float() - s.float()).pow(2).mean(1, keepdim=True) for z, s in pairs]
         return sum(F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps)
