@@ -74,6 +74,7 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
 
     results = {
         "method": cfg.method_name,
+        "label": cfg.get("label") or cfg.method_name,
         "dataset": cfg.dataset_name,
         "category": datamodule.category,
         "backbone": cfg.backbone.name,

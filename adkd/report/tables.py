@@ -28,7 +28,8 @@ def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS)
     methods, categories = [], []
     several_backbones = len({r.get("backbone") for r in results}) > 1
     for r in results:
-        key = f"{r['method']}/{r.get('backbone')}" if several_backbones else r["method"]
+        label = r.get("label") or r["method"]
+        key = f"{label}/{r.get('backbone')}" if several_backbones else label
         if key not in methods:
             methods.append(key)
         if r["category"] not in categories:
