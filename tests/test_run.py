@@ -103,3 +103,18 @@ def test_wandb_logs_offline_without_an_account(tiny_mvtec, tmp_path, monkeypatch
     import wandb
 
     assert wandb.run is None  # finished: the next job starts its own run
+
+
+def test_report_gives_each_labelled_variant_its_own_column():
+    from adkd.report.tables import build_table
+
+    def result(label, category, auroc):
+        return {"method": "adps", "label": label, "category": category, "backbone": "mobilenet_v2",
+                "metrics": {"image_auroc": auroc}}  # fmt: skip
+
+    header, rows = build_table(
+        [result("adps", "a", 0.9), result("adps-k1", "a", 0.5), result("adps", "b", 0.7), result("adps-k1", "b", 0.6)],
+        metrics=("image_auroc",),
+    )
+    assert header == ["category", "adps image_auroc", "adps-k1 image_auroc"]
+    assert rows == [["a", "90.0", "50.0"], ["b", "70.0", "60.0"], ["mean", "80.0", "55.0"]]
