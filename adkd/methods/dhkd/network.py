@@ -133,7 +133,8 @@ class FlowTeacher(nn.Module):
         zs, nll = [], 0.0
         for i, (flow, x) in enumerate(zip(self.flows, feats, strict=True)):
             c = [getattr(self, f"pos{i}").expand(x.shape[0], -1, -1, -1)] if self.positional else []
-            z, log_jac = flow(x.float(), c=c)
+            with torch.autocast(x.device.type, enabled=False):  # exact likelihoods: full precision under AMP
+                z, log_jac = flow(x.float(), c=c)
             dims = z[0].numel()
             nll = nll + (0.5 * z.pow(2).flatten(1).sum(1) - log_jac).mean() / dims
             zs.append(z)
