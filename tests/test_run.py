@@ -118,3 +118,13 @@ def test_report_gives_each_labelled_variant_its_own_column():
     )
     assert header == ["category", "adps image_auroc", "adps-k1 image_auroc"]
     assert rows == [["a", "90.0", "50.0"], ["b", "70.0", "60.0"], ["mean", "80.0", "55.0"]]
+
+
+def test_short_budget_settings_apply_to_their_method_and_dataset_only(tmp_path):
+    adps_elpv = compose(["method=adps", "dataset=elpv"], tmp_path)
+    assert (adps_elpv.batch_size, adps_elpv.method.optimizer.lr, adps_elpv.max_epochs) == (8, 1e-3, 10)
+    adps_mvtec = compose(["method=adps", "dataset=mvtec"], tmp_path)  # the paper's recipe
+    assert (adps_mvtec.batch_size, adps_mvtec.method.optimizer.lr, adps_mvtec.max_epochs) == (32, 1e-4, 300)
+    rd4ad_elpv = compose(["method=rd4ad", "dataset=elpv"], tmp_path)
+    assert (rd4ad_elpv.batch_size, rd4ad_elpv.method.optimizer.lr) == (16, 0.005)
+    assert compose(["method=adps", "dataset=elpv", "batch_size=4"], tmp_path).batch_size == 4  # command line wins
