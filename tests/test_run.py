@@ -128,3 +128,12 @@ def test_short_budget_settings_apply_to_their_method_and_dataset_only(tmp_path):
     rd4ad_elpv = compose(["method=rd4ad", "dataset=elpv"], tmp_path)
     assert (rd4ad_elpv.batch_size, rd4ad_elpv.method.optimizer.lr) == (16, 0.005)
     assert compose(["method=adps", "dataset=elpv", "batch_size=4"], tmp_path).batch_size == 4  # command line wins
+
+
+def test_report_averages_seeds():
+    from adkd.report.tables import build_table
+
+    runs = [
+        {"method": "rd4ad", "category": "a", "seed": s, "metrics": {"image_auroc": v}} for s, v in [(0, 0.8), (1, 0.6)]
+    ]
+    assert build_table(runs, metrics=("image_auroc",))[1] == [["a", "70.0"], ["mean", "70.0"]]

@@ -19,12 +19,15 @@ def collect(folder: Path) -> list[dict]:
 
 
 def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (category, then method/metric columns; last row the mean over categories)."""
+    """Header and rows (category, then method/metric columns; last row the mean over categories).
+
+    Runs that share category and column (other seeds) are averaged; the mean row averages the
+    categories' cells."""
     known = set(IMAGE_METRICS) | set(PIXEL_METRICS) | {"inference_ms_per_image"}
     unknown = set(metrics) - known
     if unknown:
         raise ValueError(f"Unknown metrics {sorted(unknown)}; known: {sorted(known)}")
-    cells: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    runs: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
     methods, categories = [], []
     several_backbones = len({r.get("backbone") for r in results}) > 1
     for r in results:
@@ -34,7 +37,12 @@ def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS)
             methods.append(key)
         if r["category"] not in categories:
             categories.append(r["category"])
-        cells[(r["category"], key)] = r["metrics"]
+        runs[(r["category"], key)].append(r["metrics"])
+    cells = {
+        cell: {k: sum(m[k] for m in ms) / len(ms) for k in ms[0] if all(k in m for m in ms)}
+        for cell, ms in runs.items()
+    }
+    cells = defaultdict(dict, cells)
     columns = [(m, k) for m in methods for k in metrics if any(k in cells[(c, m)] for c in categories)]
     header = ["category"] + [f"{m} {k}" for m, k in columns]
     rows = []
@@ -69,7 +77,9 @@ def write_report(
     datasets = sorted({r["dataset"] for r in results})
     header, rows = build_table(results, metrics)
     out = Path(out or folder)
-    md = f"Dataset: {', '.join(datasets)} ({len(results)} runs; values in %)\n\n" + to_markdown(header, rows)
+    seeds = sorted({r.get("seed") for r in results if r.get("seed") is not None})
+    averaged = f"; each cell the mean over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
+    md = f"Dataset: {', '.join(datasets)} ({len(results)} runs; values in %{averaged})\n\n" + to_markdown(header, rows)
     (out / "results.md").write_text(md)
     with (out / "results.csv").open("w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
