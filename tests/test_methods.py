@@ -65,6 +65,14 @@ def test_blur_keeps_mass_and_sigma_zero_is_identity():
     assert float(y.max()) < 0.05
 
 
+def test_blur_matches_the_full_2d_gaussian_kernel():
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.rand(2, 1, 48, 48)
+    reference = TF.gaussian_blur(x, [33, 33], [4.0, 4.0])  # 2-D kernel, reflected borders
+    assert torch.allclose(gaussian_blur(x, 4.0), reference, atol=1e-5)
+
+
 def test_rd4ad_mirrors_basic_block_encoders_like_the_official_code():
     net = RD4ADNetwork("resnet18", pretrained=False)
     assert net.bottleneck.out_channels == 512 and len(net.bottleneck.fuse) == 2
