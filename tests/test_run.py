@@ -137,3 +137,16 @@ def test_report_averages_seeds():
         {"method": "rd4ad", "category": "a", "seed": s, "metrics": {"image_auroc": v}} for s, v in [(0, 0.8), (1, 0.6)]
     ]
     assert build_table(runs, metrics=("image_auroc",))[1] == [["a", "70.0"], ["mean", "70.0"]]
+
+
+def test_report_writes_into_a_new_out_folder(tmp_path):
+    import json
+
+    from adkd.report.__main__ import main
+
+    run = tmp_path / "runs" / "0_category=a"
+    run.mkdir(parents=True)
+    result = {"method": "rd4ad", "dataset": "elpv", "category": "a", "metrics": {"image_auroc": 0.75}}
+    (run / "metrics.json").write_text(json.dumps(result))
+    assert main([str(tmp_path / "runs"), "--metrics", "image_auroc", "--out", str(tmp_path / "new" / "tables")]) == 0
+    assert "| a | 75.0 |" in (tmp_path / "new" / "tables" / "results.md").read_text()

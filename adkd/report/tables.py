@@ -77,6 +77,7 @@ def write_report(
     datasets = sorted({r["dataset"] for r in results})
     header, rows = build_table(results, metrics)
     out = Path(out or folder)
+    out.mkdir(parents=True, exist_ok=True)
     seeds = sorted({r.get("seed") for r in results if r.get("seed") is not None})
     averaged = f"; each cell the mean over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
     md = f"Dataset: {', '.join(datasets)} ({len(results)} runs; values in %{averaged})\n\n" + to_markdown(header, rows)
