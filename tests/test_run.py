@@ -150,3 +150,15 @@ def test_report_writes_into_a_new_out_folder(tmp_path):
     (run / "metrics.json").write_text(json.dumps(result))
     assert main([str(tmp_path / "runs"), "--metrics", "image_auroc", "--out", str(tmp_path / "new" / "tables")]) == 0
     assert "| a | 75.0 |" in (tmp_path / "new" / "tables" / "results.md").read_text()
+
+
+def test_report_rows_follow_the_job_order(tmp_path):
+    import json
+
+    from adkd.report.tables import collect
+
+    for job, category in [(2, "b"), (10, "c"), (1, "a")]:
+        run = tmp_path / f"{job}_category={category}"
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"category": category}))
+    assert [r["category"] for r in collect(tmp_path)] == ["a", "b", "c"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,9 +14,15 @@ from adkd.metrics.collection import IMAGE_METRICS, PIXEL_METRICS
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")
 
 
+def _natural_key(path: Path) -> list:
+    """Digit runs compare as numbers, so multirun job 10 comes after job 2."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]
+
+
 def collect(folder: Path) -> list[dict]:
-    """Every ``metrics.json`` below ``folder`` (one per run of a multirun)."""
-    return [json.loads(p.read_text()) for p in sorted(Path(folder).rglob("metrics.json"))]
+    """Every ``metrics.json`` below ``folder`` (one per run of a multirun), in job order, so the
+    table's rows and columns follow the order of the command line."""
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).rglob("metrics.json"), key=_natural_key)]
 
 
 def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS) -> tuple[list[str], list[list[str]]]:
