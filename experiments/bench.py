@@ -54,7 +54,7 @@ def main() -> None:
     models = {}
     for name, cls in METHODS.items():
         kwargs = {"image_size": args.image_size} if name in ("adps", "dhkd") else {}
-        models[name] = cls(backbone=backbone, **kwargs).to(args.device).eval()
+        models[name] = cls(backbone=backbone, **kwargs).to(args.device).prepare_for_inference()
     results = interleaved_medians(models, images, args.rounds)
     base = results["rd4ad"]
     print(

@@ -80,3 +80,23 @@ def test_rd4ad_mirrors_basic_block_encoders_like_the_official_code():
     assert len(net.student.stages[0][0].body) == 5  # conv-bn-relu-conv-bn: a BasicBlock mirrored
     teacher, student = net(torch.zeros(1, 3, 64, 64))
     assert [s.shape for s in student] == [t.shape for t in teacher]
+
+
+@pytest.mark.parametrize("name", ["rd4ad", "stfpm", "adps", "dhkd"])
+def test_inference_layout_leaves_the_maps_unchanged(name):
+    from adkd.methods.adps import ADPS
+    from adkd.methods.dhkd import DHKD
+    from adkd.methods.rd4ad import RD4AD
+    from adkd.methods.stfpm import STFPM
+
+    cls = {"rd4ad": RD4AD, "stfpm": STFPM, "adps": ADPS, "dhkd": DHKD}[name]
+    kwargs = {"image_size": 64} if name in ("adps", "dhkd") else {}
+    torch.manual_seed(0)
+    model = cls(backbone={"name": "mobilenet_v2", "pretrained": False}, **kwargs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    before, score_before = model.predict_maps(x)
+    model.prepare_for_inference()
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    after, score_after = model.predict_maps(x)
+    assert torch.allclose(before, after, atol=1e-5) and torch.allclose(score_before, score_after, atol=1e-5)
