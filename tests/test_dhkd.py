@@ -11,20 +11,19 @@ from adkd.methods.dhkd.network import (
     FlowTeacher,
     GlobalFilter,
     affinity,
-    positional_encoding,
 )
 
 BACKBONE = {"name": "mobilenet_v2", "pretrained": False}
 
 
-def test_positional_encoding_codes_rows_and_columns():
-    enc = positional_encoding(8, 4, 5)
+def test_flow_condition_codes_rows_and_columns():
+    enc = FlowTeacher([4], [(4, 5)], blocks=1, positional=8).pos0  # anomalib's 2D sin/cos encoding
     assert enc.shape == (8, 4, 5)
-    assert torch.allclose(enc[0], torch.arange(4.0)[:, None].sin().expand(4, 5))  # rows, first frequency
-    assert torch.allclose(enc[2], torch.arange(4.0)[:, None].cos().expand(4, 5))
-    assert torch.allclose(enc[4], torch.arange(5.0)[None, :].sin().expand(4, 5))  # columns
-    with pytest.raises(ValueError, match="multiple of 4"):
-        positional_encoding(6, 2, 2)
+    assert torch.allclose(enc[0], torch.arange(5.0)[None, :].sin().expand(4, 5))  # columns, first frequency
+    assert torch.allclose(enc[1], torch.arange(5.0)[None, :].cos().expand(4, 5))
+    assert torch.allclose(enc[4], torch.arange(4.0)[:, None].sin().expand(4, 5))  # rows
+    with pytest.raises(ValueError, match="odd dimension"):
+        FlowTeacher([4], [(2, 2)], blocks=1, positional=6)
 
 
 def test_global_filter_identity_and_a_pure_low_pass():

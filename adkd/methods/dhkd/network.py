@@ -19,31 +19,14 @@ is the squared teacher-student distance per position, upsampled and summed over 
 
 from __future__ import annotations
 
-import math
-
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 import torch
 import torch.nn.functional as F
+from anomalib.models.image.cflow.utils import positional_encoding_2d
 from torch import nn
 
 from adkd.backbones import FeatureExtractor
-
-
-def positional_encoding(channels: int, height: int, width: int) -> torch.Tensor:
-    """2D sinusoidal encoding (channels, height, width): half the channels code rows, half columns."""
-    if channels % 4:
-        raise ValueError(f"positional channels must be a multiple of 4, got {channels}")
-    quarter = channels // 4
-    freq = torch.exp(-math.log(10000.0) * torch.arange(quarter) / quarter)
-    rows = torch.arange(height)[:, None] * freq[None]  # (H, q)
-    cols = torch.arange(width)[:, None] * freq[None]  # (W, q)
-    enc = torch.zeros(channels, height, width)
-    enc[0:quarter] = rows.sin().T[:, :, None].expand(-1, -1, width)
-    enc[quarter : 2 * quarter] = rows.cos().T[:, :, None].expand(-1, -1, width)
-    enc[2 * quarter : 3 * quarter] = cols.sin().T[:, None, :].expand(-1, height, -1)
-    enc[3 * quarter :] = cols.cos().T[:, None, :].expand(-1, height, -1)
-    return enc
 
 
 class FeatureStandardizer(nn.Module):
@@ -61,21 +44,30 @@ class FeatureStandardizer(nn.Module):
         self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("std", torch.ones(1, channels, 1, 1))
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+        self._frozen = False  # a Python flag, so that training steps after the warm-up never sync
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and int(self.seen) < self.warmup:
-            with torch.no_grad():
-                n = int(self.seen)
-                mean = x.float().mean(dim=(0, 2, 3), keepdim=True)
-                std = x.float().std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-4)
-                self.mean.mul_(n / (n + 1)).add_(mean / (n + 1))
-                self.std.mul_(n / (n + 1)).add_(std / (n + 1))
-                self.seen += 1
+        if self.training and not self._frozen:
+            self._update(x)
         return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def _update(self, x: torch.Tensor) -> None:
+        n = int(self.seen)  # reads the buffer (a host sync on a GPU) only until the warm-up is over
+        if n >= self.warmup:
+            self._frozen = True
+            return
+        mean = x.float().mean(dim=(0, 2, 3), keepdim=True)
+        std = x.float().std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-4)
+        self.mean.mul_(n / (n + 1)).add_(mean / (n + 1))
+        self.std.mul_(n / (n + 1)).add_(std / (n + 1))
+        self.seen += 1
 
 
 def conv_subnet(hidden_ratio: float, kernel: int = 3):
-    """Subnet constructor for FrEIA couplings: conv-ReLU-conv, zero-initialised output (identity start)."""
+    """Subnet constructor for FrEIA couplings: conv-ReLU-conv, zero-initialised output (identity
+    start). anomalib's FastFlow block builder has the same layout but neither this zero init nor
+    the positional condition that :func:`build_flow` adds, hence our own."""
 
     def build(c_in: int, c_out: int) -> nn.Module:
         hidden = max(8, int(round(c_in * hidden_ratio)))
@@ -126,7 +118,7 @@ class FlowTeacher(nn.Module):
             for c, (h, w) in zip(channels, sizes, strict=True)
         )
         for i, (h, w) in enumerate(sizes):
-            enc = positional_encoding(positional, h, w) if positional else torch.zeros(0)
+            enc = positional_encoding_2d(positional, h, w) if positional else torch.zeros(0)
             self.register_buffer(f"pos{i}", enc, persistent=False)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
