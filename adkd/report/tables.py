@@ -45,11 +45,9 @@ def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS)
         if r["category"] not in categories:
             categories.append(r["category"])
         runs[(r["category"], key)].append(r["metrics"])
-    cells = {
-        cell: {k: sum(m[k] for m in ms) / len(ms) for k in ms[0] if all(k in m for m in ms)}
-        for cell, ms in runs.items()
-    }
-    cells = defaultdict(dict, cells)
+    cells = defaultdict(dict)  # (category, column) -> metric means over that cell's runs
+    for cell, ms in runs.items():
+        cells[cell] = {k: sum(m[k] for m in ms) / len(ms) for k in ms[0] if all(k in m for m in ms)}
     columns = [(m, k) for m in methods for k in metrics if any(k in cells[(c, m)] for c in categories)]
     header = ["category"] + [f"{m} {k}" for m, k in columns]
     rows = []
