@@ -17,7 +17,6 @@ def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
     from torchvision.utils import save_image
 
-    from adkd.data.dataset import denormalize
     from adkd.data.synthesis import AnomalySynthesizer
 
     if "synthesis" not in cfg.method:
@@ -27,7 +26,7 @@ def main(cfg: DictConfig) -> None:
     datamodule = instantiate(cfg.dataset)
     datamodule.setup("fit")
     n = min(8, len(datamodule.train_set))
-    images = torch.stack([denormalize(datamodule.train_set[i]["image"]) for i in range(n)])
+    images = torch.stack([datamodule.train_set[i]["image"] for i in range(n)])
     synthesizer = AnomalySynthesizer(**cfg.method.synthesis)
     augmented, masks = synthesizer(images)
     rows = torch.cat([images, augmented, masks.expand(-1, 3, -1, -1)])  # three rows of n

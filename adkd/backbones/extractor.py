@@ -21,6 +21,8 @@ def build_stages(name: str, pretrained: bool = True, weights: str | None = None)
 class FeatureExtractor(nn.Module):
     """Returns the outputs of the stages in ``layers`` (1 = stride 4, 2 = stride 8, 3 = 16, 4 = 32).
 
+    Images come in as RGB in [0, 1]; the extractor applies its backbone's input normalisation
+    itself, so datasets, exported models and figures never have to know or undo it.
     Stages past the deepest requested one are dropped, so e.g. RD4AD's teacher never runs layer4.
     With ``frozen`` the parameters take no gradient and the module stays in eval mode (BatchNorm
     statistics untouched) even when its parent is set to train.
@@ -42,6 +44,9 @@ class FeatureExtractor(nn.Module):
         self.layers = layers
         self.frozen = frozen
         self.stages = build_stages(name, pretrained, weights)[: layers[-1] + 1]
+        spec = get_spec(name)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         if frozen:
             self.requires_grad_(False)
         self.channels, self.strides = self._probe()
@@ -58,7 +63,12 @@ class FeatureExtractor(nn.Module):
     def train(self, mode: bool = True) -> FeatureExtractor:
         return super().train(mode and not self.frozen)
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] RGB -> the backbone's input scale."""
+        return (images - self.mean) / self.std
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.normalize(x)
         feats = []
         for i, stage in enumerate(self.stages):
             x = stage(x)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -24,6 +27,8 @@ class BackboneSpec:
     offline: Callable[[], str] | None = None  # returns a path to weights shipped in a package
     offline_package: str | None = None  # the pip package that ships them
     key_map: Callable[[dict], dict] = field(default=lambda sd: sd)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # the input normalisation its weights were trained with
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 def _resnet_stages(m: nn.Module) -> list[nn.Module]:

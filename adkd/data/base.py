@@ -96,6 +96,12 @@ class AnomalyDataModule(L.LightningDataModule):
             test = self._limit(self.records("test"), self.limit_test)
             self.test_set = AnomalyDataset(test, self.image_size, self.cache)
 
+    def set_synthesizer(self, synthesizer) -> None:  # noqa: ANN001
+        """Training samples get synthetic anomalies from ``synthesizer`` (fresh each epoch), in the
+        loader's workers; validation samples too, the same ones every epoch."""
+        self.train_set.synthesizer = self.val_set.synthesizer = synthesizer
+        self.val_set.fixed_synthesis = True
+
     def _loader(self, dataset: AnomalyDataset, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(
             dataset,

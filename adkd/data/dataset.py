@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from adkd.data.records import Record
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageReadError(RuntimeError):
     """An image or mask file could not be read or does not match its partner."""
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode PIL reads. 16-bit images (industrial cameras write 16-bit PNG and
+    TIFF; PIL opens them as I;16 or I) are scaled by 255/65535: PIL's own convert("RGB") clips them
+    at 255, which turns almost every pixel white. Float images are taken as [0, 1]."""
+    if img.mode.startswith("I") or img.mode == "F":
+        full = 1.0 if img.mode == "F" else 65535.0
+        array = np.asarray(img).astype(np.float64) / full * 255
+        img = Image.fromarray(np.clip(array + 0.5, 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
 def read_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+            return to_rgb(ImageOps.exif_transpose(img))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise ImageReadError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
 
 
@@ -41,51 +50,62 @@ def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 class AnomalyDataset(Dataset):
-    """Samples as dicts: ``image`` (3,H,W normalised), ``gt_mask`` (1,H,W in {0,1}),
-    ``gt_label`` (0/1), ``image_path`` (str).
+    """Samples as dicts: ``image`` (3,H,W RGB in [0, 1]; each method's backbone normalises it),
+    ``gt_mask`` (1,H,W in {0,1}), ``gt_label`` (0/1), ``image_path`` (str).
 
-    With ``cache`` each decoded, resized sample is kept in memory after its first read (for the
-    small embedded sets, where decoding would dominate an epoch on a laptop CPU).
+    ``cache``: every image (and mask) is decoded and resized once, up front, and kept as uint8
+    (0.2 MB an image at 256 px): an epoch then costs no decoding, and loader workers share the
+    tensors. ``synthesizer``: a callable ([0, 1] image (3,H,W)) -> (image, mask (1,H,W)) that
+    adds a synthetic anomaly (methods that train on them, e.g. ADPS, set it for fit). It runs
+    per sample here, in the loader's workers, so the accelerator never waits on it; with
+    ``fixed_synthesis`` sample i always gets the same anomaly (validation losses comparable
+    across epochs).
     """
 
     def __init__(self, records: list[Record], image_size: int, cache: bool = False) -> None:
         self.records = records
         self.image_size = (int(image_size), int(image_size))
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
+        self.synthesizer = None
+        self.fixed_synthesis = False
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if cache:
+            self._cache = self._load_all()
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _load_all(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+            return list(pool.map(self._load, range(len(self.records))))
+
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 image (3,H,W) and bool mask (1,H,W), resized."""
         record = self.records[index]
         img = read_image(record.image_path)
-        image = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
-        image = TF.resize(image, list(self.image_size), antialias=True)
+        image = TF.resize(TF.pil_to_tensor(img), list(self.image_size), antialias=True)
         if record.mask_path is not None:
-            mask = torch.from_numpy(read_mask(record.mask_path, img.size)).float()[None]
-            mask = (TF.resize(mask, list(self.image_size), antialias=False) > 0.5).float()
+            mask = torch.from_numpy(read_mask(record.mask_path, img.size))[None].to(torch.uint8) * 255
+            mask = TF.resize(mask, list(self.image_size), antialias=False) > 127
         else:
-            mask = torch.zeros(1, *self.image_size)
+            mask = torch.zeros(1, *self.image_size, dtype=torch.bool)
         return image, mask
 
     def __getitem__(self, index: int) -> dict:
-        if self._cache is not None and index in self._cache:
-            image, mask = self._cache[index]
-        else:
-            image, mask = self._load(index)
-            if self._cache is not None:
-                self._cache[index] = (image, mask)
-        record = self.records[index]
-        return {
-            "image": TF.normalize(image, IMAGENET_MEAN, IMAGENET_STD),
-            "gt_mask": mask,
-            "gt_label": record.gt_label,
-            "image_path": str(record.image_path),
-        }
+        image, mask = self._cache[index] if self._cache is not None else self._load(index)
+        image, mask = image.float() / 255, mask.float()
+        sample = {"gt_label": self.records[index].gt_label, "image_path": str(self.records[index].image_path)}
+        if self.synthesizer is not None:
+            image, mask = self._synthesize(image, index)
+            sample.update(gt_label=int(mask.any()), synthetic=True)
+        return {"image": image, "gt_mask": mask, **sample}
+
+    def _synthesize(self, image: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.fixed_synthesis:
+            return self.synthesizer(image)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(index)
+            return self.synthesizer(image)
 
 
-def denormalize(image: torch.Tensor) -> torch.Tensor:
-    """Inverse of the ImageNet normalisation, for figures: (3,H,W) -> [0,1]."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=image.device)[:, None, None]
-    return (image * std + mean).clamp(0, 1)

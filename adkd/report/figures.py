@@ -9,8 +9,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from adkd.data.dataset import denormalize  # noqa: E402
-
 
 def save_figures(samples: list[dict], folder: Path) -> list[Path]:
     """Write one PNG per sample into ``folder``; the map's colour scale is shared across samples."""
@@ -22,11 +20,12 @@ def save_figures(samples: list[dict], folder: Path) -> list[Path]:
     paths = []
     for i, s in enumerate(samples):
         fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-        image = denormalize(s["image"]).permute(1, 2, 0).numpy()
+        image = s["image"].clamp(0, 1).permute(1, 2, 0).numpy()
         axes[0].imshow(image)
-        axes[0].set_title(f"{'anomalous' if s['gt_label'] else 'normal'}: {Path(s['image_path']).name}", fontsize=8)
+        axes[0].set_title(f"{'anomalous' if s['gt_label'] else 'normal'}: {Path(s['image_path']).parent.name}/{Path(s['image_path']).name}", fontsize=8)
         axes[1].imshow(image)
-        axes[1].imshow(s["anomaly_map"].numpy(), cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+        heat = axes[1].imshow(s["anomaly_map"].numpy(), cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+        fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
         axes[1].set_title(f"anomaly map (score {s['pred_score']:.3g})", fontsize=8)
         axes[2].imshow(s["gt_mask"].numpy(), cmap="gray", vmin=0, vmax=1)
         axes[2].set_title("ground truth", fontsize=8)

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import torch
 
-from adkd.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from adkd.data.synthesis import AnomalySynthesizer
 from adkd.methods.adps.loss import focal_segmentation_loss, masked_distillation_loss
 from adkd.methods.adps.network import ADPSNetwork
@@ -49,17 +48,19 @@ class ADPS(AnomalyModule):
         self.synthesizer = AnomalySynthesizer(**(synthesis or {}))
         self.distill_loss, self.mse_margin = distill_loss, mse_margin
         self.seg_weight, self.focal_gamma, self.focal_alpha = seg_weight, focal_gamma, focal_alpha
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def synthesize(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised images in, normalised images with synthetic anomalies and their masks out."""
-        raw = (images * self.std + self.mean).clamp(0, 1)
-        augmented, mask = self.synthesizer(raw)
-        return (augmented - self.mean) / self.std, mask
+    def setup(self, stage: str) -> None:
+        """Training and validation images get their synthetic anomalies in the data loader's
+        workers (per sample, on the CPU), so the accelerator's step never waits on the synthesis."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and hasattr(datamodule, "set_synthesizer"):
+            datamodule.set_synthesizer(self.synthesizer)
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        images, mask = self.synthesize(batch["image"])
+        if batch.get("synthetic") is not None:
+            images, mask = batch["image"], batch["gt_mask"]
+        else:  # loaders that are not an adkd datamodule's: synthesise here, on the batch's device
+            images, mask = self.synthesizer(batch["image"])
         out = self.network(images)
         distill = masked_distillation_loss(out["teacher"], out["student"], mask, self.distill_loss, self.mse_margin)
         losses = {"distill": distill}

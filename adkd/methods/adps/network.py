@@ -47,12 +47,14 @@ class PatchStudent(nn.Module):
     def __init__(self, extractor: FeatureExtractor, k: int, patch_stages: list[int] | None = None) -> None:
         super().__init__()
         self.stages = extractor.stages
+        self.register_buffer("mean", extractor.mean.clone(), persistent=False)
+        self.register_buffer("std", extractor.std.clone(), persistent=False)
         self.layers = extractor.layers
         self.k = k
         self.patch_stages = set(range(len(self.stages)) if patch_stages is None else patch_stages)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        feats, x, patched = [], images, False
+        feats, x, patched = [], (images - self.mean) / self.std, False
         for i, stage in enumerate(self.stages):
             if (i in self.patch_stages) != patched:
                 x = to_patches(x, self.k) if not patched else from_patches(x, self.k)
