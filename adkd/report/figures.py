@@ -22,7 +22,9 @@ def save_figures(samples: list[dict], folder: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
         image = s["image"].clamp(0, 1).permute(1, 2, 0).numpy()
         axes[0].imshow(image)
-        axes[0].set_title(f"{'anomalous' if s['gt_label'] else 'normal'}: {Path(s['image_path']).parent.name}/{Path(s['image_path']).name}", fontsize=8)
+        path = Path(s["image_path"])
+        kind = "anomalous" if s["gt_label"] else "normal"
+        axes[0].set_title(f"{kind}: {path.parent.name}/{path.name}", fontsize=8)
         axes[1].imshow(image)
         heat = axes[1].imshow(s["anomaly_map"].numpy(), cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
         fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
