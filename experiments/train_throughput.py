@@ -8,11 +8,12 @@ For each method, two Lightning fits of the same model on the same device and pre
 - ``compute``: one batch taken from that datamodule and served again every step from memory,
   so the step never waits on data.
 
-images/s is counted over the steps after a warm-up, between two device synchronisations. The
+images/s is counted over the epochs after a first warm-up epoch (which pays for cuDNN's kernel
+search, once per batch shape, and the loader's start), between two device synchronisations. The
 ratio pipeline / compute is the share of the step the accelerator is busy; 1.0 = never waits.
 
     python experiments/train_throughput.py --root <folder in the MVTec layout> [--methods rd4ad stfpm adps dhkd]
-        [--backbone wide_resnet50_2] [--image-size 256] [--batch 32] [--precision 16-mixed] [--steps 30]
+        [--backbone wide_resnet50_2] [--image-size 256] [--batch 32] [--precision 16-mixed] [--epochs 3]
     python experiments/train_throughput.py --make-folder /tmp/synthetic   # 240 MVTec-sized training images
 """
 
@@ -27,29 +28,36 @@ import torch
 
 
 class StepTimer:
-    """Times the steps after ``warmup`` (device synchronised at both ends of the window)."""
+    """Times the epochs after the first (device synchronised at both ends of the window)."""
 
-    def __init__(self, warmup: int) -> None:
+    def __init__(self, trace: bool = False) -> None:
         from lightning.pytorch.callbacks import Callback
 
         timer = self
 
         class _Callback(Callback):
-            def on_train_batch_start(self, trainer, module, batch, batch_idx):  # noqa: ANN001
-                if trainer.global_step == timer.warmup and timer.start is None:
+            def on_train_epoch_start(self, trainer, module):  # noqa: ANN001
+                if trainer.current_epoch == 1:
                     _sync()
                     timer.start = time.perf_counter()
+
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):  # noqa: ANN001
                 if timer.start is not None:
                     timer.images += len(batch["image"])
+                if timer.trace:
+                    _sync()
+                    now = time.perf_counter()
+                    timer.steps.append((trainer.current_epoch, batch_idx, now - (timer.last or now)))
+                    timer.last = now
 
             def on_train_end(self, trainer, module):  # noqa: ANN001
                 _sync()
                 timer.end = time.perf_counter()
 
-        self.warmup = warmup
         self.callback = _Callback()
         self.start = self.end = None
         self.images = 0
+        self.trace, self.steps, self.last = trace, [], None
 
     def images_per_second(self) -> float:
         return self.images / (self.end - self.start)
@@ -63,18 +71,26 @@ def _sync() -> None:
 def make_folder(root: Path, n_train: int = 240, size: int = 900) -> Path:
     """A category ``synthetic`` in the MVTec layout with MVTec-sized RGB PNGs (smooth gradients
     plus noise, so PNG decoding costs what a real photo's does)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    cat = root / "synthetic"
+    jobs = []
+    for split, n in (("train/good", n_train), ("test/good", 8), ("test/defect", 8)):
+        (cat / split).mkdir(parents=True, exist_ok=True)
+        jobs += [(cat / split / f"{i:03d}.png", size, len(jobs) + i) for i in range(n)]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_write_image, *zip(*jobs, strict=True)))
+    return root
+
+
+def _write_image(path: Path, size: int, seed: int) -> None:
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    cat = root / "synthetic"
+    rng = np.random.default_rng(seed)
     ramp = np.linspace(40, 200, size, dtype=np.float32)
-    for split, n in (("train/good", n_train), ("test/good", 8), ("test/defect", 8)):
-        (cat / split).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            base = ramp[None, :, None] * np.array([1.0, 0.9, 0.8]) + rng.normal(0, 12, (size, size, 3))
-            Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(cat / split / f"{i:03d}.png")
-    return root
+    base = ramp[None, :, None] * np.array([1.0, 0.9, 0.8]) + rng.normal(0, 12, (size, size, 3))
+    Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(path, compress_level=1)
 
 
 def measure(method: str, args: argparse.Namespace, compute_only: bool) -> dict:
@@ -93,24 +109,27 @@ def measure(method: str, args: argparse.Namespace, compute_only: bool) -> dict:
     start = time.perf_counter()
     datamodule = instantiate(cfg.dataset)
     model = instantiate(cfg.method, _convert_="all")
-    steps = args.warmup + args.steps
     if compute_only:
         datamodule.setup("fit")
         if hasattr(model, "synthesizer") and hasattr(datamodule, "set_synthesizer"):
             datamodule.set_synthesizer(model.synthesizer)
+        batches = len(datamodule.train_dataloader())
         batch = next(iter(datamodule.train_dataloader()))
-        loader = torch.utils.data.DataLoader([batch] * steps, batch_size=None, pin_memory=True)
+        loader = torch.utils.data.DataLoader([batch] * batches, batch_size=None, pin_memory=True)
         fit_kwargs = {"train_dataloaders": loader}
         model.setup = lambda stage: None  # the batch already carries its synthetic anomalies
     else:
         fit_kwargs = {"datamodule": datamodule}
-    timer = StepTimer(args.warmup)
+    timer = StepTimer(args.trace)
     trainer = L.Trainer(
-        accelerator=args.accelerator, devices=1, precision=args.precision, max_steps=steps, max_epochs=-1,
+        accelerator=args.accelerator, devices=1, precision=args.precision, max_epochs=1 + args.epochs,
         limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[timer.callback], benchmark=True,
     )  # fmt: skip
     trainer.fit(model, **fit_kwargs)
+    if args.trace:
+        print("epoch, batch, seconds since the previous batch started:")
+        print(" ".join(f"{e}/{b}:{dt:.3f}" for e, b, dt in timer.steps), flush=True)
     return {"images_per_s": timer.images_per_second(), "wall_s": time.perf_counter() - start}
 
 
@@ -124,11 +143,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--precision", default="16-mixed")
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs, after one warm-up epoch")
     parser.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="outputs/throughput")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--trace", action="store_true", help="print each step's time (synchronises every step)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     if args.make_folder:

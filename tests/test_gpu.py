@@ -51,16 +51,19 @@ def test_dhkd_flow_runs_in_float32_under_amp(dtype):
     assert out["student"][0].dtype == dtype  # the student does run in half precision
 
 
-def _syncs_in_adps_loss(batch_size: int, tiny_mvtec, tmp_path) -> int:
-    """Host synchronisations in one ADPS loss on the GPU, for a batch from the datamodule."""
+def _syncs_in_adps_loss(tiny_mvtec, tmp_path, synthesis_in_loader: bool) -> int:
+    """Host synchronisations in one ADPS loss on the GPU for a batch of 8 from the datamodule:
+    its synthetic anomalies made in the loader, or (the fallback for foreign loaders) on the device."""
     from hydra.utils import instantiate
 
-    cfg = compose(tiny_overrides(tiny_mvtec, "method=adps", f"batch_size={batch_size}"), tmp_path)
+    cfg = compose(tiny_overrides(tiny_mvtec, "method=adps", "batch_size=8"), tmp_path)
     datamodule, model = instantiate(cfg.dataset), instantiate(cfg.method, _convert_="all").cuda()
     datamodule.setup("fit")
-    datamodule.set_synthesizer(model.synthesizer)
+    if synthesis_in_loader:
+        datamodule.set_synthesizer(model.synthesizer)
     batch = next(iter(datamodule.train_dataloader()))
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+    assert len(batch["image"]) == 8
     model.loss(batch)  # warm-up (cuDNN and kernel selection may sync)
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
@@ -74,6 +77,6 @@ def _syncs_in_adps_loss(batch_size: int, tiny_mvtec, tmp_path) -> int:
 
 
 def test_adps_training_step_does_not_sync_per_sample(tiny_mvtec, tmp_path):
-    small = _syncs_in_adps_loss(2, tiny_mvtec, tmp_path / "a")
-    large = _syncs_in_adps_loss(8, tiny_mvtec, tmp_path / "b")
-    assert small == large, (small, large)  # synthesis happened in the loader, not per sample here
+    assert _syncs_in_adps_loss(tiny_mvtec, tmp_path / "a", synthesis_in_loader=True) <= 2
+    # what the check guards against: anomalib's generator on device tensors syncs per sample
+    assert _syncs_in_adps_loss(tiny_mvtec, tmp_path / "b", synthesis_in_loader=False) >= 8

@@ -101,15 +101,17 @@ class AnomalyModule(L.LightningModule):
 
     @torch.no_grad()
     def predict_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Smoothed anomaly maps (B,1,H,W) and image scores (B,) for normalised images."""
-        anomaly_map = gaussian_blur(self.network.anomaly_map(images).float(), self.map_sigma)
-        flat = anomaly_map.flatten(1)
-        if self.score == "max":
-            pred_score = flat.amax(1)
-        elif self.score == "topk":
-            pred_score = flat.topk(max(1, round(self.topk * flat.shape[1])), dim=1).values.mean(1)
-        else:
-            pred_score = flat.mean(1)
+        """Smoothed anomaly maps (B,1,H,W) and image scores (B,), float32, for [0, 1] images."""
+        raw = self.network.anomaly_map(images)
+        with torch.autocast(images.device.type, enabled=False):  # maps and scores in float32 under AMP too
+            anomaly_map = gaussian_blur(raw.float(), self.map_sigma)
+            flat = anomaly_map.flatten(1)
+            if self.score == "max":
+                pred_score = flat.amax(1)
+            elif self.score == "topk":
+                pred_score = flat.topk(max(1, round(self.topk * flat.shape[1])), dim=1).values.mean(1)
+            else:
+                pred_score = flat.mean(1)
         return anomaly_map, pred_score
 
     def on_test_epoch_start(self) -> None:

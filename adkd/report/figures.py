@@ -26,7 +26,7 @@ def save_figures(samples: list[dict], folder: Path) -> list[Path]:
         kind = "anomalous" if s["gt_label"] else "normal"
         axes[0].set_title(f"{kind}: {path.parent.name}/{path.name}", fontsize=8)
         axes[1].imshow(image)
-        heat = axes[1].imshow(s["anomaly_map"].numpy(), cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+        heat = axes[1].imshow(s["anomaly_map"].float().numpy(), cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
         fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
         axes[1].set_title(f"anomaly map (score {s['pred_score']:.3g})", fontsize=8)
         axes[2].imshow(s["gt_mask"].numpy(), cmap="gray", vmin=0, vmax=1)
