@@ -108,3 +108,49 @@ def test_textures_generation_is_deterministic(tmp_path):
         "stain",
         "pit",
     }
+
+
+def test_images_come_out_in_unit_range_as_their_pixels_say(tmp_path):
+    """8-bit, 16-bit (PIL's I;16 and I), greyscale and palette images all read as the same RGB."""
+    import numpy as np
+    from PIL import Image
+
+    from adkd.data.dataset import read_image
+
+    grey = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))  # 0..240
+    paths = {"l8": tmp_path / "l8.png", "i16": tmp_path / "i16.png", "p": tmp_path / "p.png"}
+    Image.fromarray(grey).save(paths["l8"])
+    Image.fromarray(grey.astype(np.uint16) * 257).save(paths["i16"])  # 16-bit PNG
+    Image.fromarray(grey).convert("P").save(paths["p"])
+    assert Image.open(paths["i16"]).mode.startswith("I")
+    for name, path in paths.items():
+        rgb = np.asarray(read_image(path))
+        assert rgb.shape == (16, 16, 3), name
+        assert np.abs(rgb[..., 0].astype(int) - grey).max() <= 1, name  # not clipped to white
+
+
+def test_exif_rotated_jpeg_is_turned_upright(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from adkd.data.dataset import read_image
+
+    wide = np.zeros((8, 24, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    Image.fromarray(wide).save(tmp_path / "r.jpg", exif=exif)
+    assert read_image(tmp_path / "r.jpg").size == (8, 24)
+
+
+def test_synthetic_anomalies_come_from_the_loader(tiny_mvtec):
+    from adkd.data.synthesis import AnomalySynthesizer
+
+    dm = FolderDataModule(root=str(tiny_mvtec), category="widget", image_size=32, batch_size=11, val_fraction=0.25)
+    dm.setup("fit")
+    dm.set_synthesizer(AnomalySynthesizer(probability=1.0))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["synthetic"].all() and batch["gt_label"].tolist() == [1] * len(batch["image"])
+    assert all(m.sum() > 0 for m in batch["gt_mask"])
+    assert 0 <= batch["image"].min() and batch["image"].max() <= 1
+    first, second = dm.val_set[0], dm.val_set[0]  # validation anomalies are the same every epoch
+    assert torch.equal(first["image"], second["image"]) and torch.equal(first["gt_mask"], second["gt_mask"])
