@@ -1,14 +1,21 @@
 """`python -m adkd.run [overrides]`: compose the config, train, test, write results.
 
-Writes into the run folder: ``.hydra/config.yaml`` (the resolved config), ``metrics.json``,
-``checkpoints/last.ckpt`` and ``figures/*.png``. Heavy imports happen inside ``run`` so that
+Writes into the run folder: ``.hydra/`` (the composed config and the overrides),
+``config_resolved.yaml``, ``status.json`` (running, finished, failed or interrupted),
+``checkpoints/last.ckpt`` (every epoch), ``metrics.json`` and ``figures/*.png``. The Python API
+(:func:`run`) writes the same folder as the CLI. Heavy imports happen inside ``run`` so that
 ``--help`` and config errors answer at once.
+
+Stopped runs (Ctrl-C, SIGTERM from a scheduler, a requeued SLURM job) keep the checkpoint of their
+last finished epoch; the same command with ``resume=true`` continues them in the same folder.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -16,10 +23,31 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from adkd.errors import CheckpointError, ConfigError, user_error_in
+from adkd.runs import newest_checkpoint, read_status, resume_requested, write_status
+
 log = logging.getLogger("adkd")
 
-# Errors whose message already tells the user what to do: printed without a traceback.
-USER_ERRORS = ("DatasetNotFoundError", "BackboneWeightsError", "ImageReadError")
+
+class RunInterrupted(Exception):
+    """Training stopped by a signal; the run folder keeps its last checkpoint."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.checkpoint = signum, checkpoint
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # no Hydra context (a config built by hand)
+        return []
 
 
 def _loggers(cfg: DictConfig) -> list:
@@ -28,23 +56,67 @@ def _loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
+def _check_accelerator(cfg: DictConfig) -> None:
+    import torch
+
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer=gpu asks for a CUDA GPU, but torch sees none (torch.cuda.is_available() is False). "
+            "Use trainer=cpu, or check the NVIDIA driver and CUDA_VISIBLE_DEVICES."
+        )
+
+
+def _check_checkpoint(path: Path, model) -> None:  # noqa: ANN001
+    """A checkpoint this model can continue from, or an error naming the file."""
+    import torch
+
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint not found: {path} (ckpt_path).")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as err:  # noqa: BLE001 - empty, truncated, foreign files
+        raise CheckpointError(f"Cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit {type(model).__name__} as configured: {len(missing)} of its "
+            f"weights missing (e.g. {sorted(missing)[:2]}), {len(unexpected)} unexpected (e.g. "
+            f"{sorted(unexpected)[:2]}). Was it written by another method, backbone or layer choice?"
+        )
+
+
 def run(cfg: DictConfig) -> dict:
     """Train and test one (method, dataset, category); returns the metrics.json content."""
     import lightning as L
     from hydra.utils import instantiate
 
     output_dir = Path(cfg.output_dir)
+    resume = resume_requested(cfg.get("resume"))
+    if resume and read_status(output_dir).get("status") == "finished":  # e.g. a sweep relaunched into its folder
+        log.info("%s already finished; nothing to resume", output_dir)
+        return json.loads((output_dir / "metrics.json").read_text())
+    if _is_rank_zero():
+        write_status(output_dir, "running")
+        OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
     # Frozen teachers are in eval mode on purpose; Lightning warns about it on every fit.
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     for name in ("lightning.pytorch", "lightning.fabric"):  # they print themselves; not twice via Hydra's root
         logging.getLogger(name).propagate = False
+    _check_accelerator(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.dataset)  # checks the data is there (and the category) first
+    datamodule = instantiate(cfg.dataset)  # cheap checks only (the category, the root)
     model = instantiate(cfg.method, _convert_="all")  # plain containers: checkpoints load with weights_only
     model.pixel_metrics = datamodule.has_masks
+    ckpt_path = Path(cfg.ckpt_path).expanduser() if cfg.ckpt_path else None
+    if resume and ckpt_path is None:
+        ckpt_path = newest_checkpoint(output_dir)
+        log.info("Resuming %s from %s", output_dir, ckpt_path or "the start (no checkpoint yet)")
+    if ckpt_path is not None:
+        _check_checkpoint(ckpt_path, model)
     loggers = _loggers(cfg)
     try:
-        return _fit_and_test(cfg, datamodule, model, loggers, output_dir)
+        return _fit_and_test(cfg, datamodule, model, loggers, output_dir, ckpt_path)
     finally:
         if any(lg.__class__.__name__ == "WandbLogger" for lg in loggers):
             import wandb
@@ -52,25 +124,36 @@ def run(cfg: DictConfig) -> dict:
             wandb.finish()  # each multirun job gets a W&B run of its own
 
 
-def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir: Path) -> dict:  # noqa: ANN001
+def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir: Path, ckpt_path) -> dict:  # noqa: ANN001
     import lightning as L
     import torch
     from hydra.utils import instantiate
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from adkd.report.figures import save_figures
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
+
+    def stage(fn, **kwargs) -> None:  # noqa: ANN001
+        try:
+            fn(model, datamodule=datamodule, **kwargs)
+        except SystemExit as stop:  # Lightning ends Ctrl-C with sys.exit(1) and SIGTERM with SIGTERMException
+            if trainer.interrupted:
+                signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
+                raise RunInterrupted(signum, newest_checkpoint(output_dir)) from stop
+            raise
+        if trainer.interrupted:
+            raise RunInterrupted(signal.SIGINT, newest_checkpoint(output_dir))
+
+    stage(trainer.fit, ckpt_path=ckpt_path)
     if trainer.world_size > 1:  # metrics need the whole test set in one process
         torch.distributed.barrier()
         if trainer.global_rank != 0:
             return {}
         trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=loggers or False,
                             precision=cfg.trainer.precision, default_root_dir=str(output_dir))  # fmt: skip
-    trainer.test(model, datamodule=datamodule, verbose=False)
+    stage(trainer.test, verbose=False)
 
     results = {
         "method": cfg.method_name,
@@ -82,6 +165,7 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
         "image_size": cfg.image_size,
         "max_epochs": cfg.max_epochs,
         "seed": cfg.seed,
+        "overrides": _overrides(),
         "pixel_metrics": datamodule.has_masks,
         "metrics": model.test_metrics,
     }
@@ -90,7 +174,9 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
     for lg in loggers:
         if lg.__class__.__name__ == "WandbLogger":
             lg.log_image(key="test/figures", images=[str(p) for p in figures])
-            lg.experiment.summary.update({f"test/{k}": v for k, v in model.test_metrics.items()})
+            defined = {f"test/{k}": v for k, v in model.test_metrics.items() if v is not None}
+            lg.experiment.summary.update(defined)
+    write_status(output_dir, "finished")
     _print_summary(results, output_dir)
     return results
 
@@ -99,23 +185,41 @@ def _print_summary(results: dict, output_dir: Path) -> None:
     m = results["metrics"]
     width = max(len(k) for k in m)
     lines = [f"\n{results['method']} on {results['dataset']}/{results['category']} ({results['backbone']})"]
-    lines += [f"  {k:<{width}}  {v:.4f}" for k, v in m.items()]
+    lines += [f"  {k:<{width}}  {'n/a' if v is None else f'{v:.4f}'}" for k, v in m.items()]
     if not results["pixel_metrics"]:
         lines.append("  (no pixel masks in this dataset: image-level metrics only)")
+    if any(v is None for v in m.values()):
+        lines.append("  (n/a: undefined on this test split; see the warning above)")
     lines.append(f"Outputs: {output_dir}")
     print("\n".join(lines), flush=True)
 
 
+def _resume_command() -> str:
+    args = [o for o in _overrides() if not o.startswith(("resume=", "ckpt_path="))]
+    return " ".join(["python -m adkd.run", *args, "resume=true"])
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="run")
 def main(cfg: DictConfig) -> float | None:
+    output_dir = Path(cfg.output_dir)
     try:
         results = run(cfg)
+    except RunInterrupted as stop:
+        where = f"Last checkpoint: {stop.checkpoint}" if stop.checkpoint else "No epoch had finished: no checkpoint."
+        write_status(output_dir, "interrupted", signal=str(stop), checkpoint=str(stop.checkpoint or ""))
+        print(f"\nInterrupted ({stop}). {where}\nResume with: {_resume_command()}", file=sys.stderr, flush=True)
+        sys.exit(128 + stop.signum)
+    except KeyboardInterrupt:
+        write_status(output_dir, "interrupted", signal="SIGINT", checkpoint=str(newest_checkpoint(output_dir) or ""))
+        print("\nInterrupted (SIGINT) before training.", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)
     except Exception as err:
-        if type(err).__name__ in USER_ERRORS or (isinstance(err, ValueError) and "category" in str(err)):
-            print(f"\nerror: {err}", file=sys.stderr)
+        user_error = user_error_in(err)
+        write_status(output_dir, "failed", error=str(user_error or f"{type(err).__name__}: {err}"))
+        if user_error is not None:
+            print(f"\nerror: {user_error}", file=sys.stderr, flush=True)
             sys.exit(1)
         raise
-    OmegaConf.save(cfg, Path(cfg.output_dir) / "config_resolved.yaml", resolve=True)
     metric = results.get("metrics", {})
     return metric.get("pixel_aupro", metric.get("image_auroc"))  # for sweepers that optimise
 

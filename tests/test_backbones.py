@@ -3,7 +3,8 @@ import time
 import pytest
 import torch
 
-from adkd.backbones import BackboneWeightsError, FeatureExtractor
+from adkd.backbones import FeatureExtractor
+from adkd.errors import BackboneWeightsError
 
 
 @pytest.mark.parametrize(
@@ -64,3 +65,28 @@ def test_unavailable_weights_fail_fast_with_the_ways_out(monkeypatch):
 def test_unknown_backbone_lists_the_known_ones():
     with pytest.raises(ValueError, match="mobilenet_v2"):
         FeatureExtractor("vgg99")
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [(b"", "the file is empty"), (b"\x00garbage" * 10, "Cannot read backbone weights"), (None, "do not fit backbone")],
+)
+def test_bad_weight_files_are_named_with_what_was_expected(tmp_path, content, reason):
+    path = tmp_path / "weights.pth"
+    if content is None:  # a real state dict, of another architecture
+        import torchvision
+
+        torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(BackboneWeightsError) as err:
+        FeatureExtractor("resnet18", pretrained=True, weights=str(path))
+    assert str(path) in str(err.value) and reason in str(err.value)
+
+
+def test_weights_are_loaded_without_unpickling_code():
+    import inspect
+
+    from adkd.backbones import weights
+
+    assert "weights_only=True" in inspect.getsource(weights._read_state_dict)

@@ -3,11 +3,10 @@ import shutil
 import pytest
 import torch
 
-from adkd.data.base import DatasetNotFoundError
-from adkd.data.dataset import ImageReadError
 from adkd.data.elpv import ELPVDataModule
 from adkd.data.folder import FolderDataModule, MVTecADDataModule
 from adkd.data.textures import TexturesDataModule
+from adkd.errors import DatasetNotFoundError, ImageReadError
 
 
 def test_folder_layout_samples(tiny_mvtec):

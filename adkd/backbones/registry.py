@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from adkd.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -128,5 +130,5 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 def get_spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}. Available: {', '.join(sorted(BACKBONES))}.")
+        raise ConfigError(f"Unknown backbone {name!r} (backbone.name). Available: {', '.join(sorted(BACKBONES))}.")
     return BACKBONES[name]

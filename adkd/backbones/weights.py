@@ -11,15 +11,12 @@ import torch
 from torch import nn
 
 from adkd.backbones.registry import BackboneSpec
+from adkd.errors import BackboneWeightsError
 
 log = logging.getLogger(__name__)
 
 # A blackholed network must not hang a run: downloads give up after this many seconds of silence.
 DOWNLOAD_TIMEOUT_S = 30
-
-
-class BackboneWeightsError(RuntimeError):
-    """Pretrained weights were asked for and none could be had."""
 
 
 def _ways_out(name: str, spec: BackboneSpec) -> str:
@@ -33,12 +30,20 @@ def _ways_out(name: str, spec: BackboneSpec) -> str:
 
 def _read_state_dict(path: str | Path) -> dict:
     path = Path(path).expanduser()
+    expected = "a PyTorch state dict (torch.save(model.state_dict(), ...)), or a checkpoint holding one"
     if not path.is_file():
-        raise FileNotFoundError(f"Backbone weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise BackboneWeightsError(f"Backbone weights file not found: {path} (backbone.weights). Expected {expected}.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code from a file
+    except Exception as err:  # noqa: BLE001 - empty, truncated or foreign files fail in many ways
+        reason = "the file is empty" if path.stat().st_size == 0 else f"{type(err).__name__}: {err}"
+        raise BackboneWeightsError(f"Cannot read backbone weights {path}: {reason}. Expected {expected}.") from err
     for key in ("state_dict", "model"):  # checkpoints that wrap the weights
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        kind = type(state).__name__
+        raise BackboneWeightsError(f"Backbone weights {path} hold a {kind}, not tensors. Expected {expected}.")
     return state
 
 
@@ -85,9 +90,15 @@ def resolve_state_dict(name: str, spec: BackboneSpec, weights: str | None) -> di
 
 def load_pretrained(model: nn.Module, name: str, spec: BackboneSpec, weights: str | None) -> None:
     state = resolve_state_dict(name, spec, weights)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    source = weights or "the pretrained weights"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # same names, other shapes
+        first = str(err).split("\n\t")[1:2] or [str(err)[:300]]
+        raise BackboneWeightsError(f"Weights {source} do not fit backbone {name!r}: {first[0]}") from err
     if missing:
         raise BackboneWeightsError(
-            f"Weights for {name!r} do not fit the architecture: {len(missing)} missing keys "
-            f"(first: {missing[:3]}), {len(unexpected)} unexpected."
+            f"Weights {source} do not fit backbone {name!r}: {len(missing)} of its keys are missing "
+            f"(first: {missing[:3]}), {len(unexpected)} keys unexpected (first: {unexpected[:3]}). "
+            f"Give weights of a {name} (backbone.weights), or pick the backbone they are for (backbone=...)."
         )

@@ -6,14 +6,50 @@ import random
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from adkd.data.dataset import AnomalyDataset
 from adkd.data.records import Record
+from adkd.errors import ConfigError
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset is not where the config says; the message says where to get it."""
+class SeededSampler(Sampler):
+    """Training order, and a seed for each sample's random augmentation (synthetic anomalies),
+    from the run's seed and the epoch alone.
+
+    torch's RandomSampler draws from the global generator, whose state at an epoch's start
+    depends on how the loader's workers were started; a resumed run would then see other orders
+    and other anomalies than the uninterrupted one. Here (seed, epoch) fixes both, whatever the
+    number of workers. Under DDP each rank takes its share (padded to equal length), so the
+    trainer's own distributed sampler is switched off (``use_distributed_sampler: false``).
+    """
+
+    def __init__(self, size: int, seed: int | None = None) -> None:
+        self.size = size
+        self.seed = torch.initial_seed() if seed is None else seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch's start
+        self.epoch = epoch
+
+    def _shard(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        _, world = self._shard()
+        return -(-self.size // world)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & (2**63 - 1))
+        order = torch.randperm(self.size, generator=generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
+        pairs = list(zip(order, seeds, strict=True))
+        rank, world = self._shard()
+        pairs += pairs[: len(self) * world - len(pairs)]  # equal shares: every rank takes as many steps
+        return iter(pairs[rank::world])
 
 
 class AnomalyDataModule(L.LightningDataModule):
@@ -47,7 +83,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.root = Path(root).expanduser() if root else None
         self.category = category or self.default_category
         if self.categories and self.category not in self.categories:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown category {self.category!r} for dataset {self.name}. "
                 f"Valid categories: {', '.join(self.categories)}."
             )
@@ -106,7 +142,7 @@ class AnomalyDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=SeededSampler(len(dataset)) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,

@@ -12,10 +12,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from adkd.data.records import Record
-
-
-class ImageReadError(RuntimeError):
-    """An image or mask file could not be read or does not match its partner."""
+from adkd.errors import ImageReadError
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -92,20 +89,22 @@ class AnomalyDataset(Dataset):
             mask = torch.zeros(1, *self.image_size, dtype=torch.bool)
         return image, mask
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: an index, or (index, seed) from :class:`SeededSampler` (the seed drives this
+        sample's synthetic anomaly)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self._cache[index] if self._cache is not None else self._load(index)
         image, mask = image.float() / 255, mask.float()
         sample = {"gt_label": self.records[index].gt_label, "image_path": str(self.records[index].image_path)}
         if self.synthesizer is not None:
-            image, mask = self._synthesize(image, index)
+            seed = index if self.fixed_synthesis else seed
+            image, mask = self.synthesizer(image) if seed is None else self._synthesize(image, seed)
             sample.update(gt_label=int(mask.any()), synthetic=True)
         return {"image": image, "gt_mask": mask, **sample}
 
-    def _synthesize(self, image: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.fixed_synthesis:
-            return self.synthesizer(image)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(index)
+    def _synthesize(self, image: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+            torch.manual_seed(seed)
             return self.synthesizer(image)
 
 

@@ -18,8 +18,9 @@ import csv
 import random
 from pathlib import Path
 
-from adkd.data.base import AnomalyDataModule, DatasetNotFoundError
+from adkd.data.base import AnomalyDataModule
 from adkd.data.records import Record
+from adkd.errors import DatasetNotFoundError
 
 
 def elpv_folder() -> Path:

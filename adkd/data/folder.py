@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adkd.data.base import AnomalyDataModule, DatasetNotFoundError
+from adkd.data.base import AnomalyDataModule
 from adkd.data.records import Record, mvtec_layout_records
+from adkd.errors import DatasetNotFoundError
 
 MVTEC_LAYOUT = """\
   <root>/<category>/train/good/*.png

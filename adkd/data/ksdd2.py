@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from adkd.data.base import AnomalyDataModule, DatasetNotFoundError
+from adkd.data.base import AnomalyDataModule
 from adkd.data.records import Record
+from adkd.errors import DatasetNotFoundError
 
 KSDD2_LAYOUT = """\
   <root>/train/<id>.png  <root>/train/<id>_GT.png

@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from adkd.data.base import AnomalyDataModule, DatasetNotFoundError
+from adkd.data.base import AnomalyDataModule
 from adkd.data.records import Record
+from adkd.errors import DatasetNotFoundError
 
 VISA_LAYOUT = """\
   <root>/split_csv/1cls.csv                     (columns object,split,label,image,mask)

@@ -1,0 +1,46 @@
+"""Errors a user can fix. Import-free, so the CLI can catch them before anything heavy loads.
+
+Each one's message names the file or config key at fault and what to do; the CLI prints it on
+one line (or a few), without a traceback, and exits with status 1.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Base of every error whose message tells the user how to fix it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work (an unknown category, a GPU asked for where there is none)."""
+
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
+    """The dataset is not where the config says; the message says where to get it."""
+
+
+class DataCheckError(UserError):
+    """The data check found files that cannot be used; the message lists every one."""
+
+
+class ImageReadError(UserError, RuntimeError):
+    """An image or mask file could not be read or does not match its partner."""
+
+
+class BackboneWeightsError(UserError, RuntimeError):
+    """Pretrained weights were asked for and none could be had, or the file does not fit."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be used for this run."""
+
+
+def user_error_in(err: BaseException) -> UserError | None:
+    """The UserError behind ``err``, if any: Hydra's instantiate wraps what a constructor raises."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

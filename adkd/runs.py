@@ -1,0 +1,100 @@
+"""Run folders: unique names, a status file, and finding the run that ``resume=true`` continues.
+
+Each run folder holds ``status.json``: ``running`` while it trains, then ``finished``, ``failed``
+(with the error) or ``interrupted`` (with the checkpoint to resume from). Only a finished run has
+``metrics.json``; the report lists the others.
+
+Import-light: the resolver below is registered before Hydra composes the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+STATUS_FILE = "status.json"
+# Overrides that do not change what a run computes: a relaunch that differs only in these is
+# "the same command" for resume=true.
+NOT_PART_OF_THE_RUN = ("resume", "ckpt_path", "hydra.", "logger", "experiment_name")
+
+_chosen: dict[tuple, str] = {}  # one folder per process and arguments (Hydra reads the run dir more than once)
+
+
+def read_status(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_status(folder: Path, status: str, **details) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"status": status, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **details}
+    tmp = folder / f".{STATUS_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, folder / STATUS_FILE)  # atomic: a kill never leaves half a status
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The most recent checkpoint of a run: ``last.ckpt`` (epoch ends, or every N steps) or a
+    SLURM requeue checkpoint (``hpc_ckpt_*.ckpt``, written by Lightning on the requeue signal)."""
+    folder = Path(folder)
+    found = [p for p in (*folder.glob("checkpoints/*.ckpt"), *folder.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _run_overrides(overrides: list[str]) -> list[str]:
+    return sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_PART_OF_THE_RUN))
+
+
+def find_resumable(parent: Path, overrides: list[str]) -> Path | None:
+    """The newest unfinished run under ``parent`` launched with the same overrides."""
+    wanted = _run_overrides(overrides)
+    candidates = []
+    for folder in Path(parent).glob("*/"):
+        status = read_status(folder).get("status")
+        if status in (None, "finished"):
+            continue
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))
+        except (OSError, ValueError):
+            continue
+        if _run_overrides(saved) == wanted:
+            candidates.append(folder)
+    return max(candidates, key=lambda f: f.stat().st_mtime) if candidates else None
+
+
+def resume_requested(flag: bool) -> bool:
+    """resume=true, or a SLURM job that was requeued (preempted or timed out) and starts again."""
+    return bool(flag) or int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def run_dir(root: str, method: str, dataset: str, category, resume, *, _root_) -> str:  # noqa: ANN001
+    """``hydra.run.dir``: ``<root>/<method>/<dataset>/<category>/<time>_<6 random hex>`` (two runs
+    started in the same second never share a folder), or with resume the folder being continued."""
+    key = (root, method, dataset, category, resume)
+    if key not in _chosen:
+        parent = Path(root) / method / dataset / (str(category) if category is not None else "all")
+        found = None
+        if resume_requested(resume):
+            overrides = list(OmegaConf.select(_root_, "hydra.overrides.task", default=[]) or [])
+            found = find_resumable(parent, overrides)
+        _chosen[key] = str(found or parent / unique_name())
+    return _chosen[key]
+
+
+def unique_name() -> str:
+    return f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("adkd_run_dir"):
+        OmegaConf.register_new_resolver("adkd_run_dir", run_dir)
+    if not OmegaConf.has_resolver("adkd_unique"):
+        OmegaConf.register_new_resolver("adkd_unique", lambda: _chosen.setdefault(("unique",), unique_name()))
