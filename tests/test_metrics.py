@@ -80,3 +80,20 @@ def test_f1max_known_value():
     f1 = F1Max()
     f1.update(torch.tensor([0.9, 0.8, 0.7, 0.1]), torch.tensor([1, 0, 1, 0]))
     assert float(f1.compute()) == pytest.approx(0.8)
+
+
+def test_metrics_a_one_class_test_split_cannot_define_are_none(caplog):
+    import logging
+
+    from adkd.metrics import AnomalyMetrics
+
+    only_normal = AnomalyMetrics(pixel=True)
+    only_normal.update(torch.tensor([0.1, 0.7]), torch.tensor([0, 0]), torch.rand(2, 1, 8, 8), torch.zeros(2, 1, 8, 8))
+    with caplog.at_level(logging.WARNING):
+        out = only_normal.compute()
+    assert all(v is None for v in out.values()), out  # never 0.0
+    assert "image_auroc is undefined: the test split has no anomalous images" in caplog.text
+    only_anomalous = AnomalyMetrics(pixel=False)
+    only_anomalous.update(torch.tensor([0.1, 0.7]), torch.tensor([1, 1]))
+    out = only_anomalous.compute()
+    assert out["image_auroc"] is None and out["image_ap"] == 1.0  # AP is defined: every image is anomalous

@@ -42,10 +42,10 @@ def test_training_resumes_from_last_checkpoint(tiny_mvtec, tmp_path):
     run(compose(tiny_overrides(tiny_mvtec), tmp_path / "a"))
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     first = torch.load(ckpt, weights_only=False)
-    assert (first["epoch"], first["global_step"]) == (1, 3)  # 11 training images, batch 4
+    assert (first["epoch"], first["global_step"]) == (0, 3)  # written at epoch 0's end; 11 images, batch 4
     run(compose(tiny_overrides(tiny_mvtec, "max_epochs=2", f"ckpt_path={ckpt}"), tmp_path / "b"))
     second = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert (second["epoch"], second["global_step"]) == (2, 6)  # one more epoch, not two
+    assert (second["epoch"], second["global_step"]) == (1, 6)  # one more epoch, not two
 
 
 def test_image_only_dataset_reports_image_metrics_only(tmp_path):
@@ -162,3 +162,46 @@ def test_report_rows_follow_the_job_order(tmp_path):
         run.mkdir()
         (run / "metrics.json").write_text(json.dumps({"category": category}))
     assert [r["category"] for r in collect(tmp_path)] == ["a", "b", "c"]
+
+
+def _result(category, metrics, **settings):
+    return {"method": "rd4ad", "dataset": "folder", "category": category, "metrics": metrics, **settings}
+
+
+def test_report_never_merges_runs_that_differ_in_more_than_seed():
+    from adkd.report.tables import build_table
+
+    runs = [
+        _result("a", {"image_auroc": 0.9}, image_size=64, seed=0, overrides=["image_size=64", "seed=0"]),
+        _result("a", {"image_auroc": 0.7}, image_size=64, seed=1, overrides=["image_size=64", "seed=1"]),
+        _result("a", {"image_auroc": 0.5}, image_size=96, seed=0, overrides=["image_size=96", "seed=0"]),
+    ]
+    header, rows = build_table(runs, metrics=("image_auroc",))
+    assert header == ["category", "rd4ad image_size=64 image_auroc", "rd4ad image_size=96 image_auroc"]
+    assert rows[0] == ["a", "80.0", "50.0"]  # the two seeds of 64 px averaged, 96 px apart
+
+
+def test_report_keeps_undefined_metrics_out_of_means_and_formats_by_kind():
+    from adkd.report.tables import build_table
+
+    runs = [
+        _result("a", {"image_auroc": 0.8, "inference_ms_per_image": 0.8}),
+        _result(None, {"image_auroc": None, "inference_ms_per_image": 12.5}),  # a folder run: no category
+    ]
+    header, rows = build_table(runs, metrics=("image_auroc", "inference_ms_per_image"))
+    assert rows == [["a", "80.0", "0.80"], ["-", "n/a", "12.50"], ["mean", "n/a", "6.65"]]
+
+
+def test_report_lists_runs_that_did_not_finish(tmp_path):
+    from adkd.report.tables import write_report
+    from adkd.runs import write_status
+
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps(_result("a", {"image_auroc": 0.75})))
+    write_status(tmp_path / "0", "finished")
+    write_status(tmp_path / "1", "failed", error="Cannot read image x.png")
+    write_status(tmp_path / "2", "interrupted", checkpoint="2/checkpoints/last.ckpt")
+    md = write_report(tmp_path, ("image_auroc",))[2]
+    assert "| a | 75.0 |" in md
+    assert "- 1: failed (Cannot read image x.png)" in md
+    assert "- 2: interrupted (resume from 2/checkpoints/last.ckpt)" in md

@@ -153,7 +153,8 @@ class AnomalyModule(L.LightningModule):
         results["inference_ms_per_image"] = 1000 * self._infer_time / max(self._infer_count, 1)
         self.test_metrics = results
         for name, value in results.items():
-            self.log(f"test/{name}", value)
+            if value is not None:
+                self.log(f"test/{name}", value)
 
 
 def multistep_at_fractions(optimizer, max_epochs: int, fractions: list[float], gamma: float):  # noqa: ANN001, ANN201

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
@@ -12,11 +14,17 @@ from adkd.metrics.f1max import F1Max
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_f1max")
 
+log = logging.getLogger(__name__)
+
 
 class AnomalyMetrics(nn.Module):
     """Image-level metrics from ``pred_score``/``gt_label``; pixel-level from ``anomaly_map``/``gt_mask``.
 
     ``pixel=False`` for datasets without masks: only the image metrics are computed.
+
+    A metric the test split cannot define is None (null in metrics.json, "n/a" in tables), with
+    a warning: AUROC needs both classes, AP, F1-max and AUPRO need anomalies (torchmetrics returns
+    0 for these, which would read as a failed detector and drag a table's mean down).
     """
 
     def __init__(self, pixel: bool = True, fpr_limit: float = 0.3) -> None:
@@ -39,25 +47,40 @@ class AnomalyMetrics(nn.Module):
         # metric must never wait for other ranks to sync.
         for metric in [*self.image.values(), *self.pixel_metrics.values()]:
             metric.sync_on_compute = metric._to_sync = False  # _to_sync: the flag compute() reads
+        self.counts = {"image": [0, 0], "pixel": [0, 0]}  # [normal, anomalous]
 
     @torch.no_grad()
     def update(self, pred_score, gt_label, anomaly_map=None, gt_mask=None) -> None:  # noqa: ANN001
         pred_score, gt_label = pred_score.detach().float().cpu(), gt_label.detach().int().cpu()
         for metric in self.image.values():
             metric.update(pred_score, gt_label)
+        positives = int(gt_label.sum())
+        self.counts["image"][0] += len(gt_label) - positives
+        self.counts["image"][1] += positives
         if self.pixel:
             anomaly_map = anomaly_map.detach().float().cpu()
             gt_mask = gt_mask.detach().int().cpu()
             self.pixel_metrics["pixel_aupro"].update(anomaly_map, gt_mask)
             flat_map, flat_mask = anomaly_map.flatten(), gt_mask.flatten()
+            positives = int(flat_mask.sum())
+            self.counts["pixel"][0] += len(flat_mask) - positives
+            self.counts["pixel"][1] += positives
             for name in ("pixel_auroc", "pixel_ap", "pixel_f1max"):
                 self.pixel_metrics[name].update(flat_map, flat_mask)
 
-    def compute(self) -> dict[str, float]:
-        out = {name: float(m.compute()) for name, m in self.image.items()}
-        out.update({name: float(m.compute()) for name, m in self.pixel_metrics.items()})
+    def compute(self) -> dict[str, float | None]:
+        out = {}
+        for level, metrics in (("image", self.image), ("pixel", self.pixel_metrics)):
+            normal, anomalous = self.counts[level]
+            for name, metric in metrics.items():
+                undefined = anomalous == 0 or (name.endswith("auroc") and normal == 0)
+                if undefined:
+                    missing = "anomalous" if anomalous == 0 else "normal"
+                    log.warning("%s is undefined: the test split has no %s %ss", name, missing, level)
+                out[name] = None if undefined else float(metric.compute())
         return out
 
     def reset(self) -> None:
         for m in [*self.image.values(), *self.pixel_metrics.values()]:
             m.reset()
+        self.counts = {"image": [0, 0], "pixel": [0, 0]}

@@ -1,5 +1,10 @@
 """Per-category results tables from run folders: a row per category plus the mean, a column
-per method and metric, in Markdown and CSV."""
+per method (or variant) and metric, in Markdown and CSV.
+
+Runs are merged into one cell only when they differ in nothing but the seed: runs that differ in
+any other setting (an override such as ``image_size=96``, a backbone, a label) get columns of
+their own, named by what differs. Runs that did not finish are listed under the table.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,15 @@ from collections import defaultdict
 from pathlib import Path
 
 from adkd.metrics.collection import IMAGE_METRICS, PIXEL_METRICS
+from adkd.runs import read_status
 
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")
+TIME_METRICS = ("inference_ms_per_image",)
+# Settings that never split a column: rows are categories, cells average seeds, and the rest
+# changes where a run runs or how it is logged, not what it computes.
+NOT_A_VARIANT = ("category", "seed", "method", "label", "dataset.root", "logger", "experiment_name", "resume",
+                 "ckpt_path", "trainer", "dataset.num_workers", "checkpoint_every_n_steps", "hydra")  # fmt: skip
+SETTINGS_IN_RESULTS = ("dataset", "backbone", "pretrained", "image_size", "max_epochs")
 
 
 def _natural_key(path: Path) -> list:
@@ -25,44 +37,89 @@ def collect(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(folder).rglob("metrics.json"), key=_natural_key)]
 
 
-def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (category, then method/metric columns; last row the mean over categories).
+def unfinished(folder: Path) -> list[str]:
+    """Runs below ``folder`` without results, each as 'path: status (why)'."""
+    lines = []
+    for status_file in sorted(Path(folder).rglob("status.json"), key=_natural_key):
+        run = status_file.parent
+        if (run / "metrics.json").is_file():
+            continue
+        status = read_status(run)
+        state = status.get("status", "unknown")
+        if state == "running":
+            state = "never finished (killed, or still running)"
+        why = status.get("error") or (f"resume from {status['checkpoint']}" if status.get("checkpoint") else "")
+        name = run.relative_to(folder) if run != Path(folder) else run
+        lines.append(f"{name}: {state}" + (f" ({why})" if why else ""))
+    return lines
 
-    Runs that share category and column (other seeds) are averaged; the mean row averages the
-    categories' cells."""
-    known = set(IMAGE_METRICS) | set(PIXEL_METRICS) | {"inference_ms_per_image"}
+
+def _settings(result: dict) -> dict[str, str]:
+    """What a run was run with, apart from category and seed: its overrides and its main settings."""
+    settings = {k: str(result[k]) for k in SETTINGS_IN_RESULTS if k in result}
+    for override in result.get("overrides") or []:
+        key, _, value = override.lstrip("+~").partition("=")
+        if not key.startswith(NOT_A_VARIANT):
+            settings[key] = value
+    return settings
+
+
+def _column_names(results: list[dict]) -> list[str]:
+    """One name per run: its label (or method), plus the settings in which runs of that label differ."""
+    settings = [_settings(r) for r in results]
+    labels = [r.get("label") or r["method"] for r in results]
+    names = []
+    for label, own in zip(labels, settings, strict=True):
+        peers = [s for lab, s in zip(labels, settings, strict=True) if lab == label]
+        varying = [k for k in own if any(p.get(k) != own[k] for p in peers)]
+        varying += [k for p in peers for k in p if k not in own and k not in varying]
+        names.append(" ".join([label, *(f"{k}={own.get(k, '-')}" for k in varying)]))
+    return names
+
+
+def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (category, then column/metric cells; last row the mean over categories).
+
+    Runs that share category and column (other seeds) are averaged. A metric a run could not
+    define (None) is left out of its cell's average; a cell with none defined reads "n/a", and so
+    does a mean over categories with any "n/a" cell: undefined values never enter a mean."""
+    known = set(IMAGE_METRICS) | set(PIXEL_METRICS) | set(TIME_METRICS)
     unknown = set(metrics) - known
     if unknown:
         raise ValueError(f"Unknown metrics {sorted(unknown)}; known: {sorted(known)}")
-    runs: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
-    methods, categories = [], []
-    several_backbones = len({r.get("backbone") for r in results}) > 1
-    for r in results:
-        label = r.get("label") or r["method"]
-        key = f"{label}/{r.get('backbone')}" if several_backbones else label
-        if key not in methods:
-            methods.append(key)
-        if r["category"] not in categories:
-            categories.append(r["category"])
-        runs[(r["category"], key)].append(r["metrics"])
-    cells = defaultdict(dict)  # (category, column) -> metric means over that cell's runs
+    runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    columns_seen, categories = [], []
+    for r, name in zip(results, _column_names(results), strict=True):
+        category = str(r.get("category") or "-")
+        columns_seen += [name] if name not in columns_seen else []
+        categories += [category] if category not in categories else []
+        runs[(category, name)].append(r["metrics"])
+    cells: dict[tuple[str, str], dict] = defaultdict(dict)
     for cell, ms in runs.items():
-        cells[cell] = {k: sum(m[k] for m in ms) / len(ms) for k in ms[0] if all(k in m for m in ms)}
-    columns = [(m, k) for m in methods for k in metrics if any(k in cells[(c, m)] for c in categories)]
+        for k in {k for m in ms for k in m}:
+            values = [m[k] for m in ms if m.get(k) is not None]
+            cells[cell][k] = sum(values) / len(values) if values else None
+    columns = [(m, k) for m in columns_seen for k in metrics if any(k in cells[(c, m)] for c in categories)]
     header = ["category"] + [f"{m} {k}" for m, k in columns]
-    rows = []
-    for c in categories:
-        rows.append([c] + [_fmt(cells[(c, m)].get(k)) for m, k in columns])
+    rows = [[c] + [_fmt(k, cells[(c, m)], k in cells[(c, m)]) for m, k in columns] for c in categories]
     means = []
     for m, k in columns:
-        values = [cells[(c, m)][k] for c in categories if k in cells[(c, m)]]
-        means.append(_fmt(sum(values) / len(values)) if len(values) == len(categories) else "n/a")
+        values = [cells[(c, m)].get(k) for c in categories]
+        complete = all(v is not None for v in values)
+        means.append(_fmt(k, {k: sum(values) / len(values)} if complete else {}, True))
     rows.append(["mean"] + means)
     return header, rows
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}" if value <= 1.0 else f"{value:.1f}"
+def _fmt(metric: str, cell: dict, present: bool) -> str:
+    """By the metric's kind: times in ms as they are, scores in percent; '-' where a run did not
+    report the metric, 'n/a' where it was undefined."""
+    if not present:
+        return "-"
+    value = cell.get(metric)
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if metric in TIME_METRICS else f"{100 * value:.1f}"
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -75,17 +132,22 @@ def write_report(
     folder: Path, metrics: tuple[str, ...] = DEFAULT_METRICS, out: Path | None = None
 ) -> tuple[Path, Path, str]:
     """Write ``results.md`` and ``results.csv`` for the runs below ``folder``; returns their paths
-    and the Markdown text. Metrics are in percent (timings in ms)."""
+    and the Markdown text."""
     results = collect(folder)
+    missing = unfinished(folder)
     if not results:
-        raise FileNotFoundError(f"No metrics.json below {folder}: is it a run or multirun folder?")
-    datasets = sorted({r["dataset"] for r in results})
+        listed = "\n  ".join(["", *missing]) if missing else ""
+        raise FileNotFoundError(f"No finished run (metrics.json) below {folder}.{listed}")
+    datasets = sorted({str(r.get("dataset")) for r in results})
     header, rows = build_table(results, metrics)
     out = Path(out or folder)
     out.mkdir(parents=True, exist_ok=True)
     seeds = sorted({r.get("seed") for r in results if r.get("seed") is not None})
     averaged = f"; each cell the mean over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
-    md = f"Dataset: {', '.join(datasets)} ({len(results)} runs; values in %{averaged})\n\n" + to_markdown(header, rows)
+    units = "scores in %, times in ms"
+    md = f"Dataset: {', '.join(datasets)} ({len(results)} runs; {units}{averaged})\n\n" + to_markdown(header, rows)
+    if missing:
+        md += f"\nNot in the table ({len(missing)} runs without results):\n" + "".join(f"- {m}\n" for m in missing)
     (out / "results.md").write_text(md)
     with (out / "results.csv").open("w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
