@@ -24,6 +24,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(1)
     torch.manual_seed(cfg.seed)
     datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
     datamodule.setup("fit")
     n = min(8, len(datamodule.train_set))
     images = torch.stack([datamodule.train_set[i]["image"] for i in range(n)])

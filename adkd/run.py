@@ -107,7 +107,6 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset)  # cheap checks only (the category, the root)
     model = instantiate(cfg.method, _convert_="all")  # plain containers: checkpoints load with weights_only
-    model.pixel_metrics = datamodule.has_masks
     ckpt_path = Path(cfg.ckpt_path).expanduser() if cfg.ckpt_path else None
     if resume and ckpt_path is None:
         ckpt_path = newest_checkpoint(output_dir)

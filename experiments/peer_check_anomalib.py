@@ -86,6 +86,7 @@ def main() -> None:
             cfg = compose(overrides, f"{tmp}/run_{seed}")
             a = run(cfg)["metrics"]
             dm = instantiate(cfg.dataset)
+            dm.prepare_data()
             dm.setup()
             b = train_anomalib(dm, args.backbone, args.image_size, args.epochs, weights, seed)
             for k in keys:

@@ -110,6 +110,7 @@ def measure(method: str, args: argparse.Namespace, compute_only: bool) -> dict:
     datamodule = instantiate(cfg.dataset)
     model = instantiate(cfg.method, _convert_="all")
     if compute_only:
+        datamodule.prepare_data()
         datamodule.setup("fit")
         if hasattr(model, "synthesizer") and hasattr(datamodule, "set_synthesizer"):
             datamodule.set_synthesizer(model.synthesizer)

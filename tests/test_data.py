@@ -44,37 +44,57 @@ def test_wrong_category_lists_the_valid_ones(tmp_path):
         MVTecADDataModule(root=str(tmp_path), category="bottel")
 
 
-def test_corrupt_image_is_named(tiny_mvtec, tmp_path):
-    root = tmp_path / "copy"
-    shutil.copytree(tiny_mvtec, root)
-    bad = root / "widget" / "test" / "good" / "001.png"
-    bad.write_bytes(b"not a png")
-    dm = FolderDataModule(root=str(root), category="widget", image_size=16)
-    dm.setup("test")
-    with pytest.raises(ImageReadError, match="001.png"):
-        list(dm.test_dataloader())
-
-
-def test_mask_that_does_not_fit_its_image_is_named(tiny_mvtec, tmp_path):
+def test_every_unusable_file_is_reported_at_once_before_training(tiny_mvtec, tmp_path):
     from PIL import Image
 
+    from adkd.errors import DataCheckError
+
     root = tmp_path / "copy"
     shutil.copytree(tiny_mvtec, root)
-    mask = root / "widget" / "ground_truth" / "spot" / "002_mask.png"
-    Image.new("L", (10, 10)).save(mask)
+    cat = root / "widget"
+    (cat / "test" / "good" / "001.png").write_bytes(b"not a png")
+    (cat / "train" / "good" / "005.png").write_bytes(b"")
+    Image.new("L", (10, 10)).save(cat / "ground_truth" / "spot" / "002_mask.png")
+    (cat / "ground_truth" / "spot" / "003_mask.png").unlink()
+    (cat / "test" / ".ipynb_checkpoints").mkdir()  # hidden: not a defect class
+    shutil.copy(cat / "test" / "good" / "000.png", cat / "test" / ".ipynb_checkpoints" / "000.png")
+    (cat / "train" / "good" / ".DS_Store").write_bytes(b"\0\0")
     dm = FolderDataModule(root=str(root), category="widget", image_size=16)
-    dm.setup("test")
-    with pytest.raises(ImageReadError, match="002_mask.png is 10x10 but its image is 32x32"):
-        list(dm.test_dataloader())
+    with pytest.raises(DataCheckError) as err:
+        dm.setup("fit")  # the test split is checked before the first training step too
+    message = str(err.value)
+    assert "4 of 20 files cannot be used" in message
+    assert "001.png is not a readable image" in message
+    assert "005.png is empty (0 bytes)" in message
+    assert "002_mask.png is 10x10 but its image is 32x32" in message
+    assert "003_mask.png (for 003.png) does not exist" in message
+    assert ".ipynb_checkpoints" not in message and ".DS_Store" not in message
 
 
-def test_missing_mask_for_an_anomalous_image_is_named(tiny_mvtec, tmp_path):
+def test_an_empty_training_folder_and_a_one_class_test_split(tiny_mvtec, tmp_path, caplog):
+    import logging
+
+    from adkd.errors import DataCheckError
+
     root = tmp_path / "copy"
     shutil.copytree(tiny_mvtec, root)
-    (root / "widget" / "ground_truth" / "spot" / "003_mask.png").unlink()
-    dm = FolderDataModule(root=str(root), category="widget")
-    with pytest.raises(FileNotFoundError, match="003.png"):
-        dm.setup("test")
+    shutil.rmtree(root / "widget" / "test" / "spot")
+    with caplog.at_level(logging.WARNING):
+        FolderDataModule(root=str(root), category="widget").setup("fit")
+    assert "the test split holds only normal images" in caplog.text
+    for image in (root / "widget" / "train" / "good").iterdir():
+        image.unlink()
+    with pytest.raises(DataCheckError, match="no training images"):
+        FolderDataModule(root=str(root), category="widget").setup("fit")
+
+
+def test_an_image_that_fails_to_decode_is_named(tiny_mvtec, tmp_path):
+    from adkd.data.dataset import read_image
+
+    broken = tmp_path / "truncated.png"
+    broken.write_bytes((tiny_mvtec / "widget" / "test" / "good" / "000.png").read_bytes()[:200])
+    with pytest.raises(ImageReadError, match="truncated.png"):
+        read_image(broken)
 
 
 @pytest.mark.parametrize(
@@ -95,6 +115,8 @@ def test_textures_generation_is_deterministic(tmp_path):
     kwargs = dict(category="gravel", crop_size=64, n_train=3, n_test_good=2, n_test_defect=4)
     a = TexturesDataModule(root=str(tmp_path / "a"), **kwargs)
     b = TexturesDataModule(root=str(tmp_path / "b"), **kwargs)
+    a.prepare_data()
+    b.prepare_data()
     files_a = sorted(p.relative_to(a.path) for p in a.path.rglob("*.png"))
     assert len(files_a) == 3 + 2 + 4 + 4  # images and masks
     for rel in files_a:

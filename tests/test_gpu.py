@@ -58,6 +58,7 @@ def _syncs_in_adps_loss(tiny_mvtec, tmp_path, synthesis_in_loader: bool) -> int:
 
     cfg = compose(tiny_overrides(tiny_mvtec, "method=adps", "batch_size=8"), tmp_path)
     datamodule, model = instantiate(cfg.dataset), instantiate(cfg.method, _convert_="all").cuda()
+    datamodule.prepare_data()
     datamodule.setup("fit")
     if synthesis_in_loader:
         datamodule.set_synthesizer(model.synthesizer)

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from adkd.data.check import check_records
 from adkd.data.dataset import AnomalyDataset
 from adkd.data.records import Record
 from adkd.errors import ConfigError
@@ -95,9 +96,30 @@ class AnomalyDataModule(L.LightningDataModule):
         self.cache = cache
         self.limit_train = limit_train
         self.limit_test = limit_test
-        self.check_available()
+        self._records: dict[str, list[Record]] | None = None
+        if not self.prepares_data():
+            self.check_available()  # fail at once, before any model is built
 
     # -- what subclasses provide -------------------------------------------------------------
+    download_name: str | None = None  # set where adkd can download the dataset (dataset.download=true)
+    download = False
+
+    def is_present(self) -> bool:
+        """Whether the data is where the config says (cheap: a folder or file exists)."""
+        return True
+
+    def prepares_data(self) -> bool:
+        """True where ``prepare_data`` will download or generate the data (so it may be absent now)."""
+        return bool(self.download)
+
+    def prepare_data(self) -> None:
+        """Download or generate the data if it is not there. Lightning calls this once per node,
+        on its first process, before any ``setup``: under DDP no two ranks download or generate."""
+        if self.download and not self.is_present():
+            from adkd.data.download import download
+
+            download(self.download_name, self.root)
+
     def check_available(self) -> None:
         """Raise DatasetNotFoundError with a helpful message if the data is not there."""
 
@@ -122,15 +144,24 @@ class AnomalyDataModule(L.LightningDataModule):
         step = len(records) / n
         return [records[int(i * step)] for i in range(n)]
 
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit", "validate") and not hasattr(self, "train_set"):
+    def checked_records(self) -> dict[str, list[Record]]:
+        """The train, val and test records, every file checked once (before any training step)."""
+        if self._records is None:
+            self.check_available()
             fit, val = self._split_train_val(self.records("train"))
-            fit = self._limit(fit, self.limit_train)
-            self.train_set = AnomalyDataset(fit, self.image_size, self.cache)
-            self.val_set = AnomalyDataset(val, self.image_size, self.cache)
+            records = {"train": self._limit(fit, self.limit_train), "val": val,
+                       "test": self._limit(self.records("test"), self.limit_test)}  # fmt: skip
+            check_records(records, f"{self.name}/{self.category}" if self.category else self.name)
+            self._records = records
+        return self._records
+
+    def setup(self, stage: str | None = None) -> None:
+        records = self.checked_records()
+        if stage in (None, "fit", "validate") and not hasattr(self, "train_set"):
+            self.train_set = AnomalyDataset(records["train"], self.image_size, self.cache)
+            self.val_set = AnomalyDataset(records["val"], self.image_size, self.cache)
         if stage in (None, "test", "predict") and not hasattr(self, "test_set"):
-            test = self._limit(self.records("test"), self.limit_test)
-            self.test_set = AnomalyDataset(test, self.image_size, self.cache)
+            self.test_set = AnomalyDataset(records["test"], self.image_size, self.cache)
 
     def set_synthesizer(self, synthesizer) -> None:  # noqa: ANN001
         """Training samples get synthetic anomalies from ``synthesizer`` (fresh each epoch), in the

@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from urllib.request import urlretrieve
 
+from adkd.errors import DatasetNotFoundError
+
 log = logging.getLogger(__name__)
 
 KSDD2_URL = "https://go.vicos.si/kolektorsdd2"
@@ -37,6 +39,6 @@ def download(name: str, root: Path) -> None:
     except ValueError:
         raise
     except Exception as err:  # noqa: BLE001 - network/IO errors become one actionable message
-        raise RuntimeError(
+        raise DatasetNotFoundError(
             f"Downloading {name} failed: {err}\nDownload it by hand and extract it into {root}."
         ) from err

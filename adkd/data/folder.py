@@ -31,12 +31,18 @@ class FolderDataModule(AnomalyDataModule):
     def path(self) -> Path:
         return self.root / self.category if self.category else self.root
 
+    @property
+    def has_masks(self) -> bool:
+        return (self.path / "ground_truth").is_dir()
+
+    def is_present(self) -> bool:
+        return (self.path / "train" / "good").is_dir()
+
     def check_available(self) -> None:
-        if not (self.path / "train" / "good").is_dir():
+        if not self.is_present():
             raise DatasetNotFoundError(
                 f"No training images at {self.path / 'train' / 'good'}.\nExpected the MVTec AD layout:\n{MVTEC_LAYOUT}"
             )
-        self.has_masks = (self.path / "ground_truth").is_dir()
 
     def records(self, split: str) -> list[Record]:
         return mvtec_layout_records(self.path, split)
@@ -56,18 +62,15 @@ class MVTecADDataModule(FolderDataModule):
         self.download = download
         super().__init__(root=root or "datasets/mvtec", category=category, **kwargs)
 
-    def check_available(self) -> None:
-        if not (self.path / "train" / "good").is_dir():
-            if self.download:
-                from adkd.data.download import download
+    download_name = "mvtec"
 
-                download("mvtec", self.root)
-            else:
-                raise DatasetNotFoundError(
-                    f"MVTec AD category {self.category!r} not found at {self.path}.\n"
-                    f"Expected layout:\n{MVTEC_LAYOUT}\n"
-                    "Get it from https://www.mvtec.com/company/research/datasets/mvtec-ad (free for "
-                    "non-commercial use), extract it and set dataset.root=/path/to/mvtec, or add "
-                    "dataset.download=true to fetch it (about 5 GB)."
-                )
+    def check_available(self) -> None:
+        if not self.is_present():
+            raise DatasetNotFoundError(
+                f"MVTec AD category {self.category!r} not found at {self.path}.\n"
+                f"Expected layout:\n{MVTEC_LAYOUT}\n"
+                "Get it from https://www.mvtec.com/company/research/datasets/mvtec-ad (free for "
+                "non-commercial use), extract it and set dataset.root=/path/to/mvtec, or add "
+                "dataset.download=true to fetch it (about 5 GB)."
+            )
         super().check_available()

@@ -25,13 +25,13 @@ class KolektorSDD2DataModule(AnomalyDataModule):
         self.download = download
         super().__init__(root=root or "datasets/ksdd2", category=category, **kwargs)
 
-    def check_available(self) -> None:
-        if (self.root / "train").is_dir() and (self.root / "test").is_dir():
-            return
-        if self.download:
-            from adkd.data.download import download
+    download_name = "ksdd2"
 
-            download("ksdd2", self.root)
+    def is_present(self) -> bool:
+        return (self.root / "train").is_dir() and (self.root / "test").is_dir()
+
+    def check_available(self) -> None:
+        if self.is_present():
             return
         raise DatasetNotFoundError(
             f"KolektorSDD2 not found at {self.root}.\nExpected layout:\n{KSDD2_LAYOUT}\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from adkd.errors import DatasetNotFoundError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -18,8 +20,13 @@ class Record:
     defect: str = "good"
 
 
+def visible(path: Path) -> bool:
+    """Hidden files and folders (.ipynb_checkpoints, .DS_Store, ._ copies) are never data."""
+    return not path.name.startswith(".")
+
+
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and visible(p))
 
 
 def mvtec_layout_records(path: Path, split: str) -> list[Record]:
@@ -27,14 +34,15 @@ def mvtec_layout_records(path: Path, split: str) -> list[Record]:
 
     ``train/good/*``; ``test/good/*`` and ``test/<defect>/*``; masks at
     ``ground_truth/<defect>/<stem>_mask.png`` (optional: without a ``ground_truth`` folder the
-    set has image labels only).
+    set has image labels only). Missing masks and unreadable files are left for the data check
+    (:mod:`adkd.data.check`), which reports them all at once.
     """
     split_dir = path / split
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"Missing folder {split_dir} (expected the MVTec AD layout, see README).")
+        raise DatasetNotFoundError(f"Missing folder {split_dir} (expected the MVTec AD layout, see README).")
     gt_dir = path / "ground_truth"
     records: list[Record] = []
-    for defect_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+    for defect_dir in sorted(d for d in split_dir.iterdir() if d.is_dir() and visible(d)):
         defect = defect_dir.name
         if split == "train" and defect != "good":
             continue  # anomaly-free training: other train subfolders are not ours to use
@@ -42,12 +50,6 @@ def mvtec_layout_records(path: Path, split: str) -> list[Record]:
             if defect == "good":
                 records.append(Record(image, 0))
                 continue
-            mask = None
-            if gt_dir.is_dir():
-                mask = gt_dir / defect / f"{image.stem}_mask.png"
-                if not mask.is_file():
-                    raise FileNotFoundError(f"No ground-truth mask for {image}: expected {mask}")
+            mask = gt_dir / defect / f"{image.stem}_mask.png" if gt_dir.is_dir() else None
             records.append(Record(image, 1, mask, defect))
-    if not records:
-        raise FileNotFoundError(f"No images found under {split_dir}")
     return records

@@ -122,6 +122,10 @@ class TexturesDataModule(FolderDataModule):
         )
         super().__init__(root=root or "~/.cache/adkd/textures", category=category, **kwargs)
 
-    def check_available(self) -> None:
+    has_masks = True
+
+    def prepares_data(self) -> bool:
+        return True
+
+    def prepare_data(self) -> None:
         generate(self.path, self.category, **self.generation)
-        super().check_available()

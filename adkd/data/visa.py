@@ -33,13 +33,13 @@ class VisADataModule(AnomalyDataModule):
     def split_file(self) -> Path:
         return self.root / "split_csv" / "1cls.csv"
 
-    def check_available(self) -> None:
-        if self.split_file.is_file():
-            return
-        if self.download:
-            from adkd.data.download import download
+    download_name = "visa"
 
-            download("visa", self.root)
+    def is_present(self) -> bool:
+        return self.split_file.is_file()
+
+    def check_available(self) -> None:
+        if self.is_present():
             return
         raise DatasetNotFoundError(
             f"VisA not found: no split file at {self.split_file}.\nExpected layout:\n{VISA_LAYOUT}\n"

@@ -53,7 +53,7 @@ class AnomalyModule(L.LightningModule):
             raise ValueError(f"topk is the share of pixels averaged for score=topk, in (0, 1]; got {topk}")
         self.score, self.topk = score, topk
         self.num_figures = num_figures
-        self.pixel_metrics = True  # set from the datamodule by run.py (False: image labels only)
+        self.pixel_metrics = True  # from the datamodule at test time (False: image labels only)
         self.test_metrics: dict[str, float] = {}
         self.figures: list[dict] = []
 
@@ -115,6 +115,9 @@ class AnomalyModule(L.LightningModule):
         return anomaly_map, pred_score
 
     def on_test_epoch_start(self) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            self.pixel_metrics = datamodule.has_masks
         self.metrics = AnomalyMetrics(pixel=self.pixel_metrics)
         self.figures, self._infer_time, self._infer_count = [], 0.0, 0
 

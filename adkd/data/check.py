@@ -1,0 +1,65 @@
+"""The data check every run makes before its first training step: every image and mask of the
+train, validation and test splits, from file headers (no pixel decoding), all problems reported
+at once, each with its file and the fix."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+from PIL import Image, UnidentifiedImageError
+
+from adkd.data.records import Record
+from adkd.errors import DataCheckError
+
+log = logging.getLogger(__name__)
+MAX_LISTED = 20
+
+
+def _header(path) -> tuple[tuple[int, int] | None, str | None]:  # noqa: ANN001
+    """(width, height) from the file's header, or the problem with it."""
+    try:
+        if path.stat().st_size == 0:
+            return None, "is empty (0 bytes)"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.size, None
+    except FileNotFoundError:
+        return None, "does not exist"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None, f"declares more than {Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb, or a huge scan)"
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        return None, f"is not a readable image ({err})"
+
+
+def _problems(record: Record) -> list[str]:
+    size, problem = _header(record.image_path)
+    if problem:
+        return [f"{record.image_path} {problem}: replace or remove it"]
+    if record.mask_path is None:
+        return []
+    mask_size, problem = _header(record.mask_path)
+    if problem:
+        return [f"ground-truth mask {record.mask_path} (for {record.image_path.name}) {problem}"]
+    if mask_size != size:
+        return [f"mask {record.mask_path} is {mask_size[0]}x{mask_size[1]} but its image is {size[0]}x{size[1]}"]
+    return []
+
+
+def check_records(splits: dict[str, list[Record]], dataset: str) -> None:
+    """Raise DataCheckError listing every unusable file; warn where a metric will be undefined."""
+    if not splits.get("train"):
+        raise DataCheckError(f"{dataset}: no training images. It needs normal training images (README, Datasets).")
+    records = [r for split in splits.values() for r in split]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # header reads wait on the disk, not the CPU
+        problems = [p for found in pool.map(_problems, records) for p in found]
+    if problems:
+        listed = "\n  - ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise DataCheckError(f"{dataset}: {len(problems)} of {len(records)} files cannot be used:\n  - {listed}{more}")
+    labels = {r.gt_label for r in splits.get("test", [])}
+    if len(labels) == 1:
+        kind = "normal" if labels == {0} else "anomalous"
+        log.warning("%s: the test split holds only %s images: image AUROC (and more) will be undefined", dataset, kind)
