@@ -30,8 +30,10 @@ def _header(path) -> tuple[tuple[int, int] | None, str | None]:  # noqa: ANN001
         return None, "does not exist"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None, f"declares more than {Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb, or a huge scan)"
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        return None, f"is not a readable image ({err})"
+    except UnidentifiedImageError:
+        return None, "is not a readable image (unknown format, or corrupt)"
+    except (OSError, ValueError) as err:
+        return None, f"is not a readable image ({type(err).__name__}: {err})"
 
 
 def _problems(record: Record) -> list[str]:
