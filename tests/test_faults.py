@@ -111,9 +111,9 @@ def _bad_inputs(tiny_mvtec: Path, tmp_path: Path) -> dict[str, tuple[list[str], 
     finish(start([*tiny_overrides(tiny_mvtec, "method=rd4ad"), f"hydra.run.dir={tmp_path / 'rd4ad'}"], tmp_path))
     shutil.copy(tmp_path / "rd4ad" / "checkpoints" / "last.ckpt", foreign)
     bad_image = corrupt / "widget" / "test" / "spot" / "001.png"
+    unusable = f"folder/widget: 1 of 20 files cannot be used:\n  - {bad_image} is not a readable image"
     return {
-        "corrupt test image": (tiny_overrides(corrupt),
-                               f"folder/widget: 1 of 20 files cannot be used:\n  - {bad_image} is not a readable image"),
+        "corrupt test image": (tiny_overrides(corrupt), unusable),
         "missing dataset": (["dataset=mvtec", f"dataset.root={tmp_path / 'nowhere'}"], "MVTec AD category 'bottle'"),
         "wrong category": (["dataset=elpv", "category=mnoo"], "Unknown category 'mnoo' for dataset elpv"),
         "garbage weights": (tiny_overrides(tiny_mvtec, "backbone.pretrained=true", f"backbone.weights={garbage}"),
