@@ -78,6 +78,7 @@ def test_multirun_then_report_gives_the_per_category_table(tiny_mvtec, tmp_path)
               "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(list((tmp_path / "sweep").rglob("metrics.json"))) == 4
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1", "2", "3"]  # short
     rep = cli("adkd.report", str(tmp_path / "sweep"), cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
     md = (tmp_path / "sweep" / "results.md").read_text().splitlines()
@@ -205,3 +206,44 @@ def test_report_lists_runs_that_did_not_finish(tmp_path):
     assert "| a | 75.0 |" in md
     assert "- 1: failed (Cannot read image x.png)" in md
     assert "- 2: interrupted (resume from 2/checkpoints/last.ckpt)" in md
+
+
+def test_resume_picks_the_newest_unfinished_run_of_the_same_command(tmp_path, monkeypatch):
+    import time
+
+    from omegaconf import OmegaConf
+
+    from adkd import runs
+
+    parent = tmp_path / "outputs" / "rd4ad" / "folder" / "widget"
+
+    def make(name: str, status: str, overrides: list[str]) -> Path:
+        folder = parent / name
+        (folder / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
+        runs.write_status(folder, status)
+        time.sleep(0.01)
+        return folder
+
+    same = ["method=rd4ad", "max_epochs=5"]
+    make("a", "interrupted", same)
+    newest = make("b", "interrupted", [*same, "resume=true"])  # relaunched once already
+    make("c", "finished", same)
+    make("d", "interrupted", ["method=rd4ad", "max_epochs=6"])  # another command
+    assert runs.find_resumable(parent, [*same, "resume=true"]) == newest
+    assert runs.find_resumable(parent, ["method=rd4ad"]) is None
+    root = OmegaConf.create({"hydra": {"overrides": {"task": [*same, "resume=true"]}}})
+    chosen = runs.run_dir(str(tmp_path / "outputs"), "rd4ad", "folder", "widget", True, _root_=root)
+    assert chosen == str(newest)
+    fresh = runs.run_dir(str(tmp_path / "outputs"), "rd4ad", "folder", "widget", False, _root_=root)
+    assert Path(fresh).parent == parent and Path(fresh).name not in "abcd"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM job resumes without the flag
+    assert runs.resume_requested(False)
+
+
+def test_every_checkpoint_load_refuses_pickled_code():
+    import re
+
+    sources = [p.read_text() for p in (ROOT / "adkd").rglob("*.py")]
+    loads = [call for src in sources for call in re.findall(r"torch\.load\([^)]*\)", src)]
+    assert loads and all("weights_only=True" in call for call in loads), loads
