@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 from pathlib import Path
 
@@ -36,7 +37,12 @@ def _read_state_dict(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code from a file
     except Exception as err:  # noqa: BLE001 - empty, truncated or foreign files fail in many ways
-        reason = "the file is empty" if path.stat().st_size == 0 else f"{type(err).__name__}: {err}"
+        if path.stat().st_size == 0:
+            reason = "the file is empty"
+        elif isinstance(err, pickle.UnpicklingError):  # torch's own message runs to a page about weights_only
+            reason = "it is not a torch file of plain tensors (garbage, or pickled Python objects)"
+        else:
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
         raise BackboneWeightsError(f"Cannot read backbone weights {path}: {reason}. Expected {expected}.") from err
     for key in ("state_dict", "model"):  # checkpoints that wrap the weights
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
