@@ -175,3 +175,13 @@ def test_synthetic_anomalies_come_from_the_loader(tiny_mvtec):
     assert 0 <= batch["image"].min() and batch["image"].max() <= 1
     first, second = dm.val_set[0], dm.val_set[0]  # validation anomalies are the same every epoch
     assert torch.equal(first["image"], second["image"]) and torch.equal(first["gt_mask"], second["gt_mask"])
+
+
+def test_a_decompression_bomb_sized_header_is_refused_by_name(tiny_mvtec, monkeypatch):
+    from PIL import Image
+
+    from adkd.errors import DataCheckError
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 32x32 images now declare "too many" pixels
+    with pytest.raises(DataCheckError, match="000.png declares more than 100 pixels"):
+        FolderDataModule(root=str(tiny_mvtec), category="widget").setup("fit")
