@@ -153,4 +153,4 @@ def test_topk_score_is_the_mean_of_the_highest_pixels():
     assert score.tolist() == [97.0, 97.0]  # mean of 95..99
     with pytest.raises(ValueError, match="topk"):
         AnomalyModule(score="topk", topk=0.0)
-    assert math.isclose(AnomalyModule(score="max").topk, 0.01)
+    assert math.isclose(AnomalyModule(score="max").post.topk, 0.01)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from adkd.methods.base import gaussian_blur
+from adkd.methods.postprocess import gaussian_blur
 from adkd.methods.rd4ad import RD4ADNetwork
 from adkd.methods.rd4ad.loss import reverse_distillation_loss
 from adkd.methods.stfpm import STFPMNetwork

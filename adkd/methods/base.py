@@ -16,19 +16,9 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-from kornia.filters import gaussian_blur2d
 
+from adkd.methods.postprocess import PostProcessor
 from adkd.metrics import AnomalyMetrics
-
-
-def gaussian_blur(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian smoothing with a kernel of +-4 sigma (reflected borders), as the RD4AD and ADPS
-    evaluations use. kornia's separable filter: two 1-D passes, ~20x faster on the CPU at 256 px
-    than torchvision's full 2-D kernel (33x33 at sigma 4), same result to 1e-6."""
-    if sigma <= 0:
-        return anomaly_map
-    size = 2 * int(4 * sigma + 0.5) + 1
-    return gaussian_blur2d(anomaly_map, (size, size), (sigma, sigma), border_type="reflect", separable=True)
 
 
 class AnomalyModule(L.LightningModule):
@@ -46,12 +36,7 @@ class AnomalyModule(L.LightningModule):
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.map_sigma = map_sigma
-        if score not in ("max", "mean", "topk"):
-            raise ValueError(f"score must be 'max', 'mean' or 'topk', got {score!r}")
-        if not 0 < topk <= 1:
-            raise ValueError(f"topk is the share of pixels averaged for score=topk, in (0, 1]; got {topk}")
-        self.score, self.topk = score, topk
+        self.post = PostProcessor(map_sigma, score, topk)
         self.num_figures = num_figures
         self.pixel_metrics = True  # from the datamodule at test time (False: image labels only)
         self.test_metrics: dict[str, float] = {}
@@ -102,17 +87,7 @@ class AnomalyModule(L.LightningModule):
     @torch.no_grad()
     def predict_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Smoothed anomaly maps (B,1,H,W) and image scores (B,), float32, for [0, 1] images."""
-        raw = self.network.anomaly_map(images)
-        with torch.autocast(images.device.type, enabled=False):  # maps and scores in float32 under AMP too
-            anomaly_map = gaussian_blur(raw.float(), self.map_sigma)
-            flat = anomaly_map.flatten(1)
-            if self.score == "max":
-                pred_score = flat.amax(1)
-            elif self.score == "topk":
-                pred_score = flat.topk(max(1, round(self.topk * flat.shape[1])), dim=1).values.mean(1)
-            else:
-                pred_score = flat.mean(1)
-        return anomaly_map, pred_score
+        return self.post(self.network.anomaly_map(images))
 
     def on_test_epoch_start(self) -> None:
         datamodule = self.trainer.datamodule if self._trainer is not None else None

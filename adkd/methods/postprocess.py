@@ -1,0 +1,93 @@
+"""From a network's raw anomaly map to what a user reads: the smoothed map, the image score,
+the thresholds and the normalised outputs. One module, used by the test, by predict and by the
+benchmark alike; its thresholds are buffers, so they travel inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+from kornia.filters import gaussian_blur2d
+from torch import nn
+
+
+def gaussian_blur(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing with a kernel of +-4 sigma (reflected borders), as the RD4AD and ADPS
+    evaluations use. kornia's separable filter: two 1-D passes, ~20x faster on the CPU at 256 px
+    than torchvision's full 2-D kernel (33x33 at sigma 4), same result to 1e-6."""
+    if sigma <= 0:
+        return anomaly_map
+    size = 2 * int(4 * sigma + 0.5) + 1
+    return gaussian_blur2d(anomaly_map, (size, size), (sigma, sigma), border_type="reflect", separable=True)
+
+
+class PostProcessor(nn.Module):
+    """Raw map (B,1,H,W) -> smoothed map and image score (max, mean, or mean of the top ``topk``
+    share of pixels), in float32 even under AMP.
+
+    Thresholds: set by :meth:`calibrate` from normal validation images, so that a share ``fpr``
+    of normal images (and of normal pixels) lies above them: no anomalous images are needed, and
+    a validation set without anomalies cannot push the threshold to flag everything. Normalised
+    outputs put the threshold at 0.5: ``(x - floor) / (2 (threshold - floor))`` clipped to
+    [0, 1], with ``floor`` the lowest validation value, so any method's output reads the same.
+    """
+
+    def __init__(self, sigma: float = 4.0, score: str = "max", topk: float = 0.01) -> None:
+        super().__init__()
+        if score not in ("max", "mean", "topk"):
+            raise ValueError(f"score must be 'max', 'mean' or 'topk', got {score!r}")
+        if not 0 < topk <= 1:
+            raise ValueError(f"topk is the share of pixels averaged for score=topk, in (0, 1]; got {topk}")
+        self.sigma, self.score, self.topk = sigma, score, topk
+        for name in ("image_threshold", "pixel_threshold", "image_floor", "pixel_floor"):
+            self.register_buffer(name, torch.tensor(float("nan")))
+
+    @property
+    def calibrated(self) -> bool:
+        return not bool(torch.isnan(self.image_threshold))
+
+    def forward(self, raw_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(raw_map.device.type, enabled=False):
+            anomaly_map = gaussian_blur(raw_map.float(), self.sigma)
+            flat = anomaly_map.flatten(1)
+            if self.score == "max":
+                pred_score = flat.amax(1)
+            elif self.score == "topk":
+                pred_score = flat.topk(max(1, round(self.topk * flat.shape[1])), dim=1).values.mean(1)
+            else:
+                pred_score = flat.mean(1)
+        return anomaly_map, pred_score
+
+    @torch.no_grad()
+    def calibrate(self, scores: torch.Tensor, maps: torch.Tensor, fpr: float) -> None:
+        """Thresholds at the (1 - fpr) quantile of normal validation image scores and pixels."""
+        if not 0 < fpr < 1:
+            raise ValueError(f"threshold.fpr must be in (0, 1), got {fpr}")
+        self.image_threshold.fill_(_upper_quantile(scores.flatten(), fpr))
+        self.pixel_threshold.fill_(_upper_quantile(maps.flatten(), fpr))
+        self.image_floor.fill_(scores.min())
+        self.pixel_floor.fill_(maps.min())
+
+    def set_thresholds(self, image: float | None = None, pixel: float | None = None) -> None:
+        """Fix thresholds by hand (``threshold.image=...``); the floors stay where calibration put them."""
+        for value, threshold, floor in ((image, self.image_threshold, self.image_floor),
+                                        (pixel, self.pixel_threshold, self.pixel_floor)):  # fmt: skip
+            if value is not None:
+                threshold.fill_(value)
+                if torch.isnan(floor) or floor >= value:
+                    floor.fill_(0.0 if value > 0 else value - 1.0)
+
+    def normalize(self, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (_around(anomaly_map, self.pixel_threshold, self.pixel_floor),
+                _around(pred_score, self.image_threshold, self.image_floor))  # fmt: skip
+
+
+def _upper_quantile(values: torch.Tensor, share: float) -> float:
+    """The value that ``share`` of ``values`` lie above (kthvalue: exact, and fine with the millions
+    of pixels that torch.quantile refuses)."""
+    k = min(len(values), max(1, int(round((1 - share) * len(values)))))
+    return float(values.float().kthvalue(k).values)
+
+
+def _around(x: torch.Tensor, threshold: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    span = (threshold - floor).clamp_min(1e-12)
+    return ((x - floor) / (2 * span)).clamp(0, 1)
