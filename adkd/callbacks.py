@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class LastCheckpoint(L.Callback):
@@ -64,6 +67,41 @@ class LastCheckpoint(L.Callback):
         name, keys, pos, has_gauss, gauss = states["numpy"]
         np.random.set_state((name, keys.numpy(), pos, has_gauss, gauss))
         random.setstate(states["python"])
+
+
+class Calibrate(L.Callback):
+    """After training, sets the model's image and pixel thresholds from the normal validation
+    images (without synthetic anomalies) so that a share ``fpr`` of them lies above, then rewrites
+    ``last.ckpt`` so that the thresholds travel with it. ``image``/``pixel`` fix one by hand."""
+
+    def __init__(self, fpr: float = 0.01, image: float | None = None, pixel: float | None = None) -> None:
+        self.fpr, self.image, self.pixel = fpr, image, pixel
+
+    @torch.no_grad()
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "calibration_dataloader"):
+            return
+        loader = datamodule.calibration_dataloader()
+        pl_module.eval()
+        scores, maps = [], []
+        with trainer.precision_plugin.forward_context():
+            for batch in loader:
+                anomaly_map, pred_score = pl_module.predict_maps(batch["image"].to(pl_module.device))
+                scores.append(pred_score.float().cpu())
+                maps.append(anomaly_map.float().cpu())
+        if scores:
+            pl_module.post.calibrate(torch.cat(scores), torch.cat(maps), self.fpr)
+            source = f"{len(loader.dataset)} normal validation images"
+        else:
+            source = "no validation images (dataset.val_fraction is 0): set threshold.image/pixel by hand"
+        pl_module.post.set_thresholds(self.image, self.pixel)
+        post = pl_module.post
+        log.info("Thresholds from %s at FPR %g: image %.6g, pixel %.6g", source, self.fpr,
+                 float(post.image_threshold), float(post.pixel_threshold))  # fmt: skip
+        for callback in trainer.callbacks:
+            if isinstance(callback, LastCheckpoint):
+                callback._save(trainer)
 
 
 def _numpy_state() -> tuple:

@@ -12,6 +12,7 @@ last finished epoch; the same command with ``resume=true`` continues them in the
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -107,6 +108,7 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset)  # cheap checks only (the category, the root)
     model = instantiate(cfg.method, _convert_="all")  # plain containers: checkpoints load with weights_only
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path = Path(cfg.ckpt_path).expanduser() if cfg.ckpt_path else None
     if resume and ckpt_path is None:
         ckpt_path = newest_checkpoint(output_dir)
@@ -166,9 +168,15 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
         "seed": cfg.seed,
         "overrides": _overrides(),
         "pixel_metrics": datamodule.has_masks,
+        "thresholds": {"fpr": cfg.threshold.fpr, "image": _number(model.post.image_threshold),
+                       "pixel": _number(model.post.pixel_threshold)},  # fmt: skip
         "metrics": model.test_metrics,
     }
     (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    with (output_dir / "test_predictions.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image_path", "gt_label", "pred_score"])
+        writer.writeheader()
+        writer.writerows(model.test_predictions)
     figures = save_figures(model.figures, output_dir / "figures")
     for lg in loggers:
         if lg.__class__.__name__ == "WandbLogger":
@@ -178,6 +186,11 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
     write_status(output_dir, "finished")
     _print_summary(results, output_dir)
     return results
+
+
+def _number(value) -> float | None:  # noqa: ANN001
+    value = float(value)
+    return None if value != value else value  # NaN (never calibrated) -> null
 
 
 def _print_summary(results: dict, output_dir: Path) -> None:

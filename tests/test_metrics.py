@@ -97,3 +97,28 @@ def test_metrics_a_one_class_test_split_cannot_define_are_none(caplog):
     only_anomalous.update(torch.tensor([0.1, 0.7]), torch.tensor([1, 1]))
     out = only_anomalous.compute()
     assert out["image_auroc"] is None and out["image_ap"] == 1.0  # AP is defined: every image is anomalous
+
+
+def test_thresholds_from_normal_validation_meet_the_false_positive_target_on_held_out_normals():
+    from adkd.methods.postprocess import PostProcessor
+
+    gen = torch.Generator().manual_seed(0)
+    val_scores, held_out = torch.randn(4000, generator=gen), torch.randn(20000, generator=gen)
+    post = PostProcessor(sigma=0)
+    post.calibrate(val_scores, torch.rand(8, 1, 16, 16, generator=gen), fpr=0.01)
+    achieved = float((held_out > post.image_threshold).float().mean())
+    assert abs(achieved - 0.01) < 0.003, achieved  # normal-only data: no anomalies needed
+    assert abs(float(post.pixel_threshold) - 0.99) < 0.01  # uniform pixels: the 99th percentile
+    maps, scores = post.normalize(torch.full((1, 1, 2, 2), float(post.pixel_threshold)), post.image_threshold[None])
+    assert torch.allclose(maps, torch.tensor(0.5)) and torch.allclose(scores, torch.tensor(0.5))  # 0.5 = threshold
+    post.set_thresholds(image=3.0)
+    assert float(post.image_threshold) == 3.0 and float(post.normalize(maps, torch.tensor([3.0]))[1]) == 0.5
+
+
+def test_precision_recall_and_fpr_at_the_threshold():
+    from adkd.metrics import AnomalyMetrics
+
+    metrics = AnomalyMetrics(pixel=False)
+    metrics.update(torch.tensor([0.1, 0.2, 0.6, 0.4, 0.7, 0.9]), torch.tensor([0, 0, 0, 1, 1, 1]))
+    out = metrics.at_threshold(0.5)  # predicted anomalous: 0.6 (wrong), 0.7, 0.9; missed: 0.4
+    assert out == {"image_f1": 4 / 6, "image_precision": 2 / 3, "image_recall": 2 / 3, "image_fpr": 1 / 3}

@@ -42,10 +42,11 @@ def test_training_resumes_from_last_checkpoint(tiny_mvtec, tmp_path):
     run(compose(tiny_overrides(tiny_mvtec), tmp_path / "a"))
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     first = torch.load(ckpt, weights_only=False)
-    assert (first["epoch"], first["global_step"]) == (0, 3)  # written at epoch 0's end; 11 images, batch 4
+    assert (first["epoch"], first["global_step"]) == (1, 3)  # rewritten after training; 11 images, batch 4
+    assert first["state_dict"]["post.image_threshold"] > 0  # the calibrated thresholds travel with it
     run(compose(tiny_overrides(tiny_mvtec, "max_epochs=2", f"ckpt_path={ckpt}"), tmp_path / "b"))
     second = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert (second["epoch"], second["global_step"]) == (1, 6)  # one more epoch, not two
+    assert (second["epoch"], second["global_step"]) == (2, 6)  # one more epoch, not two
 
 
 def test_image_only_dataset_reports_image_metrics_only(tmp_path):
@@ -57,7 +58,8 @@ def test_image_only_dataset_reports_image_metrics_only(tmp_path):
         tmp_path,
     )  # fmt: skip
     results = run(cfg)
-    assert set(results["metrics"]) == {"image_auroc", "image_ap", "image_f1max", "inference_ms_per_image"}
+    assert set(results["metrics"]) == {"image_auroc", "image_ap", "image_f1max", "inference_ms_per_image",
+                                       "image_f1", "image_precision", "image_recall", "image_fpr"}  # fmt: skip
     assert results["pixel_metrics"] is False
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 
@@ -168,6 +169,12 @@ class AnomalyDataModule(L.LightningDataModule):
         loader's workers; validation samples too, the same ones every epoch."""
         self.train_set.synthesizer = self.val_set.synthesizer = synthesizer
         self.val_set.fixed_synthesis = True
+
+    def calibration_dataloader(self) -> DataLoader:
+        """The validation images as they are (no synthetic anomalies): what thresholds are set on."""
+        dataset = copy.copy(self.val_set)  # shares the decoded images
+        dataset.synthesizer = None
+        return self._loader(dataset, False, self.eval_batch_size)
 
     def _loader(self, dataset: AnomalyDataset, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(

@@ -40,6 +40,7 @@ class AnomalyModule(L.LightningModule):
         self.num_figures = num_figures
         self.pixel_metrics = True  # from the datamodule at test time (False: image labels only)
         self.test_metrics: dict[str, float] = {}
+        self.run_config: dict | None = None  # the resolved run config, stored in every checkpoint (for predict)
         self.figures: list[dict] = []
 
     # -- what methods provide ------------------------------------------------------------------
@@ -81,6 +82,10 @@ class AnomalyModule(L.LightningModule):
         self.eval()
         return self.to(memory_format=torch.channels_last)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_config is not None:
+            checkpoint["adkd_config"] = self.run_config
+
     def on_test_start(self) -> None:
         self.prepare_for_inference()
 
@@ -95,6 +100,7 @@ class AnomalyModule(L.LightningModule):
             self.pixel_metrics = datamodule.has_masks
         self.metrics = AnomalyMetrics(pixel=self.pixel_metrics)
         self.figures, self._infer_time, self._infer_count = [], 0.0, 0
+        self.test_predictions: list[dict] = []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
@@ -107,6 +113,8 @@ class AnomalyModule(L.LightningModule):
         self._infer_time += time.perf_counter() - start
         self._infer_count += images.shape[0]
         self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
+        rows = zip(batch["image_path"], batch["gt_label"].tolist(), pred_score.tolist(), strict=True)
+        self.test_predictions += [{"image_path": p, "gt_label": int(y), "pred_score": float(s)} for p, y, s in rows]
         self._keep_figures(batch, anomaly_map, pred_score)
 
     def _keep_figures(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
@@ -128,6 +136,8 @@ class AnomalyModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         results = self.metrics.compute()
+        if self.post.calibrated:
+            results.update(self.metrics.at_threshold(float(self.post.image_threshold)))
         results["inference_ms_per_image"] = 1000 * self._infer_time / max(self._infer_count, 1)
         self.test_metrics = results
         for name, value in results.items():

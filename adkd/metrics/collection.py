@@ -13,6 +13,7 @@ from adkd.metrics.f1max import F1Max
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_f1max")
+THRESHOLD_METRICS = ("image_f1", "image_precision", "image_recall", "image_fpr")  # at the calibrated threshold
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,16 @@ class AnomalyMetrics(nn.Module):
         for metric in [*self.image.values(), *self.pixel_metrics.values()]:
             metric.sync_on_compute = metric._to_sync = False  # _to_sync: the flag compute() reads
         self.counts = {"image": [0, 0], "pixel": [0, 0]}  # [normal, anomalous]
+        self.scores: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
 
     @torch.no_grad()
     def update(self, pred_score, gt_label, anomaly_map=None, gt_mask=None) -> None:  # noqa: ANN001
         pred_score, gt_label = pred_score.detach().float().cpu(), gt_label.detach().int().cpu()
         for metric in self.image.values():
             metric.update(pred_score, gt_label)
+        self.scores.append(pred_score)
+        self.labels.append(gt_label)
         positives = int(gt_label.sum())
         self.counts["image"][0] += len(gt_label) - positives
         self.counts["image"][1] += positives
@@ -80,7 +85,22 @@ class AnomalyMetrics(nn.Module):
                 out[name] = None if undefined else float(metric.compute())
         return out
 
+    def at_threshold(self, threshold: float) -> dict[str, float | None]:
+        """Image F1, precision, recall and false-positive rate when score > ``threshold`` means
+        anomalous (None where undefined: no predicted anomalies for precision, and so on)."""
+        scores, labels = torch.cat(self.scores), torch.cat(self.labels).bool()
+        predicted = scores > threshold
+        tp, fp = int((predicted & labels).sum()), int((predicted & ~labels).sum())
+        fn, tn = int((~predicted & labels).sum()), int((~predicted & ~labels).sum())
+
+        def ratio(a: int, b: int) -> float | None:
+            return a / b if b else None
+
+        return {"image_f1": ratio(2 * tp, 2 * tp + fp + fn), "image_precision": ratio(tp, tp + fp),
+                "image_recall": ratio(tp, tp + fn), "image_fpr": ratio(fp, fp + tn)}  # fmt: skip
+
     def reset(self) -> None:
         for m in [*self.image.values(), *self.pixel_metrics.values()]:
             m.reset()
         self.counts = {"image": [0, 0], "pixel": [0, 0]}
+        self.scores, self.labels = [], []

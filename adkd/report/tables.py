@@ -14,7 +14,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from adkd.metrics.collection import IMAGE_METRICS, PIXEL_METRICS
+from adkd.metrics.collection import IMAGE_METRICS, PIXEL_METRICS, THRESHOLD_METRICS
 from adkd.runs import read_status
 
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")
@@ -83,7 +83,7 @@ def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS)
     Runs that share category and column (other seeds) are averaged. A metric a run could not
     define (None) is left out of its cell's average; a cell with none defined reads "n/a", and so
     does a mean over categories with any "n/a" cell: undefined values never enter a mean."""
-    known = set(IMAGE_METRICS) | set(PIXEL_METRICS) | set(TIME_METRICS)
+    known = set(IMAGE_METRICS) | set(PIXEL_METRICS) | set(THRESHOLD_METRICS) | set(TIME_METRICS)
     unknown = set(metrics) - known
     if unknown:
         raise ValueError(f"Unknown metrics {sorted(unknown)}; known: {sorted(known)}")
