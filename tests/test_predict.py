@@ -29,7 +29,9 @@ def test_predict_reproduces_the_test_scores_and_decides_at_the_threshold(trained
     assert "8 images scored" in captured.out
     assert "1 files skipped (unreadable)" in captured.err and "zz_broken.png" in captured.err
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
-    assert list(rows[0]) == ["image_path", "pred_score", "normalized_score", "pred_label", "decision", "image_threshold"]
+    from adkd.predict import FIELDS
+
+    assert list(rows[0]) == FIELDS and FIELDS[:4] == ["image_path", "pred_score", "normalized_score", "pred_label"]
     tested = {r["image_path"].split("/test/")[1]: float(r["pred_score"])
               for r in csv.DictReader((trained_run / "test_predictions.csv").open())}  # fmt: skip
     for row in rows:
