@@ -20,40 +20,9 @@ import glob
 import sys
 from pathlib import Path
 
-from adkd.errors import CheckpointError, UserError
+from adkd.errors import UserError
 
 FIELDS = ["image_path", "pred_score", "normalized_score", "pred_label", "decision", "image_threshold"]
-
-
-def find_checkpoint(source: Path) -> Path:
-    path = source / "checkpoints" / "last.ckpt" if source.is_dir() else source
-    if not path.is_file():
-        raise CheckpointError(
-            f"No checkpoint at {path}: give a run folder (holding checkpoints/last.ckpt) or a .ckpt file."
-        )
-    return path
-
-
-def load_model(source: Path, device: str = "cpu"):  # noqa: ANN201
-    """The trained model of a run folder or checkpoint, ready for inference, and its run config."""
-    import torch
-    from hydra.utils import instantiate
-
-    path = find_checkpoint(source)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - empty, truncated, foreign files
-        raise CheckpointError(f"Cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
-    config = checkpoint.get("adkd_config") if isinstance(checkpoint, dict) else None
-    if config is None:
-        raise CheckpointError(f"{path} carries no adkd run config: was it written by adkd.run (this version)?")
-    method = dict(config["method"])
-    method["backbone"] = {**method["backbone"], "pretrained": False, "weights": None}  # weights: the checkpoint's
-    if "synthesis" in method:  # training-only; its source folder need not exist where the model is used
-        method["synthesis"] = {**method["synthesis"], "source": None}
-    model = instantiate(method, _convert_="all")
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device).prepare_for_inference(), config
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -106,16 +75,15 @@ def _collate(items: list) -> list:
     return items
 
 
-def predict(model, paths: list[Path], image_size: int, out: Path, batch: int = 8, device: str = "cpu",  # noqa: ANN001
+def predict(infer, paths: list[Path], image_size: int, threshold: float | None, out: Path, batch: int = 8,  # noqa: ANN001
             figures: bool = True, masks: bool = False, workers: int = 0) -> tuple[list[dict], list[str]]:  # fmt: skip
-    """Score ``paths``; returns the CSV rows and the skipped files (each with its reason)."""
+    """Score ``paths`` with ``infer`` (a :class:`~adkd.inference.Deployable` or an
+    :class:`~adkd.inference.OnnxModel`); returns the CSV rows and the skipped files with why."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    post = model.post
-    threshold = float(post.image_threshold) if post.calibrated else None
     names = _unique_names(paths)
     rows, skipped = [], []
     loader = DataLoader(_Images(paths, image_size), batch_size=batch, num_workers=workers, collate_fn=_collate)
@@ -124,9 +92,7 @@ def predict(model, paths: list[Path], image_size: int, out: Path, batch: int = 8
             good = [(i, img, size) for i, img, size in items if img is not None]
             skipped += [f"{paths[i]}: {why}" for i, img, why in items if img is None]
             if good:
-                images = torch.stack([img for _, img, _ in good]).to(device)
-                anomaly_map, score = model.predict_maps(images)
-                norm_map, norm_score = post.normalize(anomaly_map, score) if threshold is not None else (None, None)
+                _, score, norm_map, norm_score = (t.cpu() for t in infer(torch.stack([img for _, img, _ in good])))
                 for j, (i, image, size) in enumerate(good):
                     row = {"image_path": str(paths[i]), "pred_score": float(score[j]), "image_threshold": threshold,
                            "normalized_score": None, "pred_label": None, "decision": "no threshold"}  # fmt: skip
@@ -135,11 +101,10 @@ def predict(model, paths: list[Path], image_size: int, out: Path, batch: int = 8
                         row.update(normalized_score=float(norm_score[j]), pred_label=int(anomalous),
                                    decision="anomalous" if anomalous else "normal")  # fmt: skip
                     rows.append(row)
-                    region = norm_map[j, 0].cpu() if norm_map is not None else anomaly_map[j, 0].cpu()
                     if figures:
-                        _figure(image, region, row, out / "figures" / f"{names[i]}.png", norm_map is not None)
-                    if masks and norm_map is not None:
-                        _mask(region, size, out / "masks" / f"{names[i]}_mask.png")
+                        _figure(image, norm_map[j, 0], row, out / "figures" / f"{names[i]}.png")
+                    if masks and threshold is not None:
+                        _mask(norm_map[j, 0], size, out / "masks" / f"{names[i]}_mask.png")
             bar.update(len(items))
     with (out / "predictions.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
@@ -157,7 +122,7 @@ def _unique_names(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(common).with_suffix("")).replace("/", "__") for p in paths]
 
 
-def _figure(image, region, row: dict, path: Path, normalised: bool) -> None:  # noqa: ANN001
+def _figure(image, region, row: dict, path: Path) -> None:  # noqa: ANN001
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,9 +133,10 @@ def _figure(image, region, row: dict, path: Path, normalised: bool) -> None:  # 
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
     axes[0].imshow(picture)
     axes[0].set_title(Path(row["image_path"]).name, fontsize=8)
-    heat = axes[1].imshow(region.numpy(), cmap="jet", vmin=0 if normalised else None, vmax=1 if normalised else None)
+    normalised = row["normalized_score"] is not None
+    heat = axes[1].imshow(region.numpy(), cmap="jet", vmin=0, vmax=1)
     fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
-    axes[1].set_title("anomaly map (0.5 = threshold)" if normalised else "anomaly map (no threshold)", fontsize=8)
+    axes[1].set_title("anomaly map (normalised: 0.5 = threshold)", fontsize=8)
     axes[2].imshow(picture)
     if normalised:
         axes[2].contour(region.numpy(), levels=[0.5], colors="red", linewidths=1.2)
@@ -195,6 +161,29 @@ def _mask(region, size: tuple[int, int], path: Path) -> None:  # noqa: ANN001
     Image.fromarray(((full > 0.5).numpy() * 255).astype("uint8")).save(path)
 
 
+def _engine(args: argparse.Namespace):  # noqa: ANN202
+    """(infer, image size, image threshold) for the chosen engine."""
+    if args.engine == "onnx":
+        from adkd.export import default_path, export
+        from adkd.inference import OnnxModel
+
+        path = args.model if args.model.suffix == ".onnx" else default_path(args.model, "onnx")
+        if not path.is_file():
+            export(args.model, "onnx", path)
+        if args.threshold is not None:
+            raise UserError("--threshold applies to the torch engine; an exported model carries its thresholds.")
+        model = OnnxModel(path, args.device)
+        return model, model.image_size, model.image_threshold
+    from adkd.inference import Deployable, load_model
+
+    module, config = load_model(args.model, args.device)
+    if args.threshold is not None:
+        module.post.set_thresholds(image=args.threshold)
+    threshold = float(module.post.image_threshold) if module.post.calibrated else None
+    deployable = Deployable(module)
+    return (lambda images: deployable(images.to(args.device))), config["image_size"], threshold
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adkd.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -204,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0, help="data loader processes")
-    parser.add_argument("--engine", choices=["torch"], default="torch")
+    parser.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                        help="onnx: the run's export/model.onnx under ONNX Runtime (exported first if missing)")
     parser.add_argument("--threshold", type=float, default=None, help="image threshold, in the method's score units")
     parser.add_argument("--masks", action="store_true", help="also write the predicted regions as binary PNGs")
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the overlay figures")
@@ -213,17 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         paths = expand_inputs(args.inputs)
         if not paths:
             raise UserError(f"No images (png, jpg, bmp, tif) in {' '.join(args.inputs)}.")
-        model, config = load_model(args.model, args.device)
-        if args.threshold is not None:
-            model.post.set_thresholds(image=args.threshold)
-        rows, skipped = predict(model, paths, config["image_size"], args.out, args.batch, args.device,
+        infer, image_size, threshold = _engine(args)
+        rows, skipped = predict(infer, paths, image_size, threshold, args.out, args.batch,
                                 args.figures, args.masks, args.workers)  # fmt: skip
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if not model.post.calibrated:
-        print("warning: this checkpoint has no thresholds (trained before calibration?): scores only; "
-              "give --threshold", file=sys.stderr)  # fmt: skip
+    if threshold is None:
+        print("warning: no threshold in this model: scores only (give --threshold)", file=sys.stderr)
     anomalous = sum(1 for r in rows if r["pred_label"] == 1)
     print(f"{len(rows)} images scored ({anomalous} anomalous), written to {args.out / 'predictions.csv'}")
     if skipped:
