@@ -51,3 +51,42 @@ def test_predict_says_what_is_missing(tmp_path, capsys):
     assert f"error: No checkpoint at {tmp_path / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().err
     assert main([str(tmp_path), str(tmp_path / "nowhere" / "*.png")]) == 1
     assert "error: No image at" in capsys.readouterr().err
+
+
+def _export_and_predict(run_folder, images, fmt, tmp_path):
+    from adkd.export import export
+
+    path, differences = export(run_folder, fmt, tmp_path / f"model.{fmt}")
+    assert path.is_file() and set(differences) >= {"anomaly_map", "pred_score"}
+    assert max(differences["anomaly_map"], differences["pred_score"]) <= 1e-4, differences
+    return path
+
+
+def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(trained_run, tiny_mvtec, tmp_path, capsys):
+    from adkd.inference import OnnxModel
+    from adkd.predict import main
+
+    path = _export_and_predict(trained_run, tiny_mvtec, "onnx", tmp_path)
+    model = OnnxModel(path)
+    assert model.image_size == 32 and model.image_threshold is not None
+    import torch
+
+    outputs = model(torch.rand(5, 3, 32, 32))  # a batch size the export never saw
+    assert [tuple(o.shape) for o in outputs] == [(5, 1, 32, 32), (5,), (5, 1, 32, 32), (5,)]
+    out = tmp_path / "onnx_out"
+    assert main([str(path), str(tiny_mvtec / "widget" / "test"), "--engine", "onnx", "--out", str(out)]) == 0
+    torch_rows = tmp_path / "torch_out"
+    assert main([str(trained_run), str(tiny_mvtec / "widget" / "test"), "--out", str(torch_rows), "--no-figures"]) == 0
+    onnx_scores = [float(r["pred_score"]) for r in csv.DictReader((out / "predictions.csv").open())]
+    torch_scores = [float(r["pred_score"]) for r in csv.DictReader((torch_rows / "predictions.csv").open())]
+    assert onnx_scores == pytest.approx(torch_scores, abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["stfpm", "adps", "dhkd"])
+def test_every_method_exports_with_parity(method, tiny_mvtec, tmp_path):
+    from adkd.run import run
+
+    run(compose(tiny_overrides(tiny_mvtec, f"method={method}"), tmp_path / "run"))
+    for fmt in ("onnx", "torchscript"):
+        _export_and_predict(tmp_path / "run", tiny_mvtec, fmt, tmp_path)

@@ -89,5 +89,5 @@ def _upper_quantile(values: torch.Tensor, share: float) -> float:
 
 
 def _around(x: torch.Tensor, threshold: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
-    span = (threshold - floor).clamp_min(1e-12)
+    span = (threshold - floor).clamp_min(1e-6 * threshold.abs().clamp_min(1.0))  # a flat validation set
     return ((x - floor) / (2 * span)).clamp(0, 1)
