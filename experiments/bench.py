@@ -6,7 +6,9 @@ batch 32 (throughput), in fp32 and under AMP, with anomalib's ReverseDistillatio
 measured in the same rounds. On the CPU: MobileNetV2, batch 8, fp32.
 
 python experiments/bench.py [--backbone B] [--image-size 256] [--batches 1 32] [--precisions fp32 amp]
-                            [--rounds 7] [--device cpu|cuda] [--anomalib | --no-anomalib]
+                            [--rounds 7] [--device cpu|cuda] [--anomalib | --no-anomalib] [--onnx | --no-onnx]
+
+On the CPU each method is also exported to ONNX and timed under ONNX Runtime (--onnx).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+from adkd.inference import Deployable, OnnxModel
 from adkd.methods.adps import ADPS
 from adkd.methods.dhkd import DHKD
 from adkd.methods.rd4ad import RD4AD
@@ -46,9 +51,12 @@ def anomalib_models(backbone: str, image_size: int) -> dict:
 
 
 def predictor(model):  # noqa: ANN001, ANN201
-    """images -> (anomaly_map, pred_score) for an adkd module or an anomalib torch model."""
+    """images -> outputs, for an adkd module (its Deployable: what predict and export run), an
+    exported model under ONNX Runtime, or an anomalib torch model."""
+    if isinstance(model, OnnxModel):
+        return model
     if hasattr(model, "predict_maps"):
-        return model.predict_maps
+        return torch.no_grad()(Deployable(model))
     # anomalib's models take ImageNet-normalised images (its pre-processor does that first).
     mean = torch.tensor((0.485, 0.456, 0.406), device=next(model.parameters()).device).view(1, 3, 1, 1)
     std = torch.tensor((0.229, 0.224, 0.225), device=mean.device).view(1, 3, 1, 1)
@@ -93,6 +101,17 @@ def build(args: argparse.Namespace) -> dict:
     for name, cls in METHODS.items():
         kwargs = {"image_size": args.image_size} if name in ("adps", "dhkd") else {}
         models[name] = cls(backbone=backbone, **kwargs).to(args.device).prepare_for_inference()
+    if args.onnx:
+        folder = Path(tempfile.mkdtemp(prefix="adkd-bench-"))
+        for name in METHODS:
+            path = folder / f"{name}.onnx"
+            deployable = Deployable(models[name].to(memory_format=torch.contiguous_format)).eval()
+            example = torch.rand(2, 3, args.image_size, args.image_size, device=args.device)
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            torch.onnx.export(deployable, (example,), str(path), input_names=["images"], dynamo=True,
+                              dynamic_shapes=({0: batch},), verbose=False)  # fmt: skip
+            models[name].to(memory_format=torch.channels_last)
+            models[f"{name} onnxruntime"] = OnnxModel(path, args.device)
     if args.anomalib:
         for name, model in anomalib_models(args.backbone, args.image_size).items():
             models[name] = model.to(args.device).eval().to(memory_format=torch.channels_last)
@@ -111,6 +130,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--anomalib", action=argparse.BooleanOptionalAction, default=cuda,
                         help="also time anomalib's ReverseDistillation and Stfpm (ResNet backbones)")  # fmt: skip
+    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=not cuda,
+                        help="also time each method exported to ONNX, under ONNX Runtime")  # fmt: skip
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True
     models = build(args)
@@ -119,6 +140,7 @@ def main() -> None:
     print(f"{args.backbone}, {args.image_size} px, {device}; ms/image, median of {args.rounds} interleaved rounds")
     header = f"{'method':<15}" + "".join(f"{f'b{b} {p}':>16}" for b in args.batches for p in args.precisions)
     rows = {name: "" for name in models}
+    times = {name: [] for name in models}
     for batch in args.batches:
         images = torch.rand(batch, 3, args.image_size, args.image_size, device=args.device)
         images = images.contiguous(memory_format=torch.channels_last)
@@ -126,10 +148,16 @@ def main() -> None:
             ms = interleaved_medians(models, images, args.rounds, amp=precision == "amp")
             for name, value in ms.items():
                 rows[name] += f"{value:8.2f} x{value / ms[BASELINE]:5.2f} "
+                times[name].append(value)
     print(header)
     for name, row in rows.items():
         print(f"{name:<15}{row}")
     print(f"(x: ratio to adkd's {BASELINE} in the same column)")
+    if args.onnx:
+        print("ONNX Runtime / torch eager, per method and column:")
+        for name in METHODS:
+            ratios = [ort / eager for ort, eager in zip(times[f"{name} onnxruntime"], times[name], strict=True)]
+            print(f"  {name:<8}" + "".join(f"{r:16.2f}" for r in ratios))
 
 
 if __name__ == "__main__":
