@@ -12,7 +12,6 @@ last finished epoch; the same command with ``resume=true`` continues them in the
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -108,7 +107,7 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset)  # cheap checks only (the category, the root)
     model = instantiate(cfg.method, _convert_="all")  # plain containers: checkpoints load with weights_only
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    model.run_config = {**OmegaConf.to_container(cfg, resolve=True), "overrides": _overrides()}
     ckpt_path = Path(cfg.ckpt_path).expanduser() if cfg.ckpt_path else None
     if resume and ckpt_path is None:
         ckpt_path = newest_checkpoint(output_dir)
@@ -131,7 +130,7 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
     from hydra.utils import instantiate
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from adkd.report.figures import save_figures
+    from adkd.evaluation import Evaluation
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
@@ -148,62 +147,17 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
             raise RunInterrupted(signal.SIGINT, newest_checkpoint(output_dir))
 
     stage(trainer.fit, ckpt_path=ckpt_path)
+    evaluation = [c for c in callbacks if isinstance(c, Evaluation)]
     if trainer.world_size > 1:  # metrics need the whole test set in one process
         torch.distributed.barrier()
         if trainer.global_rank != 0:
             return {}
         trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=loggers or False,
-                            precision=cfg.trainer.precision, default_root_dir=str(output_dir))  # fmt: skip
+                            precision=cfg.trainer.precision, default_root_dir=str(output_dir),
+                            callbacks=evaluation)  # fmt: skip
     stage(trainer.test, verbose=False)
-
-    results = {
-        "method": cfg.method_name,
-        "label": cfg.get("label") or cfg.method_name,
-        "dataset": cfg.dataset_name,
-        "category": datamodule.category,
-        "backbone": cfg.backbone.name,
-        "pretrained": bool(cfg.backbone.pretrained),
-        "image_size": cfg.image_size,
-        "max_epochs": cfg.max_epochs,
-        "seed": cfg.seed,
-        "overrides": _overrides(),
-        "pixel_metrics": datamodule.has_masks,
-        "thresholds": {"fpr": cfg.threshold.fpr, "image": _number(model.post.image_threshold),
-                       "pixel": _number(model.post.pixel_threshold)},  # fmt: skip
-        "metrics": model.test_metrics,
-    }
-    (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-    with (output_dir / "test_predictions.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image_path", "gt_label", "pred_score"])
-        writer.writeheader()
-        writer.writerows(model.test_predictions)
-    figures = save_figures(model.figures, output_dir / "figures")
-    for lg in loggers:
-        if lg.__class__.__name__ == "WandbLogger":
-            lg.log_image(key="test/figures", images=[str(p) for p in figures])
-            defined = {f"test/{k}": v for k, v in model.test_metrics.items() if v is not None}
-            lg.experiment.summary.update(defined)
     write_status(output_dir, "finished")
-    _print_summary(results, output_dir)
-    return results
-
-
-def _number(value) -> float | None:  # noqa: ANN001
-    value = float(value)
-    return None if value != value else value  # NaN (never calibrated) -> null
-
-
-def _print_summary(results: dict, output_dir: Path) -> None:
-    m = results["metrics"]
-    width = max(len(k) for k in m)
-    lines = [f"\n{results['method']} on {results['dataset']}/{results['category']} ({results['backbone']})"]
-    lines += [f"  {k:<{width}}  {'n/a' if v is None else f'{v:.4f}'}" for k, v in m.items()]
-    if not results["pixel_metrics"]:
-        lines.append("  (no pixel masks in this dataset: image-level metrics only)")
-    if any(v is None for v in m.values()):
-        lines.append("  (n/a: undefined on this test split; see the warning above)")
-    lines.append(f"Outputs: {output_dir}")
-    print("\n".join(lines), flush=True)
+    return evaluation[0].results if evaluation else {}
 
 
 def _resume_command() -> str:

@@ -1,28 +1,27 @@
-"""Shared training plumbing and evaluation for every method.
+"""Shared training plumbing and inference for every method.
 
 A method subclasses :class:`AnomalyModule` and provides ``self.network`` with
 
 - ``network(images)`` -> whatever ``loss`` needs (training forward), and
 - ``network.anomaly_map(images)`` -> raw anomaly map (B, 1, H, W) at the input size,
 
-plus ``loss(batch) -> Tensor``. Smoothing the map, the image score, the metrics, figures and
-inference timing live here, once.
+plus ``loss(batch) -> Tensor``. Smoothing the map, the image score and the thresholds live in
+:class:`~adkd.methods.postprocess.PostProcessor`; metrics, figures and metrics.json in the
+evaluation callback (:class:`adkd.callbacks.Evaluation`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import lightning as L
 import torch
 
 from adkd.methods.postprocess import PostProcessor
-from adkd.metrics import AnomalyMetrics
 
 
 class AnomalyModule(L.LightningModule):
-    """Loss/optimizer wiring plus the shared evaluation (metrics, figures, timing)."""
+    """Loss/optimizer wiring, and inference through the shared post-processing."""
 
     def __init__(
         self,
@@ -30,18 +29,13 @@ class AnomalyModule(L.LightningModule):
         scheduler: Callable | None = None,
         map_sigma: float = 4.0,
         score: str = "max",
-        num_figures: int = 8,
         topk: float = 0.01,
     ) -> None:
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.post = PostProcessor(map_sigma, score, topk)
-        self.num_figures = num_figures
-        self.pixel_metrics = True  # from the datamodule at test time (False: image labels only)
-        self.test_metrics: dict[str, float] = {}
         self.run_config: dict | None = None  # the resolved run config, stored in every checkpoint (for predict)
-        self.figures: list[dict] = []
 
     # -- what methods provide ------------------------------------------------------------------
     def loss(self, batch: dict) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -94,55 +88,10 @@ class AnomalyModule(L.LightningModule):
         """Smoothed anomaly maps (B,1,H,W) and image scores (B,), float32, for [0, 1] images."""
         return self.post(self.network.anomaly_map(images))
 
-    def on_test_epoch_start(self) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is not None:
-            self.pixel_metrics = datamodule.has_masks
-        self.metrics = AnomalyMetrics(pixel=self.pixel_metrics)
-        self.figures, self._infer_time, self._infer_count = [], 0.0, 0
-        self.test_predictions: list[dict] = []
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        images = batch["image"]
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        anomaly_map, pred_score = self.predict_maps(images)
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        self._infer_time += time.perf_counter() - start
-        self._infer_count += images.shape[0]
-        self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
-        rows = zip(batch["image_path"], batch["gt_label"].tolist(), pred_score.tolist(), strict=True)
-        self.test_predictions += [{"image_path": p, "gt_label": int(y), "pred_score": float(s)} for p, y, s in rows]
-        self._keep_figures(batch, anomaly_map, pred_score)
-
-    def _keep_figures(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
-        """Keep up to ``num_figures`` samples, half anomalous and half normal where possible."""
-        for i, label in enumerate(batch["gt_label"].tolist()):
-            same = sum(f["gt_label"] == label for f in self.figures)
-            if same >= (self.num_figures + 1) // 2 or len(self.figures) >= self.num_figures:
-                continue
-            self.figures.append(
-                {
-                    "image": batch["image"][i].cpu(),
-                    "anomaly_map": anomaly_map[i, 0].cpu(),
-                    "gt_mask": batch["gt_mask"][i, 0].cpu(),
-                    "gt_label": label,
-                    "pred_score": float(pred_score[i]),
-                    "image_path": batch["image_path"][i],
-                }
-            )
-
-    def on_test_epoch_end(self) -> None:
-        results = self.metrics.compute()
-        if self.post.calibrated:
-            results.update(self.metrics.at_threshold(float(self.post.image_threshold)))
-        results["inference_ms_per_image"] = 1000 * self._infer_time / max(self._infer_count, 1)
-        self.test_metrics = results
-        for name, value in results.items():
-            if value is not None:
-                self.log(f"test/{name}", value)
+    def test_step(self, batch: dict, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The maps and scores; what is made of them (metrics, figures, metrics.json) is the
+        evaluation callback's business (adkd.callbacks.Evaluation, configured in conf/run.yaml)."""
+        return self.predict_maps(batch["image"])
 
 
 def multistep_at_fractions(optimizer, max_epochs: int, fractions: list[float], gamma: float):  # noqa: ANN001, ANN201

@@ -36,9 +36,8 @@ class ADPS(AnomalyModule):
         scheduler: Callable | None = None,
         map_sigma: float = 4.0,
         score: str = "max",
-        num_figures: int = 8,
     ) -> None:
-        super().__init__(optimizer, scheduler, map_sigma, score, num_figures)
+        super().__init__(optimizer, scheduler, map_sigma, score)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         k = k or max(1, image_size // 32)
         self.network = ADPSNetwork(

@@ -44,9 +44,8 @@ class DHKD(AnomalyModule):
         map_sigma: float = 4.0,
         score: str = "max",
         topk: float = 0.01,
-        num_figures: int = 8,
     ) -> None:
-        super().__init__(optimizer, scheduler, map_sigma, score, num_figures, topk)
+        super().__init__(optimizer, scheduler, map_sigma, score, topk)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         if schedule not in ("sequential", "joint"):
             raise ValueError(f"schedule must be 'sequential' or 'joint', got {schedule!r}")

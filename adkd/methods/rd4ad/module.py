@@ -29,9 +29,8 @@ class RD4AD(AnomalyModule):
         scheduler: Callable | None = None,
         map_sigma: float = 4.0,
         score: str = "max",
-        num_figures: int = 8,
     ) -> None:
-        super().__init__(optimizer, scheduler, map_sigma, score, num_figures)
+        super().__init__(optimizer, scheduler, map_sigma, score)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.loss_mode = loss_mode
         self.network = RD4ADNetwork(

@@ -33,9 +33,8 @@ class STFPM(AnomalyModule):
         scheduler: Callable | None = None,
         map_sigma: float = 4.0,
         score: str = "max",
-        num_figures: int = 8,
     ) -> None:
-        super().__init__(optimizer, scheduler, map_sigma, score, num_figures)
+        super().__init__(optimizer, scheduler, map_sigma, score)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.network = STFPMNetwork(
             backbone["name"], list(layers), backbone.get("pretrained", True), backbone.get("weights"), combine

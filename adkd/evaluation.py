@@ -1,0 +1,132 @@
+"""Test-time evaluation as one callback (configured in conf/run.yaml): the metrics (threshold-free,
+and at the calibrated threshold), inference time, per-image scores, figures, ``metrics.json``,
+the W&B summary and the printed summary. The Python API and the CLI write the same run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from adkd.metrics import AnomalyMetrics
+
+
+class Evaluation(L.Callback):
+    """Scores the test split from the model's (anomaly_map, pred_score) per batch."""
+
+    def __init__(self, output_dir: str, num_figures: int = 8) -> None:
+        self.output_dir = Path(output_dir)
+        self.num_figures = num_figures
+        self.results: dict = {}
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        self.pixel = bool(datamodule.has_masks) if datamodule is not None else True
+        self.metrics = AnomalyMetrics(pixel=self.pixel)
+        self.figures: list[dict] = []
+        self.predictions: list[dict] = []
+        self.seconds, self.images = 0.0, 0
+
+    def on_test_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: ANN001
+        _sync(batch["image"])
+        self._start = time.perf_counter()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: ANN001, E501
+        anomaly_map, pred_score = outputs
+        _sync(anomaly_map)
+        self.seconds += time.perf_counter() - self._start
+        self.images += len(pred_score)
+        self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
+        rows = zip(batch["image_path"], batch["gt_label"].tolist(), pred_score.tolist(), strict=True)
+        self.predictions += [{"image_path": p, "gt_label": int(y), "pred_score": float(s)} for p, y, s in rows]
+        self._keep_figures(batch, anomaly_map, pred_score)
+
+    def _keep_figures(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
+        """Keep up to ``num_figures`` samples, half anomalous and half normal where possible."""
+        for i, label in enumerate(batch["gt_label"].tolist()):
+            same = sum(f["gt_label"] == label for f in self.figures)
+            if same >= (self.num_figures + 1) // 2 or len(self.figures) >= self.num_figures:
+                continue
+            self.figures.append({
+                "image": batch["image"][i].cpu(), "anomaly_map": anomaly_map[i, 0].cpu(),
+                "gt_mask": batch["gt_mask"][i, 0].cpu(), "gt_label": label,
+                "pred_score": float(pred_score[i]), "image_path": batch["image_path"][i],
+            })  # fmt: skip
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = self.metrics.compute()
+        post = pl_module.post
+        if post.calibrated:
+            metrics.update(self.metrics.at_threshold(float(post.image_threshold)))
+        metrics["inference_ms_per_image"] = 1000 * self.seconds / max(self.images, 1)
+        for name, value in metrics.items():
+            if value is not None:
+                pl_module.log(f"test/{name}", value)
+        self.results = self._describe(trainer, pl_module, metrics)
+        self._write(trainer)
+
+    def _describe(self, trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict) -> dict:
+        config = pl_module.run_config or {}
+        post = pl_module.post
+        datamodule = trainer.datamodule
+        return {
+            "method": config.get("method_name", type(pl_module).__name__.lower()),
+            "label": config.get("label") or config.get("method_name"),
+            "dataset": config.get("dataset_name"),
+            "category": getattr(datamodule, "category", None),
+            "backbone": (config.get("backbone") or {}).get("name"),
+            "pretrained": (config.get("backbone") or {}).get("pretrained"),
+            "image_size": config.get("image_size"),
+            "max_epochs": config.get("max_epochs"),
+            "seed": config.get("seed"),
+            "overrides": config.get("overrides", []),
+            "pixel_metrics": self.pixel,
+            "thresholds": {"fpr": (config.get("threshold") or {}).get("fpr"),
+                           "image": _number(post.image_threshold), "pixel": _number(post.pixel_threshold)},  # fmt: skip
+            "metrics": metrics,
+        }
+
+    def _write(self, trainer: L.Trainer) -> None:
+        from adkd.report.figures import save_figures
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "metrics.json").write_text(json.dumps(self.results, indent=2))
+        with (self.output_dir / "test_predictions.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["image_path", "gt_label", "pred_score"])
+            writer.writeheader()
+            writer.writerows(self.predictions)
+        figures = save_figures(self.figures, self.output_dir / "figures")
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_image(key="test/figures", images=[str(p) for p in figures])
+                summary = {f"test/{k}": v for k, v in self.results["metrics"].items() if v is not None}
+                logger.experiment.summary.update(summary)
+        print(summary_text(self.results, self.output_dir), flush=True)
+
+
+def summary_text(results: dict, output_dir: Path) -> str:
+    m = results["metrics"]
+    width = max(len(k) for k in m)
+    lines = [f"\n{results['method']} on {results['dataset']}/{results['category']} ({results['backbone']})"]
+    lines += [f"  {k:<{width}}  {'n/a' if v is None else f'{v:.4f}'}" for k, v in m.items()]
+    if not results["pixel_metrics"]:
+        lines.append("  (no pixel masks in this dataset: image-level metrics only)")
+    if any(v is None for v in m.values()):
+        lines.append("  (n/a: undefined on this test split; see the warning above)")
+    lines.append(f"Outputs: {output_dir}")
+    return "\n".join(lines)
+
+
+def _sync(tensor: torch.Tensor) -> None:
+    if tensor.is_cuda:
+        torch.cuda.synchronize()
+
+
+def _number(value: torch.Tensor) -> float | None:
+    value = float(value)
+    return None if value != value else value  # NaN (never calibrated) -> null
