@@ -101,8 +101,10 @@ class Evaluation(L.Callback):
             writer.writeheader()
             writer.writerows(self.predictions)
         figures = save_figures(self.figures, self.output_dir / "figures")
+        from lightning.pytorch.loggers import WandbLogger
+
         for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
+            if isinstance(logger, WandbLogger):
                 logger.log_image(key="test/figures", images=[str(p) for p in figures])
                 summary = {f"test/{k}": v for k, v in self.results["metrics"].items() if v is not None}
                 logger.experiment.summary.update(summary)

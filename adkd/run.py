@@ -118,7 +118,9 @@ def run(cfg: DictConfig) -> dict:
     try:
         return _fit_and_test(cfg, datamodule, model, loggers, output_dir, ckpt_path)
     finally:
-        if any(lg.__class__.__name__ == "WandbLogger" for lg in loggers):
+        from lightning.pytorch.loggers import WandbLogger
+
+        if any(isinstance(lg, WandbLogger) for lg in loggers):
             import wandb
 
             wandb.finish()  # each multirun job gets a W&B run of its own
