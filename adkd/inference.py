@@ -70,7 +70,12 @@ class OnnxModel:
         import onnxruntime as ort
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
-        self.session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        # ONNX Runtime's threads spin between runs by default: CPU taken from everything else
+        # (the data loader, figures, a torch model measured beside it).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
         self.metadata = self.session.get_modelmeta().custom_metadata_map
 
     @property
