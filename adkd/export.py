@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from adkd.errors import UserError
-from adkd.inference import OUTPUTS, Deployable, OnnxModel, checkpoint_path, load_model
+from adkd.inference import OUTPUTS, Deployable, OnnxModel, checkpoint_path, for_export, load_model
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -55,6 +55,9 @@ def export(source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: 
     out.parent.mkdir(parents=True, exist_ok=True)
     images, described = parity_images(config)
     example = images[:2]
+    with torch.no_grad():
+        reference = deployable(images)  # what the checkpoint computes, before any export-friendly switch
+    for_export(deployable)
     if fmt == "onnx":
         _export_onnx(deployable, example, out, config, model)
         exported = OnnxModel(out)
@@ -66,7 +69,7 @@ def export(source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: 
     else:
         raise UserError(f"Unknown export format {fmt!r}: onnx or torchscript.")
     with torch.no_grad():
-        reference, got = deployable(images), exported(images)
+        got = exported(images)
     differences = {}
     for name, ref, value in zip(OUTPUTS, reference, got, strict=True):
         finite = torch.isfinite(ref)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import statistics
 import tempfile
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from adkd.inference import Deployable, OnnxModel
+from adkd.inference import Deployable, OnnxModel, for_export
 from adkd.methods.adps import ADPS
 from adkd.methods.dhkd import DHKD
 from adkd.methods.rd4ad import RD4AD
@@ -105,7 +106,7 @@ def build(args: argparse.Namespace) -> dict:
         folder = Path(tempfile.mkdtemp(prefix="adkd-bench-"))
         for name in METHODS:
             path = folder / f"{name}.onnx"
-            deployable = Deployable(models[name].to(memory_format=torch.contiguous_format)).eval()
+            deployable = for_export(copy.deepcopy(Deployable(models[name].to(memory_format=torch.contiguous_format))))
             example = torch.rand(2, 3, args.image_size, args.image_size, device=args.device)
             batch = torch.export.Dim("batch", min=1, max=4096)
             torch.onnx.export(deployable, (example,), str(path), input_names=["images"], dynamo=True,

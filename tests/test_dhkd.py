@@ -154,3 +154,16 @@ def test_topk_score_is_the_mean_of_the_highest_pixels():
     with pytest.raises(ValueError, match="topk"):
         AnomalyModule(score="topk", topk=0.0)
     assert math.isclose(AnomalyModule(score="max").post.topk, 0.01)
+
+
+def test_spectral_filter_as_dft_matrices_equals_torch_fft():
+    from adkd.methods.dhkd.network import GlobalFilter
+
+    torch.manual_seed(0)
+    layer = GlobalFilter(3, 16, 12)
+    for size in ((16, 12), (8, 8)):  # its own size; another (the matrices do not fit: torch.fft)
+        x = torch.randn(2, 3, *size)
+        layer.dft = "fft"
+        reference = layer(x)
+        layer.dft = "matmul"  # what an exported model runs
+        assert torch.allclose(layer(x), reference, atol=1e-5)

@@ -19,6 +19,8 @@ is the squared teacher-student distance per position, upsampled and summed over 
 
 from __future__ import annotations
 
+import math
+
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 import torch
@@ -133,26 +135,60 @@ class FlowTeacher(nn.Module):
         return zs, nll / len(zs)
 
 
+def dft_matrices(height: int, width: int) -> tuple[torch.Tensor, ...]:
+    """Real matrices of the orthonormal rFFT along W, the FFT along H and the inverse rFFT along W
+    (cos and sin parts), so that the spectral filter is six small matrix products."""
+    n, k = torch.arange(width, dtype=torch.float64), torch.arange(width // 2 + 1, dtype=torch.float64)
+    angle = 2 * math.pi * n[:, None] * k[None, :] / width  # (W, W/2+1)
+    rows = torch.arange(height, dtype=torch.float64)
+    angle_h = 2 * math.pi * rows[:, None] * rows[None, :] / height
+    twice = torch.full((width // 2 + 1,), 2.0, dtype=torch.float64)  # irfft counts the mirrored half
+    twice[0] = 1.0
+    if width % 2 == 0:
+        twice[-1] = 1.0
+    mats = (angle.cos() / width**0.5, -angle.sin() / width**0.5, angle_h.cos() / height**0.5,
+            -angle_h.sin() / height**0.5, twice[:, None] * angle.T.cos() / width**0.5,
+            -twice[:, None] * angle.T.sin() / width**0.5)  # fmt: skip
+    return tuple(m.float() for m in mats)
+
+
 class GlobalFilter(nn.Module):
     """Frequency branch: rFFT over (H, W), a learnable complex filter per channel and frequency,
-    inverse rFFT. The filter starts as identity; maps of another size get it resampled."""
+    inverse rFFT. The filter starts as identity; maps of another size get it resampled.
+
+    ``dft``: ``fft`` (torch.fft; training) or ``matmul``: the same transform, exact to float
+    rounding, as products with DFT matrices, which ONNX Runtime runs several times faster than
+    its DFT operator (adkd.inference.Deployable switches to it)."""
 
     def __init__(self, channels: int, height: int, width: int) -> None:
         super().__init__()
         weight = torch.zeros(channels, height, width // 2 + 1, 2)
         weight[..., 0] = 1.0
         self.weight = nn.Parameter(weight + 0.02 * torch.randn_like(weight))
+        self.dft = "fft"
+        for name, matrix in zip(("cw", "sw", "ch", "sh", "ia", "ib"), dft_matrices(height, width), strict=True):
+            self.register_buffer(name, matrix, persistent=False)
+
+    def _filter_weight(self, size: tuple[int, int]) -> torch.Tensor:
+        weight = self.weight
+        if weight.shape[1:3] != size:
+            weight = F.interpolate(weight.permute(0, 3, 1, 2), size=size, mode="bilinear").permute(0, 2, 3, 1)
+        return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         with torch.autocast(x.device.type, enabled=False):  # cuFFT in half precision wants powers of 2
-            spec = torch.fft.rfft2(x.float(), norm="ortho")
-            weight = self.weight
-            if weight.shape[1:3] != spec.shape[-2:]:
-                weight = F.interpolate(weight.permute(0, 3, 1, 2), size=spec.shape[-2:], mode="bilinear")
-                weight = weight.permute(0, 2, 3, 1)
-            spec = spec * torch.view_as_complex(weight.contiguous())
-            return torch.fft.irfft2(spec, s=(h, w), norm="ortho")
+            x = x.float()
+            weight = self._filter_weight((h, w // 2 + 1))
+            if self.dft == "fft" or (h, w) != (self.ch.shape[0], self.cw.shape[0]):
+                spec = torch.fft.rfft2(x, norm="ortho") * torch.view_as_complex(weight.contiguous())
+                return torch.fft.irfft2(spec, s=(h, w), norm="ortho")
+            wr, wi = weight[..., 0], weight[..., 1]
+            ar, ai = x @ self.cw, x @ self.sw  # rFFT along W
+            br, bi = self.ch @ ar - self.sh @ ai, self.ch @ ai + self.sh @ ar  # FFT along H
+            yr, yi = br * wr - bi * wi, br * wi + bi * wr  # the filter
+            zr, zi = self.ch @ yr + self.sh @ yi, self.ch @ yi - self.sh @ yr  # inverse FFT along H
+            return zr @ self.ia + zi @ self.ib  # inverse rFFT along W
 
 
 class DualDomainBlock(nn.Module):
