@@ -72,36 +72,69 @@ class LastCheckpoint(L.Callback):
 class Calibrate(L.Callback):
     """After training, sets the model's image and pixel thresholds from the normal validation
     images (without synthetic anomalies) so that a share ``fpr`` of them lies above, then rewrites
-    ``last.ckpt`` so that the thresholds travel with it. ``image``/``pixel`` fix one by hand."""
+    ``last.ckpt`` so that the thresholds travel with it. ``image``/``pixel`` fix one by hand.
 
-    def __init__(self, fpr: float = 0.01, image: float | None = None, pixel: float | None = None) -> None:
-        self.fpr, self.image, self.pixel = fpr, image, pixel
+    Where the validation split also holds labelled anomalous images (a folder dataset's ``val/``),
+    the F1-optimal image threshold on it is computed too and logged; ``mode: f1`` uses it."""
+
+    def __init__(self, fpr: float = 0.01, image: float | None = None, pixel: float | None = None,
+                 mode: str = "fpr") -> None:  # fmt: skip
+        if mode not in ("fpr", "f1"):
+            raise ValueError(f"threshold.mode must be 'fpr' or 'f1', got {mode!r}")
+        self.fpr, self.image, self.pixel, self.mode = fpr, image, pixel, mode
 
     @torch.no_grad()
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "calibration_dataloader"):
             return
-        loader = datamodule.calibration_dataloader()
         pl_module.eval()
-        scores, maps = [], []
+        scores, maps, labels = [], [], []
         with trainer.precision_plugin.forward_context():
-            for batch in loader:
+            for batch in datamodule.calibration_dataloader():
                 anomaly_map, pred_score = pl_module.predict_maps(batch["image"].to(pl_module.device))
                 scores.append(pred_score.float().cpu())
                 maps.append(anomaly_map.float().cpu())
+                labels.append(batch["gt_label"].cpu())
+        post, image = pl_module.post, self.image
         if scores:
-            pl_module.post.calibrate(torch.cat(scores), torch.cat(maps), self.fpr)
-            source = f"{len(loader.dataset)} normal validation images"
-        else:
-            source = "no validation images (dataset.val_fraction is 0): set threshold.image/pixel by hand"
-        pl_module.post.set_thresholds(self.image, self.pixel)
-        post = pl_module.post
-        log.info("Thresholds from %s at FPR %g: image %.6g, pixel %.6g", source, self.fpr,
-                 float(post.image_threshold), float(post.pixel_threshold))  # fmt: skip
+            scores, maps, labels = torch.cat(scores), torch.cat(maps), torch.cat(labels).bool()
+            normal = ~labels
+            if normal.any():
+                post.calibrate(scores[normal], maps[normal], self.fpr)
+                log.info("Thresholds from %d normal validation images at FPR %g: image %.6g, pixel %.6g",
+                         int(normal.sum()), self.fpr, float(post.image_threshold),
+                         float(post.pixel_threshold))  # fmt: skip
+            if labels.any() and normal.any():
+                best, f1 = f1_optimal_threshold(scores, labels)
+                use = self.mode == "f1" and image is None
+                image = best if use else image
+                how = ", used (threshold.mode=f1)" if use else "; threshold.mode=f1 uses it"
+                log.info("F1-optimal image threshold on %d labelled validation images: %.6g (F1 %.3f)%s",
+                         len(labels), best, f1, how)  # fmt: skip
+            elif self.mode == "f1":
+                log.warning("threshold.mode=f1 needs labelled anomalous validation images (a val/ folder): "
+                            "the threshold is set at FPR %g instead", self.fpr)  # fmt: skip
+        if not post.calibrated and image is None:
+            log.warning("No normal validation images (dataset.val_fraction is 0?): no thresholds; "
+                        "set threshold.image and threshold.pixel by hand")  # fmt: skip
+        post.set_thresholds(image, self.pixel)
         for callback in trainer.callbacks:
             if isinstance(callback, LastCheckpoint):
                 callback._save(trainer)
+
+
+def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """The image threshold with the best F1 (anomalous = score above it), and that F1."""
+    from torchmetrics.functional.classification import binary_precision_recall_curve
+
+    precision, recall, thresholds = binary_precision_recall_curve(scores, labels.int())
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    best = int(f1[:-1].argmax())  # the last point has no threshold
+    # torchmetrics counts score >= threshold as anomalous; adkd decides score > threshold
+    below = scores[scores < thresholds[best]]
+    threshold = float(below.max()) if len(below) else float(thresholds[best]) - 1e-6
+    return threshold, float(f1[best])
 
 
 def _numpy_state() -> tuple:

@@ -90,3 +90,32 @@ def test_every_method_exports_with_parity(method, tiny_mvtec, tmp_path):
     run(compose(tiny_overrides(tiny_mvtec, f"method={method}"), tmp_path / "run"))
     for fmt in ("onnx", "torchscript"):
         _export_and_predict(tmp_path / "run", tiny_mvtec, fmt, tmp_path)
+
+
+def test_a_labelled_validation_folder_offers_the_f1_optimal_threshold(tiny_mvtec, tmp_path, caplog):
+    import logging
+
+    from adkd.run import run
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_mvtec, root)
+    val = root / "widget" / "val"
+    shutil.copytree(root / "widget" / "test" / "spot", val / "spot")
+    for image in sorted((root / "widget" / "train" / "good").iterdir())[:2]:  # two normals move to val/
+        (val / "good").mkdir(parents=True, exist_ok=True)
+        image.rename(val / "good" / image.name)
+    with caplog.at_level(logging.INFO):
+        results = run(compose(tiny_overrides(root, "method=rd4ad", "threshold.mode=f1"), tmp_path / "run"))
+    assert "F1-optimal image threshold on 6 labelled validation images" in caplog.text
+    assert "used (threshold.mode=f1)" in caplog.text
+    assert results["thresholds"]["image"] is not None
+
+
+def test_the_f1_optimal_threshold_separates_what_it_can():
+    import torch
+
+    from adkd.callbacks import f1_optimal_threshold
+
+    scores, labels = torch.tensor([0.1, 0.3, 0.35, 0.8, 0.9]), torch.tensor([0, 0, 1, 1, 1]).bool()
+    threshold, f1 = f1_optimal_threshold(scores, labels)
+    assert 0.3 <= threshold < 0.35 and f1 == 1.0  # score > threshold: exactly the three anomalies

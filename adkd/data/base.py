@@ -127,6 +127,11 @@ class AnomalyDataModule(L.LightningDataModule):
     def records(self, split: str) -> list[Record]:
         raise NotImplementedError
 
+    def labelled_validation(self) -> list[Record] | None:
+        """A validation split of the dataset's own with normal and anomalous images, if it has one.
+        Without one, validation holds out ``val_fraction`` of the normal training images."""
+        return None
+
     # -- shared machinery ---------------------------------------------------------------------
     def _split_train_val(self, train: list[Record]) -> tuple[list[Record], list[Record]]:
         normal = [r for r in train if r.gt_label == 0]
@@ -149,8 +154,14 @@ class AnomalyDataModule(L.LightningDataModule):
         """The train, val and test records, every file checked once (before any training step)."""
         if self._records is None:
             self.check_available()
-            fit, val = self._split_train_val(self.records("train"))
-            records = {"train": self._limit(fit, self.limit_train), "val": val,
+            labelled = self.labelled_validation()
+            if labelled is None:
+                fit, val = self._split_train_val(self.records("train"))
+                calibration = val
+            else:  # the loss is validated on its normal images; thresholds see all of it
+                fit = [r for r in self.records("train") if r.gt_label == 0]
+                val, calibration = [r for r in labelled if r.gt_label == 0], labelled
+            records = {"train": self._limit(fit, self.limit_train), "val": val, "calibration": calibration,
                        "test": self._limit(self.records("test"), self.limit_test)}  # fmt: skip
             check_records(records, f"{self.name}/{self.category}" if self.category else self.name)
             self._records = records
@@ -171,9 +182,14 @@ class AnomalyDataModule(L.LightningDataModule):
         self.val_set.fixed_synthesis = True
 
     def calibration_dataloader(self) -> DataLoader:
-        """The validation images as they are (no synthetic anomalies): what thresholds are set on."""
-        dataset = copy.copy(self.val_set)  # shares the decoded images
-        dataset.synthesizer = None
+        """The validation images as they are (no synthetic anomalies; a labelled validation split's
+        anomalous images too): what thresholds are set on."""
+        records = self.checked_records()["calibration"]
+        if records is self.checked_records()["val"]:
+            dataset = copy.copy(self.val_set)  # shares the decoded images
+            dataset.synthesizer = None
+        else:
+            dataset = AnomalyDataset(records, self.image_size, self.cache)
         return self._loader(dataset, False, self.eval_batch_size)
 
     def _loader(self, dataset: AnomalyDataset, shuffle: bool, batch_size: int) -> DataLoader:

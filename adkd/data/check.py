@@ -54,7 +54,7 @@ def check_records(splits: dict[str, list[Record]], dataset: str) -> None:
     """Raise DataCheckError listing every unusable file; warn where a metric will be undefined."""
     if not splits.get("train"):
         raise DataCheckError(f"{dataset}: no training images. It needs normal training images (README, Datasets).")
-    records = [r for split in splits.values() for r in split]
+    records = list(dict.fromkeys(r for split in splits.values() for r in split))  # a split may reuse another's
     with ThreadPoolExecutor(max_workers=8) as pool:  # header reads wait on the disk, not the CPU
         problems = [p for found in pool.map(_problems, records) for p in found]
     if problems:

@@ -47,6 +47,10 @@ class FolderDataModule(AnomalyDataModule):
     def records(self, split: str) -> list[Record]:
         return mvtec_layout_records(self.path, split)
 
+    def labelled_validation(self) -> list[Record] | None:
+        """``<category>/val/{good,<defect>}``, if there is one."""
+        return mvtec_layout_records(self.path, "val", masks=False) if (self.path / "val").is_dir() else None
+
 
 class MVTecADDataModule(FolderDataModule):
     """MVTec AD (Bergmann et al., CVPR 2019): 15 categories, pixel masks."""

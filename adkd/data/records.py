@@ -29,10 +29,11 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and visible(p))
 
 
-def mvtec_layout_records(path: Path, split: str) -> list[Record]:
+def mvtec_layout_records(path: Path, split: str, masks: bool = True) -> list[Record]:
     """Records of a folder in the MVTec AD layout.
 
-    ``train/good/*``; ``test/good/*`` and ``test/<defect>/*``; masks at
+    ``train/good/*``; ``test/good/*`` and ``test/<defect>/*`` (and likewise an optional labelled
+    ``val/``, read with ``masks=False``: its image labels set thresholds); masks at
     ``ground_truth/<defect>/<stem>_mask.png`` (optional: without a ``ground_truth`` folder the
     set has image labels only). Missing masks and unreadable files are left for the data check
     (:mod:`adkd.data.check`), which reports them all at once.
@@ -50,6 +51,6 @@ def mvtec_layout_records(path: Path, split: str) -> list[Record]:
             if defect == "good":
                 records.append(Record(image, 0))
                 continue
-            mask = gt_dir / defect / f"{image.stem}_mask.png" if gt_dir.is_dir() else None
+            mask = gt_dir / defect / f"{image.stem}_mask.png" if masks and gt_dir.is_dir() else None
             records.append(Record(image, 1, mask, defect))
     return records
