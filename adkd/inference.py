@@ -67,8 +67,15 @@ def load_model(source: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     method["backbone"] = {**method["backbone"], "pretrained": False, "weights": None}  # weights: the checkpoint's
     if "synthesis" in method:  # training-only; its source folder need not exist where the model is used
         method["synthesis"] = {**method["synthesis"], "source": None}
-    model = instantiate(method, _convert_="all")
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model = instantiate(method, _convert_="all")
+        model.load_state_dict(checkpoint["state_dict"])
+    except Exception as err:  # noqa: BLE001 - a config or weights this version of adkd cannot rebuild
+        cause = err.__cause__ or err
+        raise CheckpointError(
+            f"Cannot rebuild the model of {path} from the config inside it ({type(cause).__name__}: "
+            f"{str(cause).splitlines()[0][:200]}). Was it written by another version of adkd?"
+        ) from err
     return model.to(device).prepare_for_inference(), config
 
 
