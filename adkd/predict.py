@@ -87,7 +87,10 @@ def predict(infer, paths: list[Path], image_size: int, threshold: float | None, 
     names = _unique_names(paths)
     rows, skipped = [], []
     loader = DataLoader(_Images(paths, image_size), batch_size=batch, num_workers=workers, collate_fn=_collate)
-    with torch.no_grad(), tqdm(total=len(paths), unit="image", desc="predict") as bar:
+    with (out / "predictions.csv").open("w", newline="") as f, torch.no_grad(), \
+            tqdm(total=len(paths), unit="image", desc="predict") as bar:  # fmt: skip
+        writer = csv.DictWriter(f, fieldnames=FIELDS)  # rows written as they come: a stopped run keeps them
+        writer.writeheader()
         for items in loader:
             good = [(i, img, size) for i, img, size in items if img is not None]
             skipped += [f"{paths[i]}: {why}" for i, img, why in items if img is None]
@@ -101,15 +104,13 @@ def predict(infer, paths: list[Path], image_size: int, threshold: float | None, 
                         row.update(normalized_score=float(norm_score[j]), pred_label=int(anomalous),
                                    decision="anomalous" if anomalous else "normal")  # fmt: skip
                     rows.append(row)
+                    writer.writerow(row)
                     if figures:
                         _figure(image, norm_map[j, 0], row, out / "figures" / f"{names[i]}.png")
                     if masks and threshold is not None:
                         _mask(norm_map[j, 0], size, out / "masks" / f"{names[i]}_mask.png")
+            f.flush()
             bar.update(len(items))
-    with (out / "predictions.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
     return rows, skipped
 
 
@@ -209,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\nInterrupted: {args.out / 'predictions.csv'} holds the images scored so far.", file=sys.stderr)
+        return 130
     if threshold is None:
         print("warning: no threshold in this model: scores only (give --threshold)", file=sys.stderr)
     anomalous = sum(1 for r in rows if r["pred_label"] == 1)
