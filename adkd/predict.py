@@ -164,7 +164,7 @@ def _mask(region, size: tuple[int, int], path: Path) -> None:  # noqa: ANN001
 
 def _engine(args: argparse.Namespace):  # noqa: ANN202
     """(infer, image size, image threshold) for the chosen engine."""
-    if args.engine == "onnx":
+    if args.engine == "onnx" or args.model.suffix == ".onnx":
         from adkd.export import default_path, export
         from adkd.inference import OnnxModel
 
@@ -188,7 +188,7 @@ def _engine(args: argparse.Namespace):  # noqa: ANN202
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adkd.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("model", type=Path, help="a run folder (with checkpoints/last.ckpt) or a .ckpt file")
+    parser.add_argument("model", type=Path, help="a run folder (checkpoints/last.ckpt), a .ckpt, or an exported .onnx")
     parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: ./predictions)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
