@@ -85,6 +85,7 @@ class Evaluation(L.Callback):
             "max_epochs": config.get("max_epochs"),
             "seed": config.get("seed"),
             "overrides": config.get("overrides", []),
+            "tags": config.get("tags", []),
             "pixel_metrics": self.pixel,
             "thresholds": {"fpr": (config.get("threshold") or {}).get("fpr"),
                            "image": _number(post.image_threshold), "pixel": _number(post.pixel_threshold)},  # fmt: skip

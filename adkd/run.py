@@ -24,7 +24,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from adkd.errors import CheckpointError, ConfigError, user_error_in
-from adkd.runs import newest_checkpoint, read_status, resume_requested, write_status
+from adkd.runs import config_tree, newest_checkpoint, read_status, resume_requested, write_status
 
 log = logging.getLogger("adkd")
 
@@ -99,6 +99,9 @@ def run(cfg: DictConfig) -> dict:
     if _is_rank_zero():
         write_status(output_dir, "running")
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+        tree = config_tree(cfg)
+        (output_dir / "config_tree.txt").write_text(tree)
+        print(tree, flush=True)
     # Frozen teachers are in eval mode on purpose; Lightning warns about it on every fit.
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     for name in ("lightning.pytorch", "lightning.fabric"):  # they print themselves; not twice via Hydra's root

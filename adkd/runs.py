@@ -93,6 +93,24 @@ def unique_name() -> str:
     return f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}"
 
 
+def config_tree(cfg, first: tuple[str, ...] = ("method", "dataset", "backbone", "trainer")) -> str:  # noqa: ANN001
+    """The composed config as a tree (rich), main groups first, for the console and the run folder."""
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key in [*(k for k in first if k in cfg), *(k for k in cfg if k not in first)]:
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value)
+        tree.add(str(key)).add(Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
+    buffer = StringIO()
+    Console(file=buffer, width=110, color_system=None).print(tree)
+    return buffer.getvalue()
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("adkd_run_dir"):
         OmegaConf.register_new_resolver("adkd_run_dir", run_dir)

@@ -249,3 +249,26 @@ def test_every_checkpoint_load_refuses_pickled_code():
     sources = [p.read_text() for p in (ROOT / "adkd").rglob("*.py")]
     loads = [call for src in sources for call in re.findall(r"torch\.load\([^)]*\)", src)]
     assert loads and all("weights_only=True" in call for call in loads), loads
+
+
+@pytest.mark.parametrize("debug", ["fdr", "overfit", "limit", "profiler"])
+def test_debug_configs_compose_onto_the_cpu_without_a_logger(debug, tmp_path):
+    cfg = compose([f"debug={debug}"], tmp_path)  # (trainer=gpu on the command line still wins: debug on a GPU)
+    assert cfg.trainer.accelerator == "cpu" and not cfg.get("logger") and cfg.dataset.num_workers == 0
+    assert cfg.max_epochs == {"fdr": 1, "overfit": 20, "limit": 2, "profiler": 1}[debug]
+
+
+def test_a_fast_dev_run_writes_the_config_tree_and_tags(tiny_mvtec, tmp_path):
+    from adkd.run import run
+
+    results = run(compose(tiny_overrides(tiny_mvtec, "debug=fdr", "tags=[smoke,widget]"), tmp_path))
+    assert results["tags"] == ["smoke", "widget"]
+    tree = (tmp_path / "config_tree.txt").read_text()
+    assert tree.startswith("config") and "fast_dev_run: true" in tree and "adkd.methods.adps.ADPS" in tree
+
+
+def test_the_output_root_comes_from_the_paths_config(tiny_mvtec, tmp_path):
+    elsewhere = f"paths.output_root={tmp_path / 'elsewhere'}"
+    res = cli("adkd.run", *tiny_overrides(tiny_mvtec, "method=stfpm", "debug=fdr"), elsewhere, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(list((tmp_path / "elsewhere" / "runs" / "stfpm" / "folder" / "widget").iterdir())) == 1
