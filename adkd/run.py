@@ -155,7 +155,11 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
     evaluation = [c for c in callbacks if isinstance(c, Evaluation)]
     if trainer.world_size > 1:  # metrics need the whole test set in one process
         torch.distributed.barrier()
-        if trainer.global_rank != 0:
+        rank = trainer.global_rank
+        # The test's own trainer is single-process: left alive, the group would make its barriers
+        # (around prepare_data) wait forever for ranks that have finished.
+        torch.distributed.destroy_process_group()
+        if rank != 0:
             return {}
         trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=loggers or False,
                             precision=cfg.trainer.precision, default_root_dir=str(output_dir),
