@@ -59,16 +59,14 @@ class _Images:
 
     def __getitem__(self, index: int) -> tuple[int, object, tuple[int, int] | str]:
         import torch
-        from torchvision.transforms.v2 import functional as TF
 
-        from adkd.data.dataset import read_image
+        from adkd.data.dataset import read_image, resized
 
         try:
             img = read_image(self.paths[index])
         except UserError as err:
             return index, None, str(err)
-        image = TF.resize(TF.pil_to_tensor(img), [self.size, self.size], antialias=True)
-        return index, image.to(torch.float32) / 255, img.size
+        return index, resized(img, (self.size, self.size)).to(torch.float32) / 255, img.size
 
 
 def _collate(items: list) -> list:

@@ -46,6 +46,12 @@ def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def resized(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """A decoded image as the models take it, before the [0, 1] scaling: uint8 (3,H,W) at ``size``.
+    One function for training, test and predict, so that predict scores what the test scored."""
+    return TF.resize(TF.pil_to_tensor(img), list(size), antialias=True)
+
+
 class AnomalyDataset(Dataset):
     """Samples as dicts: ``image`` (3,H,W RGB in [0, 1]; each method's backbone normalises it),
     ``gt_mask`` (1,H,W in {0,1}), ``gt_label`` (0/1), ``image_path`` (str).
@@ -81,7 +87,7 @@ class AnomalyDataset(Dataset):
         """uint8 image (3,H,W) and bool mask (1,H,W), resized."""
         record = self.records[index]
         img = read_image(record.image_path)
-        image = TF.resize(TF.pil_to_tensor(img), list(self.image_size), antialias=True)
+        image = resized(img, self.image_size)
         if record.mask_path is not None:
             mask = torch.from_numpy(read_mask(record.mask_path, img.size))[None].to(torch.uint8) * 255
             mask = TF.resize(mask, list(self.image_size), antialias=False) > 127
