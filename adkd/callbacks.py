@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,34 @@ class LastCheckpoint(L.Callback):
         name, keys, pos, has_gauss, gauss = states["numpy"]
         np.random.set_state((name, keys.numpy(), pos, has_gauss, gauss))
         random.setstate(states["python"])
+
+
+class ConvergedStop(EarlyStopping):
+    """Lightning's early stopping on the validation loss (``budget=converged``), made aware of
+    methods that train in phases: the count starts afresh when the phase changes (the monitored
+    loss changes meaning: DHKD's flow NLL, then its student's losses), and a phase the method says
+    must run its course (``early_stopping_phase()`` returns None: DHKD's flow) never stops."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.phase: str | None = None
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        module = trainer.lightning_module
+        phase = module.early_stopping_phase() if hasattr(module, "early_stopping_phase") else "train"
+        if phase is None:
+            return
+        if phase != self.phase:
+            self.phase, self.wait_count = phase, 0
+            self.best_score = torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
+        super()._run_early_stopping_check(trainer)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "phase": self.phase}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.phase = state_dict.get("phase")
 
 
 class Calibrate(L.Callback):

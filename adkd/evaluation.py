@@ -36,7 +36,9 @@ class Evaluation(L.Callback):
         _sync(batch["image"])
         self._start = time.perf_counter()
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: ANN001, E501
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch: dict, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:  # noqa: ANN001, E501
         anomaly_map, pred_score = outputs
         _sync(anomaly_map)
         self.seconds += time.perf_counter() - self._start
@@ -87,8 +89,11 @@ class Evaluation(L.Callback):
             "overrides": config.get("overrides", []),
             "tags": config.get("tags", []),
             "pixel_metrics": self.pixel,
-            "thresholds": {"fpr": (config.get("threshold") or {}).get("fpr"),
-                           "image": _number(post.image_threshold), "pixel": _number(post.pixel_threshold)},  # fmt: skip
+            "thresholds": {
+                "fpr": (config.get("threshold") or {}).get("fpr"),
+                "image": _number(post.image_threshold),
+                "pixel": _number(post.pixel_threshold),
+            },  # fmt: skip
             "metrics": metrics,
         }
 

@@ -192,8 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0, help="data loader processes")
-    parser.add_argument("--engine", choices=["torch", "onnx"], default="torch",
-                        help="onnx: the run's export/model.onnx under ONNX Runtime (exported first if missing)")
+    parser.add_argument(
+        "--engine",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="onnx: the run's export/model.onnx under ONNX Runtime (exported first if missing)",
+    )
     parser.add_argument("--threshold", type=float, default=None, help="image threshold, in the method's score units")
     parser.add_argument("--masks", action="store_true", help="also write the predicted regions as binary PNGs")
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the overlay figures")

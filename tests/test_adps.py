@@ -43,6 +43,7 @@ def test_k1_student_is_the_symmetric_case():
 
 def test_weight_mask_block_and_maps():
     net = ADPSNetwork("mobilenet_v2", pretrained=False, k=2, psm_widths=[8, 8, 8]).eval()
+    assert net.student.patch_stages == {0, 1}  # the paper's: input and stage 1 on patches
     t = [torch.randn(1, 4, 2, 2)]
     cos, merged = net.weight_mask(t, [t[0].clone()])
     assert torch.allclose(cos[0], torch.ones(1, 1, 2, 2))
@@ -56,6 +57,39 @@ def test_weight_mask_block_and_maps():
     assert no_psm.psm is None and no_psm.anomaly_map(x).shape == (2, 1, 64, 64)
 
 
+def test_student_init_random_differs_from_teacher_and_copy_matches():
+    x = torch.rand(1, 3, 64, 64)
+    copy = ADPSNetwork("mobilenet_v2", pretrained=False, k=1, student_init="teacher", psm=False).eval()
+    fresh = ADPSNetwork("mobilenet_v2", pretrained=False, k=1, psm=False).eval()
+    with torch.no_grad():
+        assert torch.allclose(copy(x)["weights"][0], torch.ones(1, 1, 16, 16), atol=1e-5)  # S = T at step 0
+        assert float(fresh(x)["weights"][0].mean()) < 0.9
+
+
+def test_detach_stops_the_segmentation_gradient_at_the_student():
+    x = torch.rand(2, 3, 64, 64)
+    for detach, reaches in ((False, True), (True, False)):
+        net = ADPSNetwork("mobilenet_v2", pretrained=False, k=2, psm_widths=[4, 4, 4], detach=detach)
+        net(x)["logits"].sum().backward()
+        grads = [p.grad for p in net.student.parameters() if p.grad is not None]
+        assert bool(grads and any(g.abs().sum() > 0 for g in grads)) == reaches
+
+
+def test_ablations_without_teacher_or_student_and_concat_kernel():
+    x = torch.rand(1, 3, 64, 64)
+    no_student = ADPSNetwork("mobilenet_v2", pretrained=False, k=2, psm_widths=[4, 4, 4], without="student")
+    assert no_student.student is None and no_student(x)["teacher"] is not None
+    no_teacher = ADPSNetwork("mobilenet_v2", pretrained=False, k=2, psm_widths=[4, 4, 4], without="teacher")
+    out = no_teacher(x)
+    assert out["teacher"] is None and out["logits"].shape == (1, 2, 64, 64)
+    concat = ADPSNetwork("mobilenet_v2", pretrained=False, k=2, psm_widths=[4, 4, 4], wmb="concat")
+    assert concat.merge[0].kernel_size == (3, 3)
+    with pytest.raises(ValueError, match="without must be one of"):
+        ADPSNetwork("mobilenet_v2", pretrained=False, without="both")
+    with pytest.raises(ValueError, match="needs psm=true"):
+        ADPSNetwork("mobilenet_v2", pretrained=False, without="teacher", psm=False)
+
+
 def test_masked_distillation_loss_values():
     t = [torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)]
     empty, full = torch.zeros(2, 1, 16, 16), torch.ones(2, 1, 16, 16)
@@ -63,6 +97,11 @@ def test_masked_distillation_loss_values():
     assert float(masked_distillation_loss(t, t, full)) == pytest.approx(2, abs=1e-5)  # forged: cos 1 per scale
     assert float(masked_distillation_loss(t, [-x for x in t], full)) == pytest.approx(-2, abs=1e-5)
     assert float(masked_distillation_loss(t, t, full, "mse", margin=1.0)) == pytest.approx(2, abs=1e-6)
+    quarter = torch.zeros(2, 1, 16, 16)
+    quarter[..., :2, :2] = 1  # a quarter of the top-left position at the 4x4 scale
+    soft = masked_distillation_loss(t[:1], t[:1], quarter, binary=False)
+    assert float(soft) == pytest.approx(0.25 / 16, abs=1e-5)  # area-averaged Y: 1/4 at one of 16 positions
+    assert float(masked_distillation_loss(t[:1], t[:1], quarter)) == pytest.approx(0, abs=1e-6)  # binary: Y = 0
 
 
 def test_focal_loss_is_small_for_confident_right_answers():

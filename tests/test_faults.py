@@ -116,10 +116,14 @@ def _bad_inputs(tiny_mvtec: Path, tmp_path: Path) -> dict[str, tuple[list[str], 
         "corrupt test image": (tiny_overrides(corrupt), unusable),
         "missing dataset": (["dataset=mvtec", f"dataset.root={tmp_path / 'nowhere'}"], "MVTec AD category 'bottle'"),
         "wrong category": (["dataset=elpv", "category=mnoo"], "Unknown category 'mnoo' for dataset elpv"),
-        "garbage weights": (tiny_overrides(tiny_mvtec, "backbone.pretrained=true", f"backbone.weights={garbage}"),
-                            f"Cannot read backbone weights {garbage}"),  # fmt: skip
-        "another method's checkpoint": (tiny_overrides(tiny_mvtec, "method=stfpm", f"ckpt_path={foreign}"),
-                                        f"Checkpoint {foreign} does not fit STFPM"),  # fmt: skip
+        "garbage weights": (
+            tiny_overrides(tiny_mvtec, "backbone.pretrained=true", f"backbone.weights={garbage}"),
+            f"Cannot read backbone weights {garbage}",
+        ),  # fmt: skip
+        "another method's checkpoint": (
+            tiny_overrides(tiny_mvtec, "method=stfpm", f"ckpt_path={foreign}"),
+            f"Checkpoint {foreign} does not fit STFPM",
+        ),  # fmt: skip
     }
 
 

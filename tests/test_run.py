@@ -123,14 +123,17 @@ def test_report_gives_each_labelled_variant_its_own_column():
     assert rows == [["a", "90.0", "50.0"], ["b", "70.0", "60.0"], ["mean", "80.0", "55.0"]]
 
 
-def test_short_budget_settings_apply_to_their_method_and_dataset_only(tmp_path):
-    adps_elpv = compose(["method=adps", "dataset=elpv"], tmp_path)
-    assert (adps_elpv.batch_size, adps_elpv.method.optimizer.lr, adps_elpv.max_epochs) == (8, 1e-3, 10)
-    adps_mvtec = compose(["method=adps", "dataset=mvtec"], tmp_path)  # the paper's recipe
-    assert (adps_mvtec.batch_size, adps_mvtec.method.optimizer.lr, adps_mvtec.max_epochs) == (32, 1e-4, 300)
-    rd4ad_elpv = compose(["method=rd4ad", "dataset=elpv"], tmp_path)
-    assert (rd4ad_elpv.batch_size, rd4ad_elpv.method.optimizer.lr) == (16, 0.005)
-    assert compose(["method=adps", "dataset=elpv", "batch_size=4"], tmp_path).batch_size == 4  # command line wins
+def test_budget_decides_epochs_batch_and_rate_with_visible_precedence(tmp_path):
+    def knobs(*overrides):
+        cfg = compose(list(overrides), tmp_path)
+        return cfg.max_epochs, cfg.batch_size, cfg.method.optimizer.lr, cfg.callbacks.early_stopping is not None
+
+    assert knobs("method=adps", "dataset=elpv") == (10, 8, 1e-3, False)  # embedded set: demo budget
+    assert knobs("method=adps", "dataset=mvtec") == (300, 32, 1e-4, False)  # the paper's recipe
+    assert knobs("method=rd4ad", "dataset=elpv") == (10, 16, 0.005, False)
+    assert knobs("method=adps", "dataset=textures", "experiment=adps_paper") == (300, 32, 1e-4, False)  # no mixing
+    assert knobs("method=dhkd", "dataset=textures", "budget=converged") == (100, 8, 1e-3, True)
+    assert knobs("method=adps", "dataset=elpv", "batch_size=4", "lr=0.01")[1:3] == (4, 0.01)  # command line wins
 
 
 def test_report_averages_seeds():

@@ -112,5 +112,3 @@ class AnomalyDataset(Dataset):
         with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
             torch.manual_seed(seed)
             return self.synthesizer(image)
-
-

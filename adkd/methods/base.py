@@ -30,11 +30,12 @@ class AnomalyModule(L.LightningModule):
         map_sigma: float = 4.0,
         score: str = "max",
         topk: float = 0.01,
+        score_sigma: float | None = None,
     ) -> None:
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.post = PostProcessor(map_sigma, score, topk)
+        self.post = PostProcessor(map_sigma, score, topk, score_sigma)
         self.run_config: dict | None = None  # the resolved run config, stored in every checkpoint (for predict)
 
     # -- what methods provide ------------------------------------------------------------------
@@ -59,6 +60,11 @@ class AnomalyModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._log_losses(self.loss(batch), "val", len(batch["image"]))
+
+    def early_stopping_phase(self) -> str | None:
+        """The training phase early stopping (``budget=converged``) watches; None while the
+        current phase must run to its end. One phase by default."""
+        return "train"
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:

@@ -22,7 +22,8 @@ def gaussian_blur(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
 
 class PostProcessor(nn.Module):
     """Raw map (B,1,H,W) -> smoothed map and image score (max, mean, or mean of the top ``topk``
-    share of pixels), in float32 even under AMP.
+    share of pixels), in float32 even under AMP. The score is taken from the map smoothed with
+    ``score_sigma`` (default: the map's ``sigma``): ADPS keeps its map sharp and scores max(G(M)).
 
     Thresholds: set by :meth:`calibrate` from normal validation images, so that a share ``fpr``
     of normal images (and of normal pixels) lies above them: no anomalous images are needed, and
@@ -31,13 +32,16 @@ class PostProcessor(nn.Module):
     [0, 1], with ``floor`` the lowest validation value, so any method's output reads the same.
     """
 
-    def __init__(self, sigma: float = 4.0, score: str = "max", topk: float = 0.01) -> None:
+    def __init__(
+        self, sigma: float = 4.0, score: str = "max", topk: float = 0.01, score_sigma: float | None = None
+    ) -> None:
         super().__init__()
         if score not in ("max", "mean", "topk"):
             raise ValueError(f"score must be 'max', 'mean' or 'topk', got {score!r}")
         if not 0 < topk <= 1:
             raise ValueError(f"topk is the share of pixels averaged for score=topk, in (0, 1]; got {topk}")
         self.sigma, self.score, self.topk = sigma, score, topk
+        self.score_sigma = sigma if score_sigma is None else score_sigma
         for name in ("image_threshold", "pixel_threshold", "image_floor", "pixel_floor"):
             self.register_buffer(name, torch.tensor(float("nan")))
 
@@ -48,7 +52,8 @@ class PostProcessor(nn.Module):
     def forward(self, raw_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(raw_map.device.type, enabled=False):
             anomaly_map = gaussian_blur(raw_map.float(), self.sigma)
-            flat = anomaly_map.flatten(1)
+            scored = anomaly_map if self.score_sigma == self.sigma else gaussian_blur(raw_map.float(), self.score_sigma)
+            flat = scored.flatten(1)
             if self.score == "max":
                 pred_score = flat.amax(1)
             elif self.score == "topk":

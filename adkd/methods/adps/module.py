@@ -13,7 +13,8 @@ from adkd.methods.base import AnomalyModule
 
 
 class ADPS(AnomalyModule):
-    """Defaults are the paper's recipe where it gives one (see conf/method/adps.yaml)."""
+    """The switches are described in :mod:`adkd.methods.adps.network`; defaults are the paper's
+    recipe where it gives one (conf/method/adps.yaml)."""
 
     def __init__(
         self,
@@ -21,31 +22,37 @@ class ADPS(AnomalyModule):
         image_size: int = 256,
         layers: list[int] = (1, 2, 3),
         k: int | None = None,
-        patch_stages: list[int] | None = None,
-        student_init: str = "teacher",
+        patch_stages: list[int] | None = (0, 1),
+        student_init: str = "random",
         wmb: str = "wmb",
+        concat_kernel: int = 3,
         psm: bool = True,
         psm_widths: list[int] = (32, 64, 128),
-        distill_loss: str = "cos",
+        without: str | None = None,
+        similarity: str = "cos",
         mse_margin: float = 1.0,
+        detach: bool = False,
+        binary_labels: bool = True,
         seg_weight: float = 1.0,
         focal_gamma: float = 2.0,
         focal_alpha: float | None = None,
         synthesis: dict | None = None,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
-        map_sigma: float = 4.0,
+        map_sigma: float = 0.0,
+        score_sigma: float | None = 4.0,
         score: str = "max",
     ) -> None:
-        super().__init__(optimizer, scheduler, map_sigma, score)
+        super().__init__(optimizer, scheduler, map_sigma, score, score_sigma=score_sigma)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         k = k or max(1, image_size // 32)
         self.network = ADPSNetwork(
-            backbone["name"], list(layers), backbone.get("pretrained", True), backbone.get("weights"),
-            k, patch_stages, student_init, wmb, psm, list(psm_widths),
+            backbone["name"], list(layers), backbone.get("pretrained", True), backbone.get("weights"), k,
+            None if patch_stages is None else list(patch_stages), student_init, wmb, psm, list(psm_widths),
+            concat_kernel, without, similarity, detach,
         )  # fmt: skip
         self.synthesizer = AnomalySynthesizer(**(synthesis or {}))
-        self.distill_loss, self.mse_margin = distill_loss, mse_margin
+        self.similarity, self.mse_margin, self.binary_labels = similarity, mse_margin, binary_labels
         self.seg_weight, self.focal_gamma, self.focal_alpha = seg_weight, focal_gamma, focal_alpha
 
     def setup(self, stage: str) -> None:
@@ -61,11 +68,14 @@ class ADPS(AnomalyModule):
         else:  # loaders that are not an adkd datamodule's: synthesise here, on the batch's device
             images, mask = self.synthesizer(batch["image"])
         out = self.network(images)
-        distill = masked_distillation_loss(out["teacher"], out["student"], mask, self.distill_loss, self.mse_margin)
-        losses = {"distill": distill}
+        losses, total = {}, 0
+        if out["teacher"] is not None and out["student"] is not None:
+            losses["distill"] = masked_distillation_loss(
+                out["teacher"], out["student"], mask, self.similarity, self.mse_margin, self.binary_labels
+            )
+            total = losses["distill"]
         if out["logits"] is not None:
             losses["seg"] = focal_segmentation_loss(out["logits"], mask, self.focal_gamma, self.focal_alpha)
-            losses["loss"] = distill + self.seg_weight * losses["seg"]
-        else:
-            losses["loss"] = distill
+            total = total + self.seg_weight * losses["seg"]
+        losses["loss"] = total
         return losses

@@ -1,17 +1,37 @@
 """ADPS: asymmetric distillation post-segmentation (Xing, Tang, Tang, Li; TNNLS 2025).
 
-The paper's: a frozen pretrained teacher sees the whole image; the student sees the same image
-cut into k x k patches (all patches as one batch), its patch features stitched back in place;
-the Weight Mask Block turns the per-position teacher-student cosine W_i into C_i = (1 - W_i) T_i;
-a UNet-style Post-Segmentation Module decodes C_n..C_1 (coarse to fine: 2x transposed conv,
-concat, two conv-BN-ReLU) into a 2-class mask M.
+The paper's, with its words: a frozen pretrained teacher sees "the holistic image"; the student is
+"given nonoverlapping patches" (k x k, all patches of a batch as one batch), its patch features
+stitched back "based on the original position correspondence"; the Weight Mask Block turns the
+per-position teacher-student cosine W_i into C_i = (1 - W_i) T_i (Eq. 1-2, nothing learnable); a
+UNet-style Post-Segmentation Module ("multiple UpBlock layers of UNet": 2x transposed conv, concat,
+two conv-BN-ReLU) decodes C_n..C_1 into a 2-class mask M.
 
-Ours (the paper is silent): the student is the teacher's architecture, started from the
-teacher's weights (``student_init: teacher``) or from scratch (``random``); ``k`` defaults to
-image_size / 32 (the paper's best, k = 8 at 256 px: 32-px patches); ``patch_stages`` says which
-student stages run on patches (default: all, i.e. split at the input and stitched only where
-features are tapped; ``[0]`` = only the stem on patches, ``[0, 1]`` = re-split at stage 1 too);
-the PSM widths; the WMB variants ``diff`` (T - S) and ``concat`` (1x1 conv over [T, S]).
+Each reading the text leaves open is a switch (conf/method/adps.yaml), defaulting to the paper's
+where the text decides:
+
+- ``student_init``: ``random`` (default). The paper's "W/O.T" variant loses ~10 AP for want of the
+  "prior knowledge from the pretrained model", which only the teacher holds: the student is not
+  pretrained. ``teacher`` copies the teacher's weights (S = T at step 0).
+- ``patch_stages``: which student stages run on patches (0 = stem, 1..4 = the stride-4..32
+  stages). Default ``[0, 1]``: Fig. 3 puts the asymmetric input at "the input layers, Stage 1" and
+  Table V finds that "performance drops significantly upon further adoption at the deep layers
+  (stage 2)". ``null`` = every stage on patches.
+- ``wmb``: ``wmb`` (paper), ``diff`` (T - S, the paper's "method 1"), ``concat`` (a
+  ``concat_kernel`` x ``concat_kernel`` conv over [T, S], the paper's "method 2": 3x3).
+- ``without``: the paper's "W/O.S" (``student``: the PSM segments the frozen teacher's features,
+  C_i = T_i) and "W/O.T" (``teacher``: "direct training the student model and PSM", C_i = S_i, no
+  distillation).
+- ``similarity``: ``cos`` (paper: cosine W and Eq. 7's cosine loss) or ``mse`` (Table VII's
+  variant; ours: d = mean over channels of (T - S)^2, W = exp(-d), loss (1 - Y) d + Y max(0, m - d)).
+- ``detach`` (ours; the paper is silent): true stops the segmentation loss's gradient at the
+  student (C_i built from S_i.detach()), so the student learns from the distillation loss alone.
+- ``binary_labels``: Y of Eq. 7 is the binary ground truth at each scale (paper; a position is
+  anomalous when at least half of it is), or area-averaged (``false``, ours).
+
+Ours as well: ``k`` defaults to image_size / 32 (the paper's best, k = 8 at 256 px: 32-px
+patches); the PSM widths. The anomaly map is M itself (Algorithm 1) and the image score
+max(G(M)): ``map_sigma: 0``, ``score_sigma: 4`` in the method config.
 """
 
 from __future__ import annotations
@@ -94,6 +114,9 @@ class PostSegmentation(nn.Module):
         return self.head(x)
 
 
+WMB_VARIANTS = ("wmb", "diff", "concat")
+
+
 class ADPSNetwork(nn.Module):
     def __init__(
         self,
@@ -102,57 +125,85 @@ class ADPSNetwork(nn.Module):
         pretrained: bool = True,
         weights: str | None = None,
         k: int = 8,
-        patch_stages: list[int] | None = None,
-        student_init: str = "teacher",
+        patch_stages: list[int] | None = (0, 1),
+        student_init: str = "random",
         wmb: str = "wmb",
         psm: bool = True,
         psm_widths: list[int] = (32, 64, 128),
+        concat_kernel: int = 3,
+        without: str | None = None,
+        similarity: str = "cos",
+        detach: bool = False,
     ) -> None:
         super().__init__()
-        if wmb not in ("wmb", "diff", "concat"):
-            raise ValueError(f"wmb must be 'wmb', 'diff' or 'concat', got {wmb!r}")
-        if student_init not in ("teacher", "random"):
-            raise ValueError(f"student_init must be 'teacher' or 'random', got {student_init!r}")
+        _choose("wmb", wmb, WMB_VARIANTS)
+        _choose("student_init", student_init, ("teacher", "random"))
+        _choose("without", without, (None, "teacher", "student"))
+        _choose("similarity", similarity, ("cos", "mse"))
+        if without is not None and not psm:
+            raise ValueError(f"without={without!r} leaves the PSM as the only detector: it needs psm=true")
         self.teacher = FeatureExtractor(backbone, layers, pretrained, weights, frozen=True)
-        student = FeatureExtractor(backbone, layers, pretrained=False, frozen=False)
-        if student_init == "teacher":
-            student.load_state_dict(self.teacher.state_dict())
-        self.student = PatchStudent(student, k, patch_stages)
-        self.k = k
-        self.wmb = wmb
+        self.student = None
+        if without != "student":
+            student = FeatureExtractor(backbone, layers, pretrained=False, frozen=False)
+            if student_init == "teacher":
+                student.load_state_dict(self.teacher.state_dict())
+            self.student = PatchStudent(student, k, patch_stages)
+        self.k, self.wmb, self.without, self.similarity, self.detach = k, wmb, without, similarity, detach
         channels = self.teacher.channels
-        if wmb == "concat":
-            self.merge = nn.ModuleList(nn.Conv2d(2 * c, c, 1) for c in channels)
+        if wmb == "concat" and without is None:
+            pad = concat_kernel // 2
+            self.merge = nn.ModuleList(nn.Conv2d(2 * c, c, concat_kernel, padding=pad) for c in channels)
         self.psm = PostSegmentation(channels, list(psm_widths)) if psm else None
 
     def weight_mask(self, teacher: list[torch.Tensor], student: list[torch.Tensor]):
-        """Per scale: W_i = cos(T_i, S_i) over channels (B,1,h,w) and the PSM input C_i."""
-        cos, merged = [], []
+        """Per scale: W_i, the teacher-student similarity per position (B,1,h,w), and the PSM input C_i."""
+        weights, merged = [], []
         for i, (t, s) in enumerate(zip(teacher, student, strict=True)):
-            w = F.cosine_similarity(t, s, dim=1).unsqueeze(1)
-            cos.append(w)
+            weights.append(similarity(t, s, self.similarity))
+            s_seg = s.detach() if self.detach else s  # the segmentation loss's path into the student
             if self.wmb == "wmb":
-                merged.append((1 - w) * t)
+                merged.append((1 - similarity(t, s_seg, self.similarity)) * t)
             elif self.wmb == "diff":
-                merged.append(t - s)
+                merged.append(t - s_seg)
             else:
-                merged.append(self.merge[i](torch.cat([t, s], dim=1)))
-        return cos, merged
+                merged.append(self.merge[i](torch.cat([t, s_seg], dim=1)))
+        return weights, merged
 
     def forward(self, images: torch.Tensor) -> dict:
-        """Teacher and student features, cosines W_i and the PSM logits at the input size (or None)."""
-        with torch.no_grad():
-            teacher = self.teacher(images)
-        student = self.student(images)
-        cos, merged = self.weight_mask(teacher, student)
+        """Teacher and student features (either None when ablated), the similarities W_i and the
+        PSM logits at the input size (None without a PSM)."""
+        teacher = student = weights = None
+        if self.without != "teacher":
+            with torch.no_grad():
+                teacher = self.teacher(images)
+        if self.student is not None:
+            student = self.student(images)
+        if self.without is None:
+            weights, merged = self.weight_mask(teacher, student)
+        else:
+            merged = teacher if self.without == "student" else student
         logits = None
         if self.psm is not None:
             logits = F.interpolate(self.psm(merged), size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return {"teacher": teacher, "student": student, "cos": cos, "logits": logits}
+        return {"teacher": teacher, "student": student, "weights": weights, "logits": logits}
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         out = self(images)
         if out["logits"] is not None:
             return out["logits"].float().softmax(dim=1)[:, 1:]
         size = images.shape[-2:]  # no PSM: the coarse masks 1 - W_i, summed over scales
-        return sum(F.interpolate(1 - w.float(), size=size, mode="bilinear", align_corners=False) for w in out["cos"])
+        up = [F.interpolate(1 - w.float(), size=size, mode="bilinear", align_corners=False) for w in out["weights"]]
+        return sum(up)
+
+
+def similarity(t: torch.Tensor, s: torch.Tensor, kind: str = "cos") -> torch.Tensor:
+    """W per position (B,1,h,w): the cosine over channels, or exp(-mean squared difference)."""
+    if kind == "cos":
+        return F.cosine_similarity(t, s, dim=1).unsqueeze(1)
+    return torch.exp(-(t - s).pow(2).mean(1, keepdim=True))
+
+
+def _choose(name: str, value, allowed: tuple) -> None:  # noqa: ANN001
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")

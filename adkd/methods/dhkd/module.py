@@ -78,6 +78,11 @@ class DHKD(AnomalyModule):
         teacher_epochs = min(max(1, round(self.teacher_fraction * max_epochs)), max_epochs - 1)
         return "teacher" if self.current_epoch < teacher_epochs else "student"
 
+    def early_stopping_phase(self) -> str | None:
+        """The flow's stage runs its share of the epochs; early stopping watches the student's."""
+        phase = self.phase()
+        return None if phase == "teacher" else phase
+
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         phase = self.phase()
         noise = self.noise_sigma if self.training else 0.0
