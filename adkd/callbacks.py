@@ -153,6 +153,38 @@ class Calibrate(L.Callback):
                 callback._save(trainer)
 
 
+class SyntheticValidation(L.Callback):
+    """After training, scores the validation images as they are and each with a synthetic anomaly
+    (DRAEM-style, anomalib's Perlin generator with the bundled anomaly source, the same anomaly
+    for a given image in every run and for every method) and keeps the metrics as the run's
+    ``validation`` (metrics.json): a pixel-level objective for choosing settings (``optimized_metric``,
+    sweeps, defaults) that never looks at the test split.
+
+    ADPS trains on anomalies of this kind, so its numbers here flatter it against other methods:
+    compare a method's own settings with them, not methods with one another."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    @torch.no_grad()
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if not self.enabled or not hasattr(datamodule, "synthetic_validation_dataloader") or not datamodule.val_set:
+            return
+        from adkd.data.synthesis import AnomalySynthesizer
+        from adkd.metrics.collection import AnomalyMetrics
+
+        metrics = AnomalyMetrics(pixel=True)
+        pl_module.eval()
+        with trainer.precision_plugin.forward_context():
+            for batch in datamodule.synthetic_validation_dataloader(AnomalySynthesizer(probability=1.0)):
+                anomaly_map, pred_score = pl_module.predict_maps(batch["image"].to(pl_module.device))
+                metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
+        pl_module.validation_metrics = {k: v for k, v in metrics.compute().items() if v is not None}
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in pl_module.validation_metrics.items())
+        log.info("Validation with synthetic anomalies (%d images): %s", 2 * len(datamodule.val_set), shown)
+
+
 def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """The image threshold with the best F1 (anomalous = score above it), and that F1."""
     from torchmetrics.functional.classification import binary_precision_recall_curve

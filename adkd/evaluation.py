@@ -95,6 +95,7 @@ class Evaluation(L.Callback):
                 "pixel": _number(post.pixel_threshold),
             },  # fmt: skip
             "metrics": metrics,
+            "validation": getattr(pl_module, "validation_metrics", None),  # adkd.callbacks.SyntheticValidation
         }
 
     def _write(self, trainer: L.Trainer) -> None:

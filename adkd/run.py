@@ -195,8 +195,22 @@ def main(cfg: DictConfig) -> float | None:
             print(f"\nerror: {user_error}", file=sys.stderr, flush=True)
             sys.exit(1)
         raise
-    metric = results.get("metrics", {})
-    return metric.get("pixel_aupro", metric.get("image_auroc"))  # for sweepers that optimise
+    return objective(results, cfg.get("optimized_metric"))
+
+
+def objective(results: dict, name: str | None) -> float | None:
+    """What a sweeper optimises (``optimized_metric``, e.g. val/pixel_ap): a validation metric,
+    never a test one (metrics.json's ``validation``, adkd.callbacks.SyntheticValidation)."""
+    if not name:
+        return None
+    split, _, metric = name.partition("/")
+    if split != "val":
+        raise ConfigError(f"optimized_metric must be a validation metric (val/<name>), got {name!r}")
+    value = (results.get("validation") or {}).get(metric)
+    if value is None:
+        raise ConfigError(f"optimized_metric {name!r}: the run has no validation {metric!r} "
+                          f"(has: {sorted(results.get('validation') or {})})")  # fmt: skip
+    return float(value)
 
 
 if __name__ == "__main__":

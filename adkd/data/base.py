@@ -192,6 +192,15 @@ class AnomalyDataModule(L.LightningDataModule):
             dataset = AnomalyDataset(records, self.image_size, self.cache)
         return self._loader(dataset, False, self.eval_batch_size)
 
+    def synthetic_validation_dataloader(self, synthesizer) -> DataLoader:  # noqa: ANN001
+        """The normal validation images twice: as they are, and each with a synthetic anomaly from
+        ``synthesizer`` (the same one for a given image in every run): a pixel-level validation set
+        made without the test split."""
+        clean, forged = copy.copy(self.val_set), copy.copy(self.val_set)
+        clean.synthesizer = None
+        forged.synthesizer, forged.fixed_synthesis = synthesizer, True
+        return self._loader(torch.utils.data.ConcatDataset([clean, forged]), False, self.eval_batch_size)
+
     def _loader(self, dataset: AnomalyDataset, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(
             dataset,

@@ -65,39 +65,53 @@ def generate(folder: Path, category: str, crop_size: int, n_train: int, n_test_g
     """Write one texture category in the MVTec AD layout into ``folder``."""
     params = dict(version=FORMAT_VERSION, category=category, crop_size=crop_size, n_train=n_train,
                   n_test_good=n_test_good, n_test_defect=n_test_defect)  # fmt: skip
-    stamp = folder / "params.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == params:
+    if is_generated(folder, params):
         return
     log.info("Generating the %s texture set into %s (once)", category, folder)
     seed = TEXTURES.index(category)
     rng = random.Random(seed)
-    random.seed(seed)  # defect_synthesis draws from the global generators
-    np.random.seed(seed)
     image = _texture(category)
     split_row = image.shape[0] * 5 // 8  # train crops above, test crops below
     if image.shape[0] - split_row < crop_size:
         raise ValueError(f"crop_size {crop_size} is too large for the {image.shape[0] - split_row}-row test band")
+    train = _crops(image, (0, split_row), crop_size, n_train, rng)
+    test = _crops(image, (split_row, image.shape[0]), crop_size, n_test_good + n_test_defect, rng)
+    write_with_defects(folder, params, train, test[:n_test_good], test[n_test_good:], seed)
+
+
+def is_generated(folder: Path, params: dict) -> bool:
+    stamp = folder / "params.json"
+    return stamp.is_file() and json.loads(stamp.read_text()) == params
+
+
+def write_with_defects(
+    folder: Path, params: dict, train: list[np.ndarray], good: list[np.ndarray], to_defect: list[np.ndarray], seed: int
+) -> None:
+    """Write ``train`` and ``good`` as they are and ``to_defect`` with one procedural defect each
+    (the kinds in turn) and its mask, in the MVTec AD layout; ``params.json`` last, so an
+    interrupted generation is redone."""
+    random.seed(seed)  # defect_synthesis draws from the global generators
+    np.random.seed(seed)
 
     def save(array: np.ndarray, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(array).save(path)
 
-    for i, crop in enumerate(_crops(image, (0, split_row), crop_size, n_train, rng)):
-        save(crop, folder / "train" / "good" / f"{i:03d}.png")
-    test = _crops(image, (split_row, image.shape[0]), crop_size, n_test_good + n_test_defect, rng)
-    for i, crop in enumerate(test[:n_test_good]):
-        save(crop, folder / "test" / "good" / f"{i:03d}.png")
-    generators = {kind: _defect_generator(kind, crop_size) for kind in DEFECTS}
-    for i, crop in enumerate(test[n_test_good:]):
+    for i, image in enumerate(train):
+        save(image, folder / "train" / "good" / f"{i:03d}.png")
+    for i, image in enumerate(good):
+        save(image, folder / "test" / "good" / f"{i:03d}.png")
+    generators = {kind: _defect_generator(kind, good[0].shape[0] if good else train[0].shape[0]) for kind in DEFECTS}
+    for i, image in enumerate(to_defect):
         kind = DEFECTS[i % len(DEFECTS)]
         for _ in range(20):  # a defect can land (almost) nowhere; draw again
-            result = generators[kind].apply(crop)
+            result = generators[kind].apply(image)
             if result.anomaly_mask.sum() / 255 >= 16:
                 break
         mask = ((result.anomaly_mask > 0) * 255).astype(np.uint8)
         save(result.image, folder / "test" / kind / f"{i:03d}.png")
         save(mask, folder / "ground_truth" / kind / f"{i:03d}_mask.png")
-    stamp.write_text(json.dumps(params))  # written last: an interrupted generation is redone
+    (folder / "params.json").write_text(json.dumps(params))
 
 
 class TexturesDataModule(FolderDataModule):
