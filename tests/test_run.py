@@ -20,7 +20,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("method", ["rd4ad", "stfpm", "adps", "dhkd"])
+@pytest.mark.parametrize("method", ["rd4ad", "stfpm", "adps", "dhkd", "patchcore"])
 def test_run_writes_metrics_checkpoint_and_figures(method, tiny_mvtec, tmp_path):
     from adkd.run import run
 
@@ -32,6 +32,20 @@ def test_run_writes_metrics_checkpoint_and_figures(method, tiny_mvtec, tmp_path)
     assert all(0.0 <= metrics[k] <= 1.0 for k in metrics if k != "inference_ms_per_image")
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["00_normal.png", "01_anomalous.png"]
+    validation = results["validation"]  # the validation images with synthetic anomalies, not the test split
+    assert 0.0 <= validation["pixel_ap"] <= 1.0 and 0.0 <= validation["image_auroc"] <= 1.0
+
+
+def test_sweep_objective_is_a_validation_metric():
+    from adkd.errors import ConfigError
+    from adkd.run import objective
+
+    results = {"metrics": {"pixel_ap": 0.9}, "validation": {"pixel_ap": 0.4}}
+    assert objective(results, "val/pixel_ap") == 0.4 and objective(results, None) is None
+    with pytest.raises(ConfigError, match="must be a validation metric"):
+        objective(results, "test/pixel_ap")
+    with pytest.raises(ConfigError, match="has no validation 'aupro'"):
+        objective(results, "val/aupro")
 
 
 def test_training_resumes_from_last_checkpoint(tiny_mvtec, tmp_path):
