@@ -83,7 +83,7 @@ def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(trained_run, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["stfpm", "adps", "dhkd"])
+@pytest.mark.parametrize("method", ["stfpm", "adps", "dhkd", "patchcore"])
 def test_every_method_exports_with_parity(method, tiny_mvtec, tmp_path):
     from adkd.run import run
 
