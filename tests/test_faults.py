@@ -20,9 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ADKD_OFFLINE": "1"}
 
 
+def _default_sigint() -> None:
+    # A shell's background job starts with SIGINT ignored, and Python then keeps ignoring it: the
+    # run under test must get Ctrl-C as a terminal user's run does, however pytest was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "adkd.run", *args], cwd=cwd, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_default_sigint)  # fmt: skip
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
