@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -25,11 +26,19 @@ class LastCheckpoint(L.Callback):
 
     The random number generators' states travel in the checkpoint, so a run resumed from an
     epoch's end draws what the uninterrupted run drew (noise, synthetic anomalies, data order).
+
+    In a job that submitit started (``hydra/launcher=slurm|local``), the scheduler's warning signal
+    before preemption or the time limit (USR2) writes the checkpoint at the end of the current
+    training step first, then hands over to submitit, which requeues the job and exits; the new
+    start continues from that checkpoint in the same folder (``adkd.run``). ``requeued`` tells.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None) -> None:
         self.dirpath = Path(dirpath)
         self.every_n_train_steps = every_n_train_steps
+        self.requeued = False
+        self._submitit = None  # (signal number, submitit's handler) while fit runs in a submitit job
+        self._pending = None  # (signal number, frame) of a warning not yet acted on
 
     @property
     def path(self) -> Path:
@@ -44,11 +53,55 @@ class LastCheckpoint(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._save(trainer)
+            self._requeue_if_warned(trainer, saved=True)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
         n = self.every_n_train_steps
         if n and trainer.global_step % n == 0 and not trainer.fit_loop.epoch_loop.done:
             self._save(trainer)
+        self._requeue_if_warned(trainer)
+
+    # Scheduler warnings (submitit) ------------------------------------------------------------
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not os.environ.get("SUBMITIT_EXECUTOR"):
+            return
+        signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+        handler = signal.getsignal(signum)
+        if callable(handler):  # submitit's checkpoint-and-requeue
+            self._submitit = (signum, handler)
+            signal.signal(signum, self._warned)
+
+    def _warned(self, signum: int, frame) -> None:  # noqa: ANN001
+        log.warning("%s: preemption or time limit ahead; checkpointing at this step's end, then requeueing",
+                    signal.Signals(signum).name)  # fmt: skip
+        self._pending = (signum, frame)
+
+    def _requeue_if_warned(self, trainer: L.Trainer, saved: bool = False) -> None:
+        if self._pending is None:
+            return
+        if not saved:
+            self._save(trainer)
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the signal back to submitit and let it act on a pending warning (requeue, exit)."""
+        if self._submitit is None:
+            return
+        signum, handler = self._submitit
+        signal.signal(signum, handler)
+        self._submitit = None
+        if self._pending is not None:
+            self.requeued = True
+            handler(*self._pending)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._hand_over()  # a warning during the last validation: last.ckpt is the end of training
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._submitit is not None:
+            signal.signal(*self._submitit)
+            self._submitit = None
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:  # noqa: ANN001
         checkpoint["rng_states"] = {

@@ -24,7 +24,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from adkd.errors import CheckpointError, ConfigError, user_error_in
-from adkd.runs import config_tree, newest_checkpoint, read_status, resume_requested, write_status
+from adkd.runs import (
+    config_tree,
+    newest_checkpoint,
+    read_status,
+    requeued_job,
+    resume_requested,
+    write_status,
+)
 
 log = logging.getLogger("adkd")
 
@@ -92,7 +99,7 @@ def run(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     output_dir = Path(cfg.output_dir)
-    resume = resume_requested(cfg.get("resume"))
+    resume = resume_requested(cfg.get("resume")) or requeued_job(output_dir)
     if resume and read_status(output_dir).get("status") == "finished":  # e.g. a sweep relaunched into its folder
         log.info("%s already finished; nothing to resume", output_dir)
         return json.loads((output_dir / "metrics.json").read_text())
@@ -144,6 +151,9 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
         try:
             fn(model, datamodule=datamodule, **kwargs)
         except SystemExit as stop:  # Lightning ends Ctrl-C with sys.exit(1) and SIGTERM with SIGTERMException
+            if any(getattr(c, "requeued", False) for c in callbacks):  # submitit requeued the job: let it exit
+                write_status(output_dir, "requeued", checkpoint=str(newest_checkpoint(output_dir) or ""))
+                raise
             if trainer.interrupted:
                 signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
                 raise RunInterrupted(signum, newest_checkpoint(output_dir)) from stop

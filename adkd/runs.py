@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def read_status(folder: Path) -> dict:
 def write_status(folder: Path, status: str, **details) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"status": status, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **details}
+    record = {"status": status, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
+              "host": socket.gethostname(), **details}  # fmt: skip
     tmp = folder / f".{STATUS_FILE}.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, folder / STATUS_FILE)  # atomic: a kill never leaves half a status
@@ -73,6 +75,12 @@ def find_resumable(parent: Path, overrides: list[str]) -> Path | None:
 def resume_requested(flag: bool) -> bool:
     """resume=true, or a SLURM job that was requeued (preempted or timed out) and starts again."""
     return bool(flag) or int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def requeued_job(folder: Path) -> bool:
+    """A job that submitit requeued (on SLURM or locally) and that starts again in its own folder:
+    the folder holds the unfinished run of its earlier start."""
+    return bool(os.environ.get("SUBMITIT_EXECUTOR")) and read_status(folder).get("status") not in (None, "finished")
 
 
 def run_dir(root: str, method: str, dataset: str, category, resume, *, _root_) -> str:  # noqa: ANN001
@@ -115,4 +123,14 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("adkd_run_dir"):
         OmegaConf.register_new_resolver("adkd_run_dir", run_dir)
     if not OmegaConf.has_resolver("adkd_unique"):
-        OmegaConf.register_new_resolver("adkd_unique", lambda: _chosen.setdefault(("unique",), unique_name()))
+        OmegaConf.register_new_resolver(
+            "adkd_unique", lambda: _chosen.setdefault(("unique",), unique_name()), use_cache=True
+        )  # cached: the launcher copies its cache into each job (other processes too: one sweep folder)
+    if not OmegaConf.has_resolver("adkd_free_gpu"):
+        OmegaConf.register_new_resolver("adkd_free_gpu", _free_gpu)
+
+
+def _free_gpu() -> list[int]:
+    from adkd.devices import free_gpu  # imports torch: only when trainer=gpu_per_job asks
+
+    return free_gpu()

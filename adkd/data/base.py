@@ -208,6 +208,7 @@ class AnomalyDataModule(L.LightningDataModule):
             sampler=SeededSampler(len(dataset)) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=_worker_start_method() if self.num_workers > 0 else None,
             drop_last=False,
         )
 
@@ -222,3 +223,14 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+def _worker_start_method() -> str | None:
+    """How loader workers start. Inside a joblib worker (hydra/launcher=parallel) the default is
+    loky's own method, which cannot start them (its pickler fails on the loader's arguments): use
+    the platform's standard one there."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=True) == "loky":
+        return multiprocessing.get_all_start_methods()[0]
+    return None

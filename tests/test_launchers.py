@@ -1,0 +1,94 @@
+"""Multiruns beyond Hydra's sequential launcher: submitit's local executor (the code path of
+hydra/launcher=slurm, requeue included), joblib's parallel workers, and one GPU per job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ADKD_OFFLINE": "1"}
+
+
+def multirun(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "adkd.run", "-m", *args], cwd=cwd, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def job_folders(cwd: Path) -> list[Path]:
+    return sorted(p.parent for p in (cwd / "outputs" / "multirun").glob("*/*/status.json"))
+
+
+def status(folder: Path) -> dict:
+    return json.loads((folder / "status.json").read_text())
+
+
+@pytest.mark.parametrize("launcher", ["local", "parallel"])
+def test_each_job_runs_in_a_process_of_its_own_and_writes_a_complete_run_folder(launcher, tiny_mvtec, tmp_path):
+    proc = multirun([f"hydra/launcher={launcher}", *tiny_overrides(tiny_mvtec, "method=stfpm,rd4ad")], tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()  # one sweep folder, whichever process resolved it
+    folders = job_folders(tmp_path)
+    assert [f.name for f in folders] == ["0", "1"] and all(f.parent == sweep for f in folders)
+    methods = set()
+    for folder in folders:
+        assert status(folder)["status"] == "finished"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        methods.add(metrics["method"])
+        assert metrics["metrics"]["image_auroc"] is not None
+        assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / ".hydra" / "overrides.yaml").is_file()
+    assert methods == {"stfpm", "rd4ad"}
+    pids = {status(f)["pid"] for f in folders}
+    assert len(pids) == 2 and proc.pid not in pids  # neither job ran in the launching process
+    if launcher == "local":
+        assert len(list((sweep / ".submitit").glob("[0-9]*"))) == 2  # two submitit jobs
+
+
+def test_a_job_warned_of_preemption_checkpoints_is_requeued_and_continues_in_its_folder(tiny_mvtec, tmp_path):
+    args = ["hydra/launcher=local", *tiny_overrides(tiny_mvtec, "method=stfpm", "backbone=resnet18", "max_epochs=30",
+                                                    "dataset.num_workers=0")]  # fmt: skip
+    proc = multirun(args, tmp_path)
+    deadline, first = time.time() + 120, None
+    while time.time() < deadline and first is None:  # training under way: an epoch's checkpoint exists
+        folders = job_folders(tmp_path)
+        if folders and (folders[0] / "checkpoints" / "last.ckpt").is_file():
+            first = status(folders[0])["pid"]
+        time.sleep(0.1)
+    assert first is not None, proc.communicate(timeout=60)[0][-3000:]
+    (folder,) = folders
+    os.kill(first, signal.SIGUSR2)  # what SLURM sends signal_delay_s before the time limit, or on preemption
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    final = status(folder)
+    assert final["status"] == "finished" and final["pid"] != first  # finished by the requeued start
+    log = (folder / "run.log").read_text()
+    assert "checkpointing at this step's end, then requeueing" in log
+    assert f"Resuming {folder}" in log and "last.ckpt" in log.split(f"Resuming {folder}")[1].splitlines()[0]
+    assert (folder / "metrics.json").is_file()
+
+
+def test_jobs_sharing_a_node_each_hold_a_gpu_of_their_own(tmp_path):
+    code = ("import sys, time; from adkd.devices import claim; print(claim(2, sys.argv[1]), flush=True); "
+            "time.sleep(float(sys.argv[2]))")  # fmt: skip
+
+    def hold(seconds: float) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(seconds)], env=ENV, text=True,
+                                stdout=subprocess.PIPE)  # fmt: skip
+
+    first = hold(30)
+    assert first.stdout.readline().strip() == "0"
+    second = hold(0)
+    assert second.communicate(timeout=60)[0].strip() == "1"  # device 0 is held
+    first.kill()
+    first.wait()
+    assert hold(0).communicate(timeout=60)[0].strip() == "0"  # free again once its job ended, however it ended
