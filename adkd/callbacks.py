@@ -210,8 +210,8 @@ class SyntheticValidation(L.Callback):
     """After training, scores the validation images as they are and each with a synthetic anomaly
     (DRAEM-style, anomalib's Perlin generator with the bundled anomaly source, the same anomaly
     for a given image in every run and for every method) and keeps the metrics as the run's
-    ``validation`` (metrics.json): a pixel-level objective for choosing settings (``optimized_metric``,
-    sweeps, defaults) that never looks at the test split.
+    ``validation`` (metrics.json, and ``val/<metric>`` in the loggers): a pixel-level objective for
+    choosing settings (``optimized_metric``, sweeps, defaults) that never looks at the test split.
 
     ADPS trains on anomalies of this kind, so its numbers here flatter it against other methods:
     compare a method's own settings with them, not methods with one another."""
@@ -236,6 +236,8 @@ class SyntheticValidation(L.Callback):
         pl_module.validation_metrics = {k: v for k, v in metrics.compute().items() if v is not None}
         shown = ", ".join(f"{k} {v:.4f}" for k, v in pl_module.validation_metrics.items())
         log.info("Validation with synthetic anomalies (%d images): %s", 2 * len(datamodule.val_set), shown)
+        for logger in trainer.loggers:  # val/pixel_ap etc.: what a W&B sweep's metric names
+            logger.log_metrics({f"val/{k}": v for k, v in pl_module.validation_metrics.items()}, trainer.global_step)
 
 
 def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

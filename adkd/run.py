@@ -125,6 +125,8 @@ def run(cfg: DictConfig) -> dict:
     if ckpt_path is not None:
         _check_checkpoint(ckpt_path, model)
     loggers = _loggers(cfg)
+    for logger in loggers:  # the composed config: W&B's run config (sweep parameters included), CSV's hparams.yaml
+        logger.log_hyperparams({k: v for k, v in model.run_config.items() if k != "callbacks"})
     try:
         return _fit_and_test(cfg, datamodule, model, loggers, output_dir, ckpt_path)
     finally:

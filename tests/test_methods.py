@@ -100,3 +100,11 @@ def test_inference_layout_leaves_the_maps_unchanged(name):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     after, score_after = model.predict_maps(x)
     assert torch.allclose(before, after, atol=1e-5) and torch.allclose(score_before, score_after, atol=1e-5)
+
+
+def test_blur_of_a_map_smaller_than_its_kernel_cuts_the_kernel_to_the_map():
+    x = torch.zeros(1, 1, 16, 16)
+    x[..., 8, 8] = 1.0
+    y = gaussian_blur(x, 8.0)  # +-32 px kernel on a 16 px map
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert 0 < y.min().item() and y.max().item() < 2 * y.mean().item()  # spread over the whole map
