@@ -92,3 +92,22 @@ def test_jobs_sharing_a_node_each_hold_a_gpu_of_their_own(tmp_path):
     first.kill()
     first.wait()
     assert hold(0).communicate(timeout=60)[0].strip() == "0"  # free again once its job ended, however it ended
+
+
+def test_the_slurm_launcher_carries_the_keys_people_set_and_requeues_timeouts():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from adkd.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = hydra_compose("run", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                            return_hydra_config=True)  # fmt: skip
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    for key in ("timeout_min", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
+                "account", "qos", "setup"):  # fmt: skip
+        assert key in launcher, key
+    assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # a job at its time limit comes back
+    text = (ROOT / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text()
+    assert all(f"# {key}:" in text for key in ("partition", "account", "qos", "setup"))  # documented, commented

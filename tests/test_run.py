@@ -271,8 +271,21 @@ def test_every_checkpoint_load_refuses_pickled_code():
 @pytest.mark.parametrize("debug", ["fdr", "overfit", "limit", "profiler"])
 def test_debug_configs_compose_onto_the_cpu_without_a_logger(debug, tmp_path):
     cfg = compose([f"debug={debug}"], tmp_path)  # (trainer=gpu on the command line still wins: debug on a GPU)
-    assert cfg.trainer.accelerator == "cpu" and not cfg.get("logger") and cfg.dataset.num_workers == 0
+    assert cfg.trainer.accelerator == "cpu" and cfg.dataset.num_workers == 0
+    assert list(cfg.get("logger") or {}) == (["csv"] if debug == "overfit" else [])  # overfit: the loss per epoch
     assert cfg.max_epochs == {"fdr": 1, "overfit": 20, "limit": 2, "profiler": 1}[debug]
+
+
+def test_overfitting_two_batches_drives_the_training_loss_down(tiny_mvtec, tmp_path):
+    import csv
+
+    from adkd.run import run
+
+    overrides = tiny_overrides(tiny_mvtec, "method=stfpm", "debug=overfit", "max_epochs=20", "logger=csv")
+    run(compose(overrides, tmp_path))
+    rows = list(csv.DictReader((tmp_path / "logs" / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 20 and losses[-1] < 0.5 * losses[0]
 
 
 def test_a_fast_dev_run_writes_the_config_tree_and_tags(tiny_mvtec, tmp_path):
