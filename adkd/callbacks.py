@@ -78,11 +78,18 @@ class LastCheckpoint(L.Callback):
         self._pending = (signum, frame)
 
     def _requeue_if_warned(self, trainer: L.Trainer, saved: bool = False) -> None:
-        if self._pending is None:
+        if self._submitit is None:
+            return
+        warned = self._pending is not None
+        if trainer.world_size > 1:  # ranks hear the signal at different steps: all act at the same one
+            warned = trainer.strategy.reduce_boolean_decision(warned, all=False)
+        if not warned:
             return
         if not saved:
             self._save(trainer)
-        self._hand_over()
+        signum = self._submitit[0]
+        self._pending = self._pending or (signum, None)
+        self._hand_over()  # submitit requeues from rank 0 and exits; other ranks go on until the job ends
 
     def _hand_over(self) -> None:
         """Give the signal back to submitit and let it act on a pending warning (requeue, exit)."""

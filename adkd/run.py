@@ -45,7 +45,11 @@ class RunInterrupted(Exception):
 
 
 def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    """Rank 0 of a DDP run: Lightning's relaunched processes set RANK/LOCAL_RANK, SLURM's tasks SLURM_PROCID."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return int(os.environ[name]) == 0
+    return True
 
 
 def _overrides() -> list[str]:
