@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from adkd.errors import CheckpointError, ConfigError, user_error_in
 from adkd.runs import (
     config_tree,
+    launched_sweep,
     newest_checkpoint,
     read_status,
     requeued_job,
@@ -186,8 +187,34 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
 
 
 def _resume_command() -> str:
-    args = [o for o in _overrides() if not o.startswith(("resume=", "ckpt_path="))]
-    return " ".join(["python -m adkd.run", *args, "resume=true"])
+    """The command that continues this run; for a job of a multirun, the whole sweep in its folder
+    (finished jobs are kept, the others continue from their checkpoints)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.instance().cfg
+    if hydra_cfg is None:  # a launching process whose jobs ran elsewhere (parallel, submitit launchers)
+        launched = launched_sweep()
+        arguments = [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
+        return _command(arguments, f"hydra.sweep.dir={launched}", multirun=True) if launched else ""
+    if hydra_cfg.hydra.mode == RunMode.MULTIRUN:
+        sweep_dir = Path(str(hydra_cfg.hydra.sweep.dir))
+        try:  # the sweep's own arguments are in its folder (a job's config holds the job's)
+            overrides = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides
+        except (OSError, ValueError):
+            overrides = hydra_cfg.hydra.overrides
+        launcher = [o for o in overrides.hydra if o.startswith(("hydra/", "hydra.launcher.", "hydra.sweeper."))]
+        arguments = [*launcher, *overrides.task]
+        return _command(arguments, f"hydra.sweep.dir={sweep_dir}", multirun=True)
+    return _command(_overrides())
+
+
+def _command(arguments: list[str], *extra: str, multirun: bool = False) -> str:
+    import shlex
+
+    kept = [a for a in arguments if not a.startswith(("resume=", "ckpt_path=", "hydra.sweep.dir="))]
+    words = [*(["-m"] if multirun else []), *map(shlex.quote, [*kept, *extra]), "resume=true"]
+    return " ".join(["python -m adkd.run", *words])
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="run")
@@ -229,5 +256,16 @@ def objective(results: dict, name: str | None) -> float | None:
     return float(value)
 
 
+def cli() -> None:
+    """``python -m adkd.run``: Ctrl-C in a multirun's launching process (its jobs stop on their own,
+    each keeping its last checkpoint) ends with the command that resumes the sweep, not a traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        command = _resume_command()
+        print("\nInterrupted (SIGINT)." + (f" Resume with: {command}" if command else ""), file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

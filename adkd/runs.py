@@ -97,6 +97,16 @@ def run_dir(root: str, method: str, dataset: str, category, resume, *, _root_) -
     return _chosen[key]
 
 
+def sweep_dir(root: str) -> str:
+    """``hydra.sweep.dir``: ``<root>/multirun/<time>_<6 random hex>``, one per launch."""
+    return _chosen.setdefault(("sweep",), str(Path(root) / "multirun" / unique_name()))
+
+
+def launched_sweep() -> str | None:
+    """The sweep folder this process launched, if it launched one."""
+    return _chosen.get(("sweep",))
+
+
 def unique_name() -> str:
     return f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}"
 
@@ -122,10 +132,9 @@ def config_tree(cfg, first: tuple[str, ...] = ("method", "dataset", "backbone", 
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("adkd_run_dir"):
         OmegaConf.register_new_resolver("adkd_run_dir", run_dir)
-    if not OmegaConf.has_resolver("adkd_unique"):
-        OmegaConf.register_new_resolver(
-            "adkd_unique", lambda: _chosen.setdefault(("unique",), unique_name()), use_cache=True
-        )  # cached: the launcher copies its cache into each job (other processes too: one sweep folder)
+    if not OmegaConf.has_resolver("adkd_sweep_dir"):
+        # cached: the launcher copies its cache into each job (other processes too): one sweep folder
+        OmegaConf.register_new_resolver("adkd_sweep_dir", sweep_dir, use_cache=True)
     if not OmegaConf.has_resolver("adkd_free_gpu"):
         OmegaConf.register_new_resolver("adkd_free_gpu", _free_gpu)
 

@@ -95,6 +95,27 @@ def test_a_signal_mid_training_keeps_a_checkpoint_and_resume_ends_like_an_uninte
             assert resumed[name] == pytest.approx(value, abs=1e-3), name
 
 
+def test_ctrl_c_in_a_multirun_prints_the_command_that_resumes_the_sweep_in_its_folder(tiny_mvtec, tmp_path):
+    args = ["-m", *long_run(tiny_mvtec), "seed=0,1"]
+    proc = start(args, tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "outputs").rglob("0/checkpoints/last.ckpt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    code, out = finish(proc)
+    assert code == 130, out[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    command = out.split("Resume with: ")[1].splitlines()[0].split()
+    assert command[:4] == ["python", "-m", "adkd.run", "-m"]
+    assert f"hydra.sweep.dir={sweep.relative_to(tmp_path)}" in command
+    assert "seed=0,1" in command and command[-1] == "resume=true"
+    code, out = finish(start(command[3:], tmp_path))
+    assert code == 0, out[-3000:]
+    assert list((tmp_path / "outputs" / "multirun").iterdir()) == [sweep]  # continued in the same folder
+    assert [json.loads((sweep / job / "status.json").read_text())["status"] for job in ("0", "1")] == ["finished"] * 2
+    assert f"Resuming {sweep.resolve() / '0'} from" in (sweep / "0" / "run.log").read_text()
+
+
 def test_two_runs_started_together_get_folders_of_their_own(tiny_mvtec, tmp_path):
     args = tiny_overrides(tiny_mvtec, "method=stfpm", "backbone=resnet18", "dataset.num_workers=0")
     procs = [start(args, tmp_path), start(args, tmp_path)]
