@@ -42,7 +42,8 @@ def test_each_search_tunes_knobs_its_method_has_on_a_validation_metric(method, t
 
 
 def test_a_two_trial_optuna_study_keeps_the_best_validation_value(tiny_mvtec, tmp_path):
-    args = ["hparams_search=stfpm", "hydra.sweeper.n_trials=2", *tiny_overrides(tiny_mvtec)]
+    args = ["hparams_search=stfpm", "hydra.sweeper.n_trials=2", "hydra.sweeper.storage=sqlite:///study.db",
+            *tiny_overrides(tiny_mvtec)]  # fmt: skip
     res = subprocess.run([sys.executable, "-m", "adkd.run", *args], cwd=tmp_path, env=ENV, capture_output=True,
                          text=True, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
@@ -59,6 +60,10 @@ def test_a_two_trial_optuna_study_keeps_the_best_validation_value(tiny_mvtec, tm
     assert study.best_value == pytest.approx(best_val, abs=1e-12)  # from validation ...
     assert study.best_value != pytest.approx(best_test, abs=1e-9)  # ... not from the test split
     assert {k: str(v) for k, v in study.best_params.items()} == best_params
+    import optuna
+
+    stored = optuna.load_study(study_name="stfpm", storage=f"sqlite:///{tmp_path / 'study.db'}")  # outlives the sweep
+    assert sorted(t.value for t in stored.trials) == sorted(t[0] for t in trials.values())
 
 
 def agent_command(sweep_file: Path) -> tuple[list[str], dict]:
