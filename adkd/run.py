@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import warnings
@@ -259,6 +260,13 @@ def objective(results: dict, name: str | None) -> float | None:
 def cli() -> None:
     """``python -m adkd.run``: Ctrl-C in a multirun's launching process (its jobs stop on their own,
     each keeping its last checkpoint) ends with the command that resumes the sweep, not a traceback."""
+    if "hydra/launcher=slurm" in sys.argv:  # without SLURM, submitit would raise from inside Hydra: a traceback
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:
+            print(f"error: hydra/launcher=slurm submits jobs to SLURM, and this machine has no {' or '.join(missing)}. "
+                  "Launch from a node of the cluster, or try the same jobs here with hydra/launcher=local.",
+                  file=sys.stderr)  # fmt: skip
+            sys.exit(1)
     try:
         main()
     except KeyboardInterrupt:

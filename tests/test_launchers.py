@@ -111,3 +111,12 @@ def test_the_slurm_launcher_carries_the_keys_people_set_and_requeues_timeouts():
     assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # a job at its time limit comes back
     text = (ROOT / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text()
     assert all(f"# {key}:" in text for key in ("partition", "account", "qos", "setup"))  # documented, commented
+
+
+def test_slurm_asked_for_where_there_is_none_is_a_one_line_error(tmp_path):
+    env = {**ENV, "PATH": str(Path(sys.executable).parent)}  # python, and no sbatch/srun
+    args = [sys.executable, "-m", "adkd.run", "-m", "hydra/launcher=slurm", "category=brick"]
+    res = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: hydra/launcher=slurm submits jobs to SLURM")
+    assert "hydra/launcher=local" in res.stderr
