@@ -120,3 +120,43 @@ def test_slurm_asked_for_where_there_is_none_is_a_one_line_error(tmp_path):
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr.startswith("error: hydra/launcher=slurm submits jobs to SLURM")
     assert "hydra/launcher=local" in res.stderr
+
+
+def test_the_slurm_config_reaches_sbatch(tmp_path, monkeypatch):
+    """What hydra/launcher=slurm hands to SLURM: the sbatch header submitit writes from conf/hydra/launcher/slurm.yaml
+    (submission itself stubbed: there is no SLURM here)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+    from submitit.slurm.slurm import SlurmExecutor
+
+    from adkd.config import CONF_DIR
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")  # submitit looks for srun before anything
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = hydra_compose("run", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                              "hydra.launcher.account=proj"], return_hydra_config=True)  # fmt: skip
+    with open_dict(cfg):
+        cfg.hydra.sweep.dir = str(tmp_path / "sweep")
+        cfg.hydra.job.name = "run"
+    submitted = {}
+
+    def capture(executor, delayed):  # noqa: ANN001
+        submitted.update(executor=executor, jobs=delayed)
+        return []
+
+    monkeypatch.setattr(SlurmExecutor, "_internal_process_submissions", capture)
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg
+    launcher.launch([["category=brick"], ["category=grass"]], initial_job_idx=0)
+    assert len(submitted["jobs"]) == 2
+    sbatch = submitted["executor"]._make_submission_file_text("python -u -m submitit.core._submit", "0")
+    for line in ("--signal=USR2@120", "--time=240", "--partition=gpu", "--account=proj", "--gpus-per-node=1",
+                 "--cpus-per-task=8", "--mem=32GB", "--ntasks-per-node=1"):  # fmt: skip
+        assert f"#SBATCH {line}" in sbatch, line
+    assert submitted["executor"].max_num_timeout == 3
