@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -44,14 +43,6 @@ class RunInterrupted(Exception):
     def __init__(self, signum: int, checkpoint: Path | None) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum, self.checkpoint = signum, checkpoint
-
-
-def _is_rank_zero() -> bool:
-    """Rank 0 of a DDP run: Lightning's relaunched processes set RANK/LOCAL_RANK, SLURM's tasks SLURM_PROCID."""
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if name in os.environ:
-            return int(os.environ[name]) == 0
-    return True
 
 
 def _overrides() -> list[str]:
@@ -109,7 +100,9 @@ def run(cfg: DictConfig) -> dict:
     if resume and read_status(output_dir).get("status") == "finished":  # e.g. a sweep relaunched into its folder
         log.info("%s already finished; nothing to resume", output_dir)
         return json.loads((output_dir / "metrics.json").read_text())
-    if _is_rank_zero():
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # from RANK, LOCAL_RANK or SLURM_PROCID: Lightning's relaunched ranks, SLURM's tasks
         write_status(output_dir, "running")
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
         tree = config_tree(cfg)
@@ -194,20 +187,17 @@ def _resume_command() -> str:
     from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.instance().cfg
-    if hydra_cfg is None:  # a launching process whose jobs ran elsewhere (parallel, submitit launchers)
-        launched = launched_sweep()
-        arguments = [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
-        return _command(arguments, f"hydra.sweep.dir={launched}", multirun=True) if launched else ""
-    if hydra_cfg.hydra.mode == RunMode.MULTIRUN:
-        sweep_dir = Path(str(hydra_cfg.hydra.sweep.dir))
-        try:  # the sweep's own arguments are in its folder (a job's config holds the job's)
-            overrides = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides
-        except (OSError, ValueError):
-            overrides = hydra_cfg.hydra.overrides
-        launcher = [o for o in overrides.hydra if o.startswith(("hydra/", "hydra.launcher.", "hydra.sweeper."))]
-        arguments = [*launcher, *overrides.task]
-        return _command(arguments, f"hydra.sweep.dir={sweep_dir}", multirun=True)
-    return _command(_overrides())
+    if hydra_cfg is not None and hydra_cfg.hydra.mode != RunMode.MULTIRUN:
+        return _command(_overrides())
+    # A job of a multirun, or the process that launched jobs running elsewhere (parallel, submitit):
+    # the sweep's own arguments are in its folder.
+    sweep_dir = str(hydra_cfg.hydra.sweep.dir) if hydra_cfg is not None else launched_sweep()
+    try:
+        overrides = OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra.overrides
+    except (OSError, ValueError, TypeError):  # not written yet, or no sweep
+        return ""
+    launcher = [o for o in overrides.hydra if o.startswith(("hydra/", "hydra.launcher.", "hydra.sweeper."))]
+    return _command([*launcher, *overrides.task], f"hydra.sweep.dir={sweep_dir}", multirun=True)
 
 
 def _command(arguments: list[str], *extra: str, multirun: bool = False) -> str:
@@ -226,7 +216,9 @@ def main(cfg: DictConfig) -> float | None:
     except RunInterrupted as stop:
         where = f"Last checkpoint: {stop.checkpoint}" if stop.checkpoint else "No epoch had finished: no checkpoint."
         write_status(output_dir, "interrupted", signal=str(stop), checkpoint=str(stop.checkpoint or ""))
-        print(f"\nInterrupted ({stop}). {where}\nResume with: {_resume_command()}", file=sys.stderr, flush=True)
+        command = _resume_command()
+        print(f"\nInterrupted ({stop}). {where}" + (f"\nResume with: {command}" if command else ""), file=sys.stderr,
+              flush=True)  # fmt: skip
         sys.exit(128 + stop.signum)
     except KeyboardInterrupt:
         write_status(output_dir, "interrupted", signal="SIGINT", checkpoint=str(newest_checkpoint(output_dir) or ""))
