@@ -46,7 +46,12 @@ class LastCheckpoint(L.Callback):
 
     def _save(self, trainer: L.Trainer) -> None:
         tmp = self.dirpath / ".last.ckpt.tmp"
-        trainer.save_checkpoint(tmp)  # every rank calls it; only rank 0 writes
+        try:
+            trainer.save_checkpoint(tmp)  # every rank calls it; only rank 0 writes
+        except BaseException:  # a full disk, a kill while saving: the previous last.ckpt stays, no half file
+            if trainer.is_global_zero:
+                tmp.unlink(missing_ok=True)
+            raise
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
 

@@ -1,7 +1,10 @@
-"""Compose the run config from Python (tests, experiment scripts) exactly as the CLI would."""
+"""Compose the run config from Python (tests, experiment scripts) exactly as the CLI would, and check
+the composed values before anything is built from them."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
@@ -22,3 +25,50 @@ def compose(overrides: list[str], output_dir: str | Path) -> DictConfig:
             cfg.output_dir = str(output_dir)
             del cfg.hydra
     return cfg
+
+
+def _number(kind: type) -> Callable[[object], bool]:
+    def is_kind(value: object) -> bool:
+        if isinstance(value, bool):
+            return False
+        return isinstance(value, int) if kind is int else isinstance(value, int | float) and math.isfinite(value)
+
+    return is_kind
+
+
+_INT, _FLOAT = _number(int), _number(float)
+
+# The top-level keys a user sets, each with what it accepts: checked once, after composing and
+# before anything is built or read, so a bad value costs one line and no training.
+# (key, accepts None, check, what it must be)
+RULES: tuple[tuple[str, bool, Callable[[object], bool], str], ...] = (
+    ("image_size", False, lambda v: _INT(v) and 32 <= v <= 8192, "a whole number of pixels from 32 to 8192"),
+    ("batch_size", False, lambda v: _INT(v) and v >= 1, "a whole number, 1 or more"),
+    ("max_epochs", False, lambda v: _INT(v) and v >= 1, "a whole number of epochs, 1 or more"),
+    ("lr", False, lambda v: _FLOAT(v) and v > 0, "a number above 0"),
+    ("seed", False, lambda v: _INT(v) and v >= 0, "a whole number, 0 or more"),
+    ("num_figures", False, lambda v: _INT(v) and v >= 0, "a whole number, 0 or more"),
+    ("checkpoint_every_n_steps", True, lambda v: _INT(v) and v >= 1, "null or a whole number of steps, 1 or more"),
+    ("threshold.fpr", False, lambda v: _FLOAT(v) and 0 < v < 1,
+     "a share of normal validation images, above 0 and below 1 (e.g. 0.01)"),
+    ("threshold.mode", False, lambda v: v in ("fpr", "f1"), "fpr or f1"),
+    ("threshold.image", True, _FLOAT, "null or a number, in the method's score units"),
+    ("threshold.pixel", True, _FLOAT, "null or a number, in the method's map units"),
+    ("dataset.val_fraction", False, lambda v: _FLOAT(v) and 0 <= v < 1, "a share of the training images, 0 to below 1"),
+    ("dataset.num_workers", False, lambda v: _INT(v) and v >= 0, "a whole number, 0 or more"),
+)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every value in :data:`RULES` is what it must be, or a ConfigError naming the key, the valid
+    range and the value given."""
+    from omegaconf import OmegaConf
+
+    from adkd.errors import ConfigError
+
+    for key, nullable, check, expected in RULES:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is None and nullable:
+            continue
+        if value is None or not check(value):
+            raise ConfigError(f"{key}={value!r} is not valid: {key} must be {expected}.")

@@ -8,7 +8,6 @@ runs several jobs in turn (joblib) keeps its device.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import tempfile
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 from adkd.errors import ConfigError
+from adkd.locks import try_lock
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,9 @@ def claim(count: int, folder: Path | None = None, poll_s: float = 5.0) -> int:
     waited = False
     while True:
         for index in range(count):
-            fd = os.open(folder / f"cuda{index}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
+            fd = try_lock(folder / f"cuda{index}.lock")
+            if fd is None:
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
             _held[str(folder)] = (index, fd)
             log.info("This job trains on CUDA device %d (locks in %s)", index, folder)
             return index

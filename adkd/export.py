@@ -14,13 +14,14 @@ normalizing flow and ADPS's patch split; TorchScript through tracing.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 
 from adkd.errors import UserError
-from adkd.inference import OUTPUTS, Deployable, OnnxModel, checkpoint_path, for_export, load_model
+from adkd.inference import OUTPUTS, Deployable, OnnxModel, checkpoint_path, file_digest, for_export, load_model
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -36,9 +37,12 @@ def parity_images(config: dict, n: int = 8) -> tuple[torch.Tensor, str]:
     dataset is not at hand where the export runs."""
     from hydra.utils import instantiate
 
-    size = int(config["image_size"])
+    from adkd import trust
+
+    size = trust.image_size(config.get("image_size"), config["checkpoint"]["path"])
+    dataset = trust.dataset_config(config, config["checkpoint"]["path"])
     try:
-        datamodule = instantiate({**config["dataset"], "cache": False, "limit_test": n})
+        datamodule = instantiate({**dataset, "cache": False, "limit_test": n})
         datamodule.prepare_data()
         datamodule.setup("test")
         images = torch.stack([datamodule.test_set[i]["image"] for i in range(min(n, len(datamodule.test_set)))])
@@ -50,6 +54,9 @@ def parity_images(config: dict, n: int = 8) -> tuple[torch.Tensor, str]:
 def export(source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: float = 1e-4) -> tuple[Path, dict]:
     """Export and check parity; returns the file and the largest differences per output."""
     model, config = load_model(source)
+    if not model.post.calibrated:
+        print(f"warning: {unfinished(config)}: the export's normalised outputs are NaN, and its users have no "
+              "threshold.", file=sys.stderr)  # fmt: skip
     deployable = Deployable(model.to(memory_format=torch.contiguous_format)).eval()
     out = Path(out or default_path(source, fmt))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +71,7 @@ def export(source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: 
     elif fmt == "torchscript":
         with torch.no_grad():
             traced = torch.jit.trace(deployable, example)
-        traced.save(str(out))
+        traced.save(str(out), _extra_files={"adkd.json": json.dumps(metadata(config, model))})
         exported = torch.jit.load(str(out))
     else:
         raise UserError(f"Unknown export format {fmt!r}: onnx or torchscript.")
@@ -91,6 +98,42 @@ def export(source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: 
     return out, differences
 
 
+def metadata(config: dict, model) -> dict[str, str]:  # noqa: ANN001
+    """What travels with an exported model: its input size, its thresholds, and the checkpoint it
+    was made from (digest, epoch, step), so that a later checkpoint is never served by an older export."""
+    origin = config["checkpoint"]
+    return {"image_size": str(config["image_size"]), "method": str(config.get("method_name")),
+            "image_threshold": str(float(model.post.image_threshold)),
+            "pixel_threshold": str(float(model.post.pixel_threshold)),
+            "checkpoint_sha256": origin["sha256"], "checkpoint_epoch": str(origin["epoch"]),
+            "checkpoint_step": str(origin["global_step"])}  # fmt: skip
+
+
+def unfinished(config: dict) -> str:
+    """How to say that a checkpoint's run never finished (it has no thresholds)."""
+    origin, epochs = config["checkpoint"], config.get("max_epochs")
+    done = f"{origin['epoch'] + 1} of {epochs} epochs" if origin["epoch"] >= 0 and epochs else "an unknown share"
+    return (f"{origin['path']} is from a run that never finished training ({done}), so it has no threshold "
+            "(finish the run with its command and resume=true)")
+
+
+def stale_export(model_path: Path, checkpoint: Path) -> str | None:
+    """Why an ONNX export does not come from ``checkpoint`` as it is now (None if it does)."""
+    import onnx
+
+    try:
+        props = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
+    except Exception:  # noqa: BLE001 - unreadable: OnnxModel says so when it loads it
+        return None
+    made_from = props.get("checkpoint_sha256")
+    if made_from is None:
+        return f"{model_path} does not say which checkpoint it was exported from"
+    if made_from != file_digest(checkpoint):
+        return (f"{model_path} was exported from another checkpoint (epoch {props.get('checkpoint_epoch')}, step "
+                f"{props.get('checkpoint_step')}) than {checkpoint}")
+    return None
+
+
 def _export_onnx(deployable: Deployable, example: torch.Tensor, out: Path, config: dict, model) -> None:  # noqa: ANN001
     import onnx
 
@@ -98,10 +141,7 @@ def _export_onnx(deployable: Deployable, example: torch.Tensor, out: Path, confi
     torch.onnx.export(deployable, (example,), str(out), input_names=["images"], output_names=list(OUTPUTS),
                       dynamic_shapes=({0: batch},), dynamo=True, opset_version=18, verbose=False)  # fmt: skip
     proto = onnx.load(str(out))
-    metadata = {"image_size": str(config["image_size"]), "method": str(config.get("method_name")),
-                "image_threshold": str(float(model.post.image_threshold)),
-                "pixel_threshold": str(float(model.post.pixel_threshold))}  # fmt: skip
-    for key, value in metadata.items():
+    for key, value in metadata(config, model).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     external = out.with_name(out.name + ".data")

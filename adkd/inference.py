@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adkd.errors import CheckpointError
+from adkd.errors import CheckpointError, ConfigError
 
 OUTPUTS = ("anomaly_map", "pred_score", "normalized_map", "normalized_score")
 
@@ -52,21 +52,19 @@ def checkpoint_path(source: Path) -> Path:
 
 
 def load_model(source: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """The trained LightningModule of a run folder or checkpoint, in inference mode, and its run config."""
+    """The trained LightningModule of a run folder or checkpoint, in inference mode, and its run
+    config (with ``checkpoint``: the file, its digest, epoch and step). The stored config is
+    checked by :mod:`adkd.trust` before anything is built from it."""
     from hydra.utils import instantiate
 
+    from adkd import trust
+
     path = checkpoint_path(source)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - empty, truncated, foreign files
-        raise CheckpointError(f"Cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
-    config = checkpoint.get("adkd_config") if isinstance(checkpoint, dict) else None
-    if config is None:
+    checkpoint = read_checkpoint(path)
+    config = checkpoint.get("adkd_config")
+    if not isinstance(config, dict):
         raise CheckpointError(f"{path} carries no adkd run config: was it written by adkd.run (this version)?")
-    method = dict(config["method"])
-    method["backbone"] = {**method["backbone"], "pretrained": False, "weights": None}  # weights: the checkpoint's
-    if "synthesis" in method:  # training-only; its source folder need not exist where the model is used
-        method["synthesis"] = {**method["synthesis"], "source": None}
+    method = trust.method_config(config, path)
     try:
         model = instantiate(method, _convert_="all")
         model.load_state_dict(checkpoint["state_dict"])
@@ -74,35 +72,108 @@ def load_model(source: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
         cause = err.__cause__ or err
         raise CheckpointError(
             f"Cannot rebuild the model of {path} from the config inside it ({type(cause).__name__}: "
-            f"{str(cause).splitlines()[0][:200]}). Was it written by another version of adkd?"
+            f"{str(cause).splitlines()[0][:200] if str(cause) else ''}). Was it written by another version of adkd?"
         ) from err
-    return model.to(device).prepare_for_inference(), config
+    origin = {"path": str(path), "sha256": file_digest(path), "epoch": int(checkpoint.get("epoch", -1)),
+              "global_step": int(checkpoint.get("global_step", -1))}  # fmt: skip
+    return model.to(device).prepare_for_inference(), {**config, "checkpoint": origin}
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents, tensors and plain data only (``weights_only``: no pickled code)."""
+    import pickle
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any("/code/" in name for name in archive.namelist()):
+                raise CheckpointError(
+                    f"{path} is a TorchScript export, not a checkpoint: run it with torch.jit.load(path) on a "
+                    "batch of RGB images in [0, 1] at its image size (it returns the map, the score and both "
+                    "normalised), or give adkd.predict the run folder, its .ckpt, or an .onnx export."
+                )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused something: code, or a foreign object
+        raise CheckpointError(
+            f"Refused {path}: it holds objects other than tensors and plain data, which adkd never unpickles "
+            f"({str(err).splitlines()[-1][:160] if str(err) else 'UnpicklingError'}). Nothing in it was run."
+        ) from err
+    except Exception as err:  # noqa: BLE001 - empty, truncated, foreign files
+        raise CheckpointError(f"Cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict).")
+    return checkpoint
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file: which checkpoint an export came from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class OnnxModel:
-    """An exported model under ONNX Runtime, called like :class:`Deployable` (torch tensors in and out)."""
+    """An exported model under ONNX Runtime, called like :class:`Deployable` (torch tensors in and out).
+
+    Its metadata (image size, thresholds, the checkpoint it came from) is checked like any value
+    read from a file (:mod:`adkd.trust`), and so are its external weights files: they must lie
+    beside it."""
 
     def __init__(self, path: Path, device: str = "cpu") -> None:
         import onnxruntime as ort
 
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+        from adkd import trust
+
+        _check_external_data(path)
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ConfigError(
+                    f"--device {device} with --engine onnx needs ONNX Runtime's CUDA provider, and this "
+                    f"onnxruntime has {', '.join(ort.get_available_providers())}: install onnxruntime-gpu, "
+                    "or use --device cpu (or the torch engine)."
+                )
+            providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         # ONNX Runtime's threads spin between runs by default: CPU taken from everything else
         # (the data loader, figures, a torch model measured beside it).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # noqa: BLE001 - not an ONNX file, a broken one, one from elsewhere
+            raise CheckpointError(f"Cannot load {path} with ONNX Runtime: {str(err).splitlines()[0][:200]}") from err
         self.metadata = self.session.get_modelmeta().custom_metadata_map
-
-    @property
-    def image_size(self) -> int:
-        return int(self.metadata["image_size"])
-
-    @property
-    def image_threshold(self) -> float | None:
-        value = float(self.metadata.get("image_threshold", "nan"))
-        return None if value != value else value
+        if "image_size" not in self.metadata:
+            raise CheckpointError(f"{path} carries no adkd metadata (image_size): was it exported by adkd.export?")
+        self.image_size = trust.image_size(self.metadata["image_size"], path)
+        self.image_threshold = trust.threshold(self.metadata.get("image_threshold", "nan"), "image_threshold", path)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.session.run(None, {"images": images.detach().cpu().float().contiguous().numpy()})
         return tuple(torch.from_numpy(o) for o in outputs)
+
+
+def _check_external_data(path: Path) -> None:
+    """An ONNX file may name files that hold its weights; ONNX Runtime would read them wherever they
+    point. adkd writes them beside the model, by name alone: anything else is refused."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - not an ONNX file
+        raise CheckpointError(f"Cannot read {path} as an ONNX model: {type(err).__name__}") from err
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if Path(location).name != location or location in ("", ".", ".."):
+            raise CheckpointError(
+                f"Refused {path}: its weights are to be read from {location!r}, outside the model's folder. "
+                "adkd's exports keep their weights beside the model."
+            )

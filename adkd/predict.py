@@ -25,8 +25,12 @@ from adkd.errors import UserError
 FIELDS = ["image_path", "pred_score", "normalized_score", "pred_label", "decision", "image_threshold"]
 
 
+MARKER = ".adkd-predictions"  # in every --out folder: a later predict over a parent folder skips it
+
+
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, folders searched recursively (hidden ones skipped), glob patterns expanded."""
+    """Files as given, folders searched recursively (hidden ones and adkd.predict's own output
+    folders skipped), glob patterns expanded."""
     from adkd.data.records import IMAGE_SUFFIXES
 
     found: list[Path] = []
@@ -37,6 +41,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 p for p in path.rglob("*")
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and not _inside_outputs(p, path)
             )  # fmt: skip
         elif path.is_file():
             found.append(path)
@@ -46,6 +51,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 raise UserError(f"No image at {item}: not a file, a folder or a glob pattern that matches.")
             found += matches
     return list(dict.fromkeys(found))
+
+
+def _inside_outputs(file: Path, top: Path) -> bool:
+    """Whether ``file`` lies in an adkd.predict output folder below ``top``."""
+    return any((parent / MARKER).is_file() for parent in file.parents if parent == top or top in parent.parents)
 
 
 class _Images:
@@ -76,39 +86,61 @@ def _collate(items: list) -> list:
 def predict(infer, paths: list[Path], image_size: int, threshold: float | None, out: Path, batch: int = 8,  # noqa: ANN001
             figures: bool = True, masks: bool = False, workers: int = 0) -> tuple[list[dict], list[str]]:  # fmt: skip
     """Score ``paths`` with ``infer`` (a :class:`~adkd.inference.Deployable` or an
-    :class:`~adkd.inference.OnnxModel`); returns the CSV rows and the skipped files with why."""
+    :class:`~adkd.inference.OnnxModel`); returns the CSV rows and the skipped files with why.
+    ``out`` is held (a lock) while it is written: a second predict into it is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from adkd.locks import holder, release, try_lock
+
     out.mkdir(parents=True, exist_ok=True)
+    lock = try_lock(out / ".adkd-predict.lock")
+    if lock is None:
+        raise UserError(f"{out} is being written by another adkd.predict ({holder(out / '.adkd-predict.lock')}): "
+                        "wait for it to end, or give another --out.")  # fmt: skip
+    (out / MARKER).touch()
     names = _unique_names(paths)
     rows, skipped = [], []
     loader = DataLoader(_Images(paths, image_size), batch_size=batch, num_workers=workers, collate_fn=_collate)
-    with (out / "predictions.csv").open("w", newline="") as f, torch.no_grad(), \
-            tqdm(total=len(paths), unit="image", desc="predict") as bar:  # fmt: skip
-        writer = csv.DictWriter(f, fieldnames=FIELDS)  # rows written as they come: a stopped run keeps them
-        writer.writeheader()
-        for items in loader:
-            good = [(i, img, size) for i, img, size in items if img is not None]
-            skipped += [f"{paths[i]}: {why}" for i, img, why in items if img is None]
-            if good:
-                _, score, norm_map, norm_score = (t.cpu() for t in infer(torch.stack([img for _, img, _ in good])))
-                for j, (i, image, size) in enumerate(good):
-                    row = {"image_path": str(paths[i]), "pred_score": float(score[j]), "image_threshold": threshold,
-                           "normalized_score": None, "pred_label": None, "decision": "no threshold"}  # fmt: skip
-                    if threshold is not None:
-                        anomalous = bool(score[j] > threshold)
-                        row.update(normalized_score=float(norm_score[j]), pred_label=int(anomalous),
-                                   decision="anomalous" if anomalous else "normal")  # fmt: skip
-                    rows.append(row)
-                    writer.writerow(row)
-                    if figures:
-                        _figure(image, norm_map[j, 0], row, out / "figures" / f"{names[i]}.png")
-                    if masks and threshold is not None:
-                        _mask(norm_map[j, 0], size, out / "masks" / f"{names[i]}_mask.png")
-            f.flush()
-            bar.update(len(items))
+    # Figures are drawn beside the model (numpy and PIL release the GIL), a few at a time.
+    drawing = ThreadPoolExecutor(max_workers=2)
+    pending = []
+    try:
+        with (out / "predictions.csv").open("w", newline="") as f, torch.no_grad(), \
+                tqdm(total=len(paths), unit="image", desc="predict") as bar:  # fmt: skip
+            writer = csv.DictWriter(f, fieldnames=FIELDS)  # rows written as they come: a stopped run keeps them
+            writer.writeheader()
+            for items in loader:
+                good = [(i, img, size) for i, img, size in items if img is not None]
+                skipped += [f"{paths[i]}: {why}" for i, img, why in items if img is None]
+                if good:
+                    _, score, norm_map, norm_score = (t.cpu() for t in infer(torch.stack([img for _, img, _ in good])))
+                    for j, (i, image, size) in enumerate(good):
+                        row = {"image_path": str(paths[i]), "pred_score": float(score[j]),
+                               "image_threshold": threshold, "normalized_score": None, "pred_label": None,
+                               "decision": "no threshold"}  # fmt: skip
+                        if threshold is not None:
+                            anomalous = bool(score[j] > threshold)
+                            row.update(normalized_score=float(norm_score[j]), pred_label=int(anomalous),
+                                       decision="anomalous" if anomalous else "normal")  # fmt: skip
+                        rows.append(row)
+                        writer.writerow(row)
+                        if figures:
+                            pending.append(drawing.submit(_figure, image, norm_map[j, 0], row,
+                                                          out / "figures" / f"{names[i]}.png", threshold))  # fmt: skip
+                        if masks and threshold is not None:
+                            _mask(norm_map[j, 0], size, out / "masks" / f"{names[i]}_mask.png")
+                f.flush()
+                pending = [p for p in pending if not p.done() or p.result()]  # raise a drawing's error here
+                bar.update(len(items))
+            for p in pending:
+                p.result()
+    finally:
+        drawing.shutdown(cancel_futures=True)
+        release(lock)
     return rows, skipped
 
 
@@ -121,34 +153,14 @@ def _unique_names(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(common).with_suffix("")).replace("/", "__") for p in paths]
 
 
-def _figure(image, region, row: dict, path: Path) -> None:  # noqa: ANN001
-    import matplotlib
+def _figure(image, region, row: dict, path: Path, threshold: float | None) -> None:  # noqa: ANN001
+    from adkd.report.panels import overlay
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture = image.permute(1, 2, 0).numpy()
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
-    axes[0].imshow(picture)
-    axes[0].set_title(Path(row["image_path"]).name, fontsize=8)
-    normalised = row["normalized_score"] is not None
-    heat = axes[1].imshow(region.numpy(), cmap="jet", vmin=0, vmax=1)
-    fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
-    axes[1].set_title("anomaly map (normalised: 0.5 = threshold)", fontsize=8)
-    axes[2].imshow(picture)
-    if normalised:
-        axes[2].contour(region.numpy(), levels=[0.5], colors="red", linewidths=1.2)
-    axes[2].set_title("predicted region", fontsize=8)
-    for ax in axes:
-        ax.axis("off")
-    score = f"score {row['pred_score']:.4g}"
+    title = f"{Path(row['image_path']).name}: score {row['pred_score']:.4g}"
     if row["normalized_score"] is not None:
-        score += f" (normalised {row['normalized_score']:.2f})"
-    fig.suptitle(f"{score}: {row['decision']}", fontsize=10, color="red" if row["pred_label"] else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+        title += f" (normalised {row['normalized_score']:.2f})"
+    overlay(image.permute(1, 2, 0).numpy(), region.numpy() if threshold is not None else None,
+            f"{title}: {row['decision']}", path, alarm=bool(row["pred_label"]))  # fmt: skip
 
 
 def _mask(region, size: tuple[int, int], path: Path) -> None:  # noqa: ANN001
@@ -161,26 +173,95 @@ def _mask(region, size: tuple[int, int], path: Path) -> None:  # noqa: ANN001
 
 
 def _engine(args: argparse.Namespace):  # noqa: ANN202
-    """(infer, image size, image threshold) for the chosen engine."""
-    if args.engine == "onnx" or args.model.suffix == ".onnx":
-        from adkd.export import default_path, export
-        from adkd.inference import OnnxModel
+    """(infer, image size, image threshold) for the chosen engine; says before any scoring when
+    the model has no threshold (a run that never finished)."""
+    from adkd.export import unfinished
 
-        path = args.model if args.model.suffix == ".onnx" else default_path(args.model, "onnx")
-        if not path.is_file():
-            export(args.model, "onnx", path)
-        if args.threshold is not None:
-            raise UserError("--threshold applies to the torch engine; an exported model carries its thresholds.")
-        model = OnnxModel(path, args.device)
-        return model, model.image_size, model.image_threshold
+    if args.engine == "onnx" or args.model.suffix == ".onnx":
+        return _onnx_engine(args)
     from adkd.inference import Deployable, load_model
 
     module, config = load_model(args.model, args.device)
     if args.threshold is not None:
         module.post.set_thresholds(image=args.threshold)
     threshold = float(module.post.image_threshold) if module.post.calibrated else None
+    if threshold is None:
+        print(f"warning: {unfinished(config)}. Scores only: no decisions (or give --threshold)"
+              + (", no masks." if args.masks else "."), file=sys.stderr)  # fmt: skip
     deployable = Deployable(module)
     return (lambda images: deployable(images.to(args.device))), config["image_size"], threshold
+
+
+def _onnx_engine(args: argparse.Namespace):  # noqa: ANN202
+    """The run's ONNX export, exported again when it does not come from the run's checkpoint as it
+    is now; a bare .onnx beside a run's newer checkpoint is refused."""
+    from adkd.export import default_path, export, stale_export
+    from adkd.inference import OnnxModel, checkpoint_path
+
+    if args.threshold is not None:
+        raise UserError("--threshold applies to the torch engine; an exported model carries its thresholds.")
+    if args.model.suffix == ".onnx":
+        path = args.model
+        run_checkpoint = path.parent.parent / "checkpoints" / "last.ckpt"  # <run>/export/model.onnx
+        why = stale_export(path, run_checkpoint) if path.parent.name == "export" and run_checkpoint.is_file() else None
+        if why:
+            raise UserError(f"{why}: export it again (python -m adkd.export {path.parent.parent}), or give the "
+                            "run folder with --engine onnx, which does.")  # fmt: skip
+    else:
+        checkpoint = checkpoint_path(args.model)
+        path = default_path(args.model, "onnx")
+        why = stale_export(path, checkpoint) if path.is_file() else f"{path} does not exist yet"
+        if why:
+            print(f"Exporting {checkpoint} to ONNX: {why}.", file=sys.stderr)
+            export(args.model, "onnx", path)
+    model = OnnxModel(path, args.device)
+    if model.image_threshold is None:
+        print(f"warning: {path} has no threshold (its run never finished training): scores only, no decisions"
+              + (", no masks." if args.masks else "."), file=sys.stderr)  # fmt: skip
+    return model, model.image_size, model.image_threshold
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
+    return number
+
+
+def _not_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
+    return number
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder this process can write, checked before any model is loaded."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder (created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".adkd-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"--out {out} cannot be written ({err.strerror or err}): give a folder you can write.") from err
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise UserError(f"--device {device!r}: cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device}: torch sees no CUDA GPU here. Use --device cpu.")
+    index = device.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise UserError(f"--device {device}: this machine has CUDA devices 0 to {torch.cuda.device_count() - 1}.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,20 +271,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: ./predictions)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=0, help="data loader processes")
+    parser.add_argument("--batch", type=_positive, default=8, help="images per forward pass (1 or more)")
+    parser.add_argument("--workers", type=_not_negative, default=0, help="data loader processes")
     parser.add_argument(
         "--engine",
         choices=["torch", "onnx"],
         default="torch",
-        help="onnx: the run's export/model.onnx under ONNX Runtime (exported first if missing)",
+        help="onnx: the run's export/model.onnx under ONNX Runtime (exported again if missing or older than the "
+        "checkpoint)",
     )
     parser.add_argument("--threshold", type=float, default=None, help="image threshold, in the method's score units")
     parser.add_argument("--masks", action="store_true", help="also write the predicted regions as binary PNGs")
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the overlay figures")
     args = parser.parse_args(argv)
     try:
-        paths = expand_inputs(args.inputs)
+        _check_device(args.device)
+        _check_out(args.out)
+        paths = [p for p in expand_inputs(args.inputs) if args.out.resolve() not in p.resolve().parents]
         if not paths:
             raise UserError(f"No images (png, jpg, bmp, tif) in {' '.join(args.inputs)}.")
         infer, image_size, threshold = _engine(args)
@@ -215,10 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nInterrupted: {args.out / 'predictions.csv'} holds the images scored so far.", file=sys.stderr)
         return 130
-    if threshold is None:
-        print("warning: no threshold in this model: scores only (give --threshold)", file=sys.stderr)
     anomalous = sum(1 for r in rows if r["pred_label"] == 1)
-    print(f"{len(rows)} images scored ({anomalous} anomalous), written to {args.out / 'predictions.csv'}")
+    decided = f"{anomalous} anomalous" if threshold is not None else "no threshold: scores only"
+    print(f"{len(rows)} images scored ({decided}), written to {args.out / 'predictions.csv'}")
     if skipped:
         print(f"{len(skipped)} files skipped (unreadable):\n  " + "\n  ".join(skipped), file=sys.stderr)
     return 0 if rows else 1

@@ -25,7 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from adkd.errors import CheckpointError, ConfigError, user_error_in
 from adkd.runs import (
+    RunTaken,
+    claim_run,
     config_tree,
+    disk_full_message,
     launched_sweep,
     newest_checkpoint,
     read_status,
@@ -72,14 +75,11 @@ def _check_accelerator(cfg: DictConfig) -> None:
 
 def _check_checkpoint(path: Path, model) -> None:  # noqa: ANN001
     """A checkpoint this model can continue from, or an error naming the file."""
-    import torch
+    from adkd.inference import read_checkpoint
 
     if not path.is_file():
         raise CheckpointError(f"Checkpoint not found: {path} (ckpt_path).")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as err:  # noqa: BLE001 - empty, truncated, foreign files
-        raise CheckpointError(f"Cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    state = read_checkpoint(path)["state_dict"]
     expected = set(model.state_dict())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
@@ -90,19 +90,42 @@ def _check_checkpoint(path: Path, model) -> None:  # noqa: ANN001
         )
 
 
+def _check_free_space(output_dir: Path, model) -> None:  # noqa: ANN001
+    """Warn before training when a checkpoint (weights, Adam's two moments, written beside the
+    previous one) will not fit where the run writes."""
+    import shutil
+
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    needed = 2 * (weights + 2 * trained)
+    free = shutil.disk_usage(output_dir).free
+    if free < needed:
+        log.warning("Only %.1f MB free where %s lies, and a checkpoint needs about %.1f MB (written beside the "
+                    "previous one): training will fail when it saves. Free space, or set paths.output_root "
+                    "elsewhere.", free / 2**20, output_dir, needed / 2**20)  # fmt: skip
+
+
 def run(cfg: DictConfig) -> dict:
     """Train and test one (method, dataset, category); returns the metrics.json content."""
     import lightning as L
     from hydra.utils import instantiate
 
+    from adkd.config import validate
+
+    validate(cfg)  # every value a user sets, before anything is built or read
     output_dir = Path(cfg.output_dir)
     resume = resume_requested(cfg.get("resume")) or requeued_job(output_dir)
-    if resume and read_status(output_dir).get("status") == "finished":  # e.g. a sweep relaunched into its folder
+    previous = read_status(output_dir).get("status")
+    if resume and previous == "finished":  # e.g. a sweep relaunched into its folder
         log.info("%s already finished; nothing to resume", output_dir)
         return json.loads((output_dir / "metrics.json").read_text())
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank == 0:  # from RANK, LOCAL_RANK or SLURM_PROCID: Lightning's relaunched ranks, SLURM's tasks
+        claim_run(output_dir)  # held until this process ends: a second resume of this run is refused
+        if resume and previous is None and not cfg.ckpt_path:
+            log.warning("resume=true: no unfinished run of this command under %s; starting a new run in %s",
+                        output_dir.parent, output_dir)  # fmt: skip
         write_status(output_dir, "running")
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
         tree = config_tree(cfg)
@@ -118,11 +141,13 @@ def run(cfg: DictConfig) -> dict:
     model = instantiate(cfg.method, _convert_="all")  # plain containers: checkpoints load with weights_only
     model.run_config = {**OmegaConf.to_container(cfg, resolve=True), "overrides": _overrides()}
     ckpt_path = Path(cfg.ckpt_path).expanduser() if cfg.ckpt_path else None
-    if resume and ckpt_path is None:
+    if resume and ckpt_path is None and previous is not None:
         ckpt_path = newest_checkpoint(output_dir)
-        log.info("Resuming %s from %s", output_dir, ckpt_path or "the start (no checkpoint yet)")
+        log.info("Resuming %s from %s (it was %s)", output_dir, ckpt_path or "the start (no checkpoint yet)",
+                 previous)  # fmt: skip
     if ckpt_path is not None:
         _check_checkpoint(ckpt_path, model)
+    _check_free_space(output_dir, model)
     loggers = _loggers(cfg)
     for logger in loggers:  # the composed config: W&B's run config (sweep parameters included), CSV's hparams.yaml
         logger.log_hyperparams({k: v for k, v in model.run_config.items() if k != "callbacks"})
@@ -224,7 +249,17 @@ def main(cfg: DictConfig) -> float | None:
         write_status(output_dir, "interrupted", signal="SIGINT", checkpoint=str(newest_checkpoint(output_dir) or ""))
         print("\nInterrupted (SIGINT) before training.", file=sys.stderr, flush=True)
         sys.exit(128 + signal.SIGINT)
+    except RunTaken as taken:  # the folder is another process's: its status is not ours to write
+        print(f"\nerror: {taken}", file=sys.stderr, flush=True)
+        sys.exit(1)
     except Exception as err:
+        full = disk_full_message(err, output_dir)
+        if full is not None:
+            command = _resume_command()
+            write_status(output_dir, "failed", error=full, checkpoint=str(newest_checkpoint(output_dir) or ""))
+            print(f"\nerror: {full}" + (f"\nThen resume with: {command}" if command else ""), file=sys.stderr,
+                  flush=True)  # fmt: skip
+            sys.exit(1)
         user_error = user_error_in(err)
         write_status(output_dir, "failed", error=str(user_error or f"{type(err).__name__}: {err}"))
         if user_error is not None:

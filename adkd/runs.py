@@ -9,21 +9,52 @@ Import-light: the resolver below is registered before Hydra composes the config.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from adkd.errors import ConfigError
+from adkd.locks import holder, release, try_lock
+
 STATUS_FILE = "status.json"
+LOCK_FILE = ".run.lock"  # held by the process training the run, for its whole life
+MIN_FREE_BYTES = 1 << 20  # less than this where a run would be created: refuse before writing anything
 # Overrides that do not change what a run computes: a relaunch that differs only in these is
 # "the same command" for resume=true.
 NOT_PART_OF_THE_RUN = ("resume", "ckpt_path", "hydra.", "logger", "experiment_name")
 
 _chosen: dict[tuple, str] = {}  # one folder per process and arguments (Hydra reads the run dir more than once)
+_claimed: dict[str, int] = {}  # run folder -> descriptor holding its lock
+
+
+class RunTaken(ConfigError):
+    """The run folder is being trained by another live process."""
+
+
+def claim_run(folder: Path) -> None:
+    """Hold ``folder``'s lock for as long as this process lives (or until it claims another run:
+    a multirun's jobs in one process), or raise RunTaken naming the holder."""
+    folder = Path(folder)
+    if str(folder) in _claimed:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = try_lock(folder / LOCK_FILE)
+    if fd is None:
+        raise RunTaken(
+            f"{folder} is being trained by another process ({holder(folder / LOCK_FILE)}): two processes "
+            "would write the same checkpoint. Wait for it to end (or stop it), then resume."
+        )
+    for other in list(_claimed):
+        release(_claimed.pop(other))
+    _claimed[str(folder)] = fd
 
 
 def read_status(folder: Path) -> dict:
@@ -38,9 +69,52 @@ def write_status(folder: Path, status: str, **details) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     record = {"status": status, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
               "host": socket.gethostname(), **details}  # fmt: skip
+    text = json.dumps(record, indent=2)
     tmp = folder / f".{STATUS_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, folder / STATUS_FILE)  # atomic: a kill never leaves half a status
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, folder / STATUS_FILE)  # atomic: a kill never leaves half a status
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno != errno.ENOSPC or not (folder / STATUS_FILE).is_file():
+            raise
+        # A full disk: rewrite the status in place, in the blocks the file already has (a status
+        # is far smaller than one block), so that it still reads failed rather than running.
+        with open(folder / STATUS_FILE, "r+") as f:
+            f.write(text)
+            f.truncate()
+
+
+def disk_full_message(err: BaseException, folder: Path) -> str | None:
+    """One line for an error caused by a full disk (None for any other error)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(folder).free if Path(folder).exists() else 0
+            kept = newest_checkpoint(folder)
+            return (f"The device holding {folder} ran out of space ({free / 2**20:.1f} MB free once the unfinished "
+                    "file was removed). "
+                    + (f"The checkpoint of the last finished epoch is kept: {kept}. " if kept else "")
+                    + "Free space there, or set paths.output_root to a disk with room.")  # fmt: skip
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def refuse_if_full(target: Path) -> None:
+    """Before Hydra writes a new run or sweep folder: stop with one line if its disk is full (Hydra
+    would fail writing its config with a traceback, and leave a folder with no status)."""
+    existing = Path(target)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        print(f"error: no space to start a run in {target}: {free / 2**10:.0f} KB free on the device holding "
+              f"{existing}. Free space there, or set paths.output_root to a disk with room.",
+              file=sys.stderr)  # fmt: skip
+        # Called from the resolver that names the folder, inside Hydra: SystemExit is the one way
+        # out that Hydra passes through without printing a traceback.
+        raise SystemExit(1)
 
 
 def newest_checkpoint(folder: Path) -> Path | None:
@@ -94,12 +168,17 @@ def run_dir(root: str, method: str, dataset: str, category, resume, *, _root_) -
             overrides = list(OmegaConf.select(_root_, "hydra.overrides.task", default=[]) or [])
             found = find_resumable(parent, overrides)
         _chosen[key] = str(found or parent / unique_name())
+        if found is None:
+            refuse_if_full(Path(_chosen[key]))
     return _chosen[key]
 
 
 def sweep_dir(root: str) -> str:
     """``hydra.sweep.dir``: ``<root>/multirun/<time>_<6 random hex>``, one per launch."""
-    return _chosen.setdefault(("sweep",), str(Path(root) / "multirun" / unique_name()))
+    if ("sweep",) not in _chosen:
+        _chosen[("sweep",)] = str(Path(root) / "multirun" / unique_name())
+        refuse_if_full(Path(_chosen[("sweep",)]))
+    return _chosen[("sweep",)]
 
 
 def launched_sweep() -> str | None:

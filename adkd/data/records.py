@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from adkd.errors import DatasetNotFoundError
+from adkd.errors import DataCheckError, DatasetNotFoundError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -18,6 +18,20 @@ class Record:
     gt_label: int
     mask_path: Path | None = None
     defect: str = "good"
+
+
+def within(root: Path, relative: str, where: str) -> Path:
+    """``root / relative`` for a path read from one of the dataset's own files (a split CSV),
+    refused unless it stays inside ``root``: an absolute path or a ``..`` step would read files
+    the dataset does not hold. (Checked on the text: links the user made inside the root are
+    followed as usual.)"""
+    path = Path(relative.strip())
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise DataCheckError(
+            f"{where}: the path {relative!r} leaves the dataset root {root}; a dataset's own files name paths "
+            "inside it, relative to it. Fix or replace that file."
+        )
+    return root / path
 
 
 def visible(path: Path) -> bool:

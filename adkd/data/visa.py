@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from adkd.data.base import AnomalyDataModule
-from adkd.data.records import Record
+from adkd.data.records import Record, within
 from adkd.errors import DatasetNotFoundError
 
 VISA_LAYOUT = """\
@@ -50,15 +50,17 @@ class VisADataModule(AnomalyDataModule):
     def records(self, split: str) -> list[Record]:
         records = []
         with self.split_file.open(newline="") as f:
-            for row in csv.DictReader(f):
+            for line, row in enumerate(csv.DictReader(f), start=2):
                 if row["object"] != self.category or row["split"] != split:
                     continue
                 anomalous = row["label"].strip().lower() == "anomaly"
                 if split == "train" and anomalous:
                     continue
-                mask = self.root / row["mask"] if anomalous and row.get("mask") else None
+                where = f"{self.split_file}, line {line}"
+                mask = within(self.root, row["mask"], where) if anomalous and row.get("mask") else None
                 records.append(
-                    Record(self.root / row["image"], int(anomalous), mask, "anomaly" if anomalous else "good")
+                    Record(within(self.root, row["image"], where), int(anomalous), mask,
+                           "anomaly" if anomalous else "good")  # fmt: skip
                 )
         if not records:
             raise DatasetNotFoundError(f"No {split} rows for {self.category!r} in {self.split_file}")

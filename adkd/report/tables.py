@@ -133,6 +133,8 @@ def write_report(
 ) -> tuple[Path, Path, str]:
     """Write ``results.md`` and ``results.csv`` for the runs below ``folder``; returns their paths
     and the Markdown text."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder" if Path(folder).exists() else f"{folder} does not exist")
     results = collect(folder)
     missing = unfinished(folder)
     if not results:
