@@ -112,7 +112,8 @@ def metadata(config: dict, model) -> dict[str, str]:  # noqa: ANN001
 def unfinished(config: dict) -> str:
     """How to say that a checkpoint's run never finished (it has no thresholds)."""
     origin, epochs = config["checkpoint"], config.get("max_epochs")
-    done = f"{origin['epoch'] + 1} of {epochs} epochs" if origin["epoch"] >= 0 and epochs else "an unknown share"
+    # A checkpoint written at an epoch's end holds that epoch's index; one written when training ends, the count.
+    done = f"{min(origin['epoch'] + 1, epochs)} of {epochs} epochs" if origin["epoch"] >= 0 and epochs else "epochs unknown"
     return (f"{origin['path']} is from a run that never finished training ({done}), so it has no threshold "
             "(finish the run with its command and resume=true)")
 
