@@ -113,7 +113,9 @@ def unfinished(config: dict) -> str:
     """How to say that a checkpoint's run never finished (it has no thresholds)."""
     origin, epochs = config["checkpoint"], config.get("max_epochs")
     # A checkpoint written at an epoch's end holds that epoch's index; one written when training ends, the count.
-    done = f"{min(origin['epoch'] + 1, epochs)} of {epochs} epochs" if origin["epoch"] >= 0 and epochs else "epochs unknown"
+    done = "epochs unknown"
+    if origin["epoch"] >= 0 and epochs:
+        done = f"{min(origin['epoch'] + 1, epochs)} of {epochs} epochs"
     return (f"{origin['path']} is from a run that never finished training ({done}), so it has no threshold "
             "(finish the run with its command and resume=true)")
 
