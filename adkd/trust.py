@@ -10,8 +10,9 @@ file is rebuilt only after this module has checked it:
 - the method is an :class:`~adkd.methods.base.AnomalyModule` subclass defined under
   ``adkd.methods``, the dataset an :class:`~adkd.data.base.AnomalyDataModule` under ``adkd.data``
   (the target string is checked before anything is imported);
-- no other ``_target_`` (or other Hydra key) anywhere below them: the optimiser and scheduler,
-  the only nested ones adkd writes, are dropped (inference needs neither);
+- no other ``_target_`` (or other Hydra key) anywhere below them, but for the optimiser and
+  scheduler, the only nested ones adkd writes: they must name ``torch.optim`` (or adkd's own
+  scheduler) and are then dropped, since inference needs neither;
 - no value holds an interpolation (a resolved run config never does).
 
 Anything else is refused with one message naming the key; nothing in the file is run.
