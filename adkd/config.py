@@ -45,7 +45,7 @@ RULES: tuple[tuple[str, bool, Callable[[object], bool], str], ...] = (
     ("image_size", False, lambda v: _INT(v) and 32 <= v <= 8192, "a whole number of pixels from 32 to 8192"),
     ("batch_size", False, lambda v: _INT(v) and v >= 1, "a whole number, 1 or more"),
     ("max_epochs", False, lambda v: _INT(v) and v >= 1, "a whole number of epochs, 1 or more"),
-    ("lr", False, lambda v: _FLOAT(v) and v > 0, "a number above 0"),
+    ("lr", False, lambda v: _FLOAT(v) and v >= 0, "a number above 0 (0 only for a method without an optimiser)"),
     ("seed", False, lambda v: _INT(v) and v >= 0, "a whole number, 0 or more"),
     ("num_figures", False, lambda v: _INT(v) and v >= 0, "a whole number, 0 or more"),
     ("checkpoint_every_n_steps", True, lambda v: _INT(v) and v >= 1, "null or a whole number of steps, 1 or more"),
@@ -72,3 +72,5 @@ def validate(cfg: DictConfig) -> None:
             continue
         if value is None or not check(value):
             raise ConfigError(f"{key}={value!r} is not valid: {key} must be {expected}.")
+    if OmegaConf.select(cfg, "method.optimizer") is not None and not cfg.lr > 0:
+        raise ConfigError(f"lr={cfg.lr!r} is not valid: lr must be a number above 0 for a method that optimises.")
