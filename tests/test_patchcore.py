@@ -38,3 +38,17 @@ def test_embedding_dim_pools_channels():
     net = _net(embedding_dim=64)
     with torch.no_grad():
         assert net(torch.rand(2, 3, 64, 64)).shape == (2, 64, 8, 8)
+
+
+def test_the_coreset_selects_what_anomalibs_k_center_greedy_selects():
+    import numpy as np
+    from anomalib.models.components import KCenterGreedy
+
+    from adkd.methods.patchcore.coreset import greedy_coreset
+
+    features = torch.randn(3000, 96) * torch.linspace(0.1, 2, 96)  # anisotropic, as CNN features are
+    torch.manual_seed(1), np.random.seed(1)
+    reference = KCenterGreedy(features, sampling_ratio=0.05).select_coreset_idxs()
+    torch.manual_seed(1), np.random.seed(1)
+    ours = greedy_coreset(features, len(reference), progress=False).tolist()
+    assert len(set(ours)) == len(ours) == 150 and ours == reference

@@ -59,14 +59,13 @@ class PatchCore(AnomalyModule):
         self.trainer.should_stop = True
 
     def select_coreset(self, features: torch.Tensor) -> torch.Tensor:
-        """Greedy k-center coreset of ``coreset_ratio`` of the features (anomalib's KCenterGreedy)."""
+        """Greedy k-center coreset of ``coreset_ratio`` of the features (anomalib's KCenterGreedy rule)."""
         if self.trainer.world_size > 1:  # every rank saw a shard: all of them go into the bank
             features = self.all_gather(features).reshape(-1, features.shape[1])
         keep = max(1, int(len(features) * self.coreset_ratio))
         if keep >= len(features):
             return features
-        from anomalib.models.components import KCenterGreedy
+        from adkd.methods.patchcore.coreset import greedy_coreset
 
         log.info("PatchCore: selecting %d of %d patch features (greedy coreset)", keep, len(features))
-        idx = KCenterGreedy(features, sampling_ratio=keep / len(features) + 1e-9).select_coreset_idxs()
-        return features[idx]
+        return features[greedy_coreset(features, keep, progress=self.trainer.is_global_zero)]
