@@ -168,7 +168,7 @@ def _check_external_data(path: Path) -> None:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - not an ONNX file
         raise CheckpointError(f"Cannot read {path} as an ONNX model: {type(err).__name__}") from err
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+    for tensor in _tensors(proto.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -177,3 +177,15 @@ def _check_external_data(path: Path) -> None:
                 f"Refused {path}: its weights are to be read from {location!r}, outside the model's folder. "
                 "adkd's exports keep their weights beside the model."
             )
+
+
+def _tensors(graph):  # noqa: ANN001, ANN202
+    """Every tensor an ONNX graph holds: its initializers and its nodes' tensor attributes, subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for subgraph in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]:
+                yield from _tensors(subgraph)

@@ -256,7 +256,10 @@ def main(cfg: DictConfig) -> float | None:
         full = disk_full_message(err, output_dir)
         if full is not None:
             command = _resume_command()
-            write_status(output_dir, "failed", error=full, checkpoint=str(newest_checkpoint(output_dir) or ""))
+            try:
+                write_status(output_dir, "failed", error=full, checkpoint=str(newest_checkpoint(output_dir) or ""))
+            except OSError:  # not even in place: the report then lists the run as never finished
+                pass
             print(f"\nerror: {full}" + (f"\nThen resume with: {command}" if command else ""), file=sys.stderr,
                   flush=True)  # fmt: skip
             sys.exit(1)

@@ -92,8 +92,7 @@ def disk_full_message(err: BaseException, folder: Path) -> str | None:
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             free = shutil.disk_usage(folder).free if Path(folder).exists() else 0
             kept = newest_checkpoint(folder)
-            return (f"The device holding {folder} ran out of space ({free / 2**20:.1f} MB free once the unfinished "
-                    "file was removed). "
+            return (f"The device holding {folder} ran out of space ({free / 2**20:.1f} MB free now). "
                     + (f"The checkpoint of the last finished epoch is kept: {kept}. " if kept else "")
                     + "Free space there, or set paths.output_root to a disk with room.")  # fmt: skip
         seen.add(id(err))
