@@ -69,10 +69,16 @@ def export(source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: 
         _export_onnx(deployable, example, out, config, model)
         exported = OnnxModel(out)
     elif fmt == "torchscript":
-        with torch.no_grad():
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():  # tracing's notes on constants: checked by the parity test
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated")
             traced = torch.jit.trace(deployable, example)
         traced.save(str(out), _extra_files={"adkd.json": json.dumps(metadata(config, model))})
-        exported = torch.jit.load(str(out))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated")
+            exported = torch.jit.load(str(out))
     else:
         raise UserError(f"Unknown export format {fmt!r}: onnx or torchscript.")
     with torch.no_grad():

@@ -86,21 +86,14 @@ def _collate(items: list) -> list:
 def predict(infer, paths: list[Path], image_size: int, threshold: float | None, out: Path, batch: int = 8,  # noqa: ANN001
             figures: bool = True, masks: bool = False, workers: int = 0) -> tuple[list[dict], list[str]]:  # fmt: skip
     """Score ``paths`` with ``infer`` (a :class:`~adkd.inference.Deployable` or an
-    :class:`~adkd.inference.OnnxModel`); returns the CSV rows and the skipped files with why.
-    ``out`` is held (a lock) while it is written: a second predict into it is refused."""
+    :class:`~adkd.inference.OnnxModel`); returns the CSV rows and the skipped files with why."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from adkd.locks import holder, release, try_lock
-
     out.mkdir(parents=True, exist_ok=True)
-    lock = try_lock(out / ".adkd-predict.lock")
-    if lock is None:
-        raise UserError(f"{out} is being written by another adkd.predict ({holder(out / '.adkd-predict.lock')}): "
-                        "wait for it to end, or give another --out.")  # fmt: skip
     (out / MARKER).touch()
     names = _unique_names(paths)
     rows, skipped = [], []
@@ -140,7 +133,6 @@ def predict(infer, paths: list[Path], image_size: int, threshold: float | None, 
                 p.result()
     finally:
         drawing.shutdown(cancel_futures=True)
-        release(lock)
     return rows, skipped
 
 
@@ -250,6 +242,18 @@ def _check_out(out: Path) -> None:
         raise UserError(f"--out {out} cannot be written ({err.strerror or err}): give a folder you can write.") from err
 
 
+def _hold(out: Path) -> int:
+    """The lock on ``out``, held while this predict writes there; two predicts into one folder
+    would overwrite (or splice) each other's rows."""
+    from adkd.locks import holder, try_lock
+
+    lock = try_lock(out / ".adkd-predict.lock")
+    if lock is None:
+        raise UserError(f"{out} is being written by another adkd.predict ({holder(out / '.adkd-predict.lock')}): "
+                        "wait for it to end, or give another --out.")  # fmt: skip
+    return lock
+
+
 def _check_device(device: str) -> None:
     import torch
 
@@ -284,9 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masks", action="store_true", help="also write the predicted regions as binary PNGs")
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the overlay figures")
     args = parser.parse_args(argv)
+    lock = None
     try:
         _check_device(args.device)
         _check_out(args.out)
+        lock = _hold(args.out)  # from here to the end: a second predict into this folder is refused
         paths = [p for p in expand_inputs(args.inputs) if args.out.resolve() not in p.resolve().parents]
         if not paths:
             raise UserError(f"No images (png, jpg, bmp, tif) in {' '.join(args.inputs)}.")
@@ -299,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nInterrupted: {args.out / 'predictions.csv'} holds the images scored so far.", file=sys.stderr)
         return 130
+    finally:
+        if lock is not None:
+            from adkd.locks import release
+
+            release(lock)
     anomalous = sum(1 for r in rows if r["pred_label"] == 1)
     decided = f"{anomalous} anomalous" if threshold is not None else "no threshold: scores only"
     print(f"{len(rows)} images scored ({decided}), written to {args.out / 'predictions.csv'}")
