@@ -66,7 +66,7 @@ def export(source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: 
         reference = deployable(images)  # what the checkpoint computes, before any export-friendly switch
     for_export(deployable)
     if fmt == "onnx":
-        _export_onnx(deployable, example, out, config, model)
+        write_onnx(deployable, example, out, metadata(config, model))
         exported = OnnxModel(out)
     elif fmt == "torchscript":
         import warnings
@@ -143,14 +143,16 @@ def stale_export(model_path: Path, checkpoint: Path) -> str | None:
     return None
 
 
-def _export_onnx(deployable: Deployable, example: torch.Tensor, out: Path, config: dict, model) -> None:  # noqa: ANN001
+def write_onnx(deployable: torch.nn.Module, example: torch.Tensor, out: Path, properties: dict[str, str]) -> None:
+    """The one ONNX export call (dynamo, opset 18, any batch size), with ``properties`` as the
+    model's metadata (``image_size`` at least: :class:`~adkd.inference.OnnxModel` reads it)."""
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     torch.onnx.export(deployable, (example,), str(out), input_names=["images"], output_names=list(OUTPUTS),
                       dynamic_shapes=({0: batch},), dynamo=True, opset_version=18, verbose=False)  # fmt: skip
     proto = onnx.load(str(out))
-    for key, value in metadata(config, model).items():
+    for key, value in properties.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     external = out.with_name(out.name + ".data")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from adkd.export import write_onnx
 from adkd.inference import Deployable, OnnxModel, for_export
 from adkd.methods.adps import ADPS
 from adkd.methods.dhkd import DHKD
@@ -108,9 +109,7 @@ def build(args: argparse.Namespace) -> dict:
             path = folder / f"{name}.onnx"
             deployable = for_export(copy.deepcopy(Deployable(models[name].to(memory_format=torch.contiguous_format))))
             example = torch.rand(2, 3, args.image_size, args.image_size, device=args.device)
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            torch.onnx.export(deployable, (example,), str(path), input_names=["images"], dynamo=True,
-                              dynamic_shapes=({0: batch},), verbose=False)  # fmt: skip
+            write_onnx(deployable, example, path, {"image_size": str(args.image_size)})
             models[name].to(memory_format=torch.channels_last)
             models[f"{name} onnxruntime"] = OnnxModel(path, args.device)
     if args.anomalib:
