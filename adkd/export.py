@@ -34,7 +34,8 @@ def default_path(source: Path, fmt: str) -> Path:
 
 def parity_images(config: dict, n: int = 8) -> tuple[torch.Tensor, str]:
     """Up to ``n`` test images of the run's dataset, as the model takes them; random ones if the
-    dataset is not at hand where the export runs."""
+    dataset is not at hand where the export runs (it is never downloaded or generated here: the
+    dataset config comes from the checkpoint, a file that may come from elsewhere)."""
     from hydra.utils import instantiate
 
     from adkd import trust
@@ -43,8 +44,7 @@ def parity_images(config: dict, n: int = 8) -> tuple[torch.Tensor, str]:
     dataset = trust.dataset_config(config, config["checkpoint"]["path"])
     try:
         datamodule = instantiate({**dataset, "cache": False, "limit_test": n})
-        datamodule.prepare_data()
-        datamodule.setup("test")
+        datamodule.setup("test")  # no prepare_data: an export never downloads or generates data
         images = torch.stack([datamodule.test_set[i]["image"] for i in range(min(n, len(datamodule.test_set)))])
         return images, f"{len(images)} test images of {config.get('dataset_name')}/{datamodule.category}"
     except UserError:
