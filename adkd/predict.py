@@ -15,6 +15,7 @@ A folder is searched recursively; files that cannot be read are listed and skipp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import sys
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masks", action="store_true", help="also write the predicted regions as binary PNGs")
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the overlay figures")
     args = parser.parse_args(argv)
-    lock = None
+    lock, created = None, not args.out.exists()
     try:
         _check_device(args.device)
         _check_out(args.out)
@@ -310,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             from adkd.locks import release
 
             release(lock)
+        if created and not (args.out / "predictions.csv").exists():  # failed before scoring: leave no empty folder
+            for name in (".adkd-predict.lock", MARKER):
+                (args.out / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                args.out.rmdir()
     anomalous = sum(1 for r in rows if r["pred_label"] == 1)
     decided = f"{anomalous} anomalous" if threshold is not None else "no threshold: scores only"
     print(f"{len(rows)} images scored ({decided}), written to {args.out / 'predictions.csv'}")

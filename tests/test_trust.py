@@ -296,6 +296,8 @@ def test_predict_checks_its_options_before_loading_anything(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert _predict(nowhere, a_file, "--device", "cuda", "--engine", "onnx") == 1
         assert "error: --device cuda: torch sees no CUDA GPU here. Use --device cpu." in capsys.readouterr().err
+    assert _predict(nowhere, a_file, "--out", tmp_path / "fresh") == 1  # no model: nothing left behind
+    assert "error: No checkpoint at" in capsys.readouterr().err and not (tmp_path / "fresh").exists()
     with pytest.raises(SystemExit):
         _predict(nowhere, a_file, "--batch", "0")
     assert "argument --batch: must be 1 or more, got 0" in capsys.readouterr().err
