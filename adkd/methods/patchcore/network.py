@@ -45,9 +45,10 @@ class PatchCoreNetwork(nn.Module):
             feats = self.extractor(images)
         size = feats[0].shape[-2:]
         pad = self.neighbourhood // 2
-        pooled = [
-            F.avg_pool2d(f.float(), self.neighbourhood, stride=1, padding=pad, count_include_pad=False) for f in feats
-        ]
+        # As both references pool (the authors' unfold with zero padding, anomalib's AvgPool2d(3, 1, 1)):
+        # the zeros beyond the border count, so border patches are scaled down by their share of real
+        # neighbours (4/9 in a corner, 6/9 on an edge).
+        pooled = [F.avg_pool2d(f.float(), self.neighbourhood, stride=1, padding=pad) for f in feats]
         x = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in pooled], dim=1)
         if self.dim < x.shape[1]:  # average neighbouring channels down to embedding_dim
             b, c, h, w = x.shape
