@@ -1,7 +1,8 @@
 """Peer check: adkd's RD4AD against anomalib's ReverseDistillation on the same data.
 
 Same data (adkd's datamodule), backbone, image size, batch size and epochs for both; each
-project's own network, loss, optimizer recipe and anomaly-map smoothing; one metric code
+project's own network, loss, optimizer recipe, anomaly-map smoothing and input normalisation
+(adkd's inside its backbone, anomalib's from its pre-processor: ImageNet's); one metric code
 (adkd's) scores both. Both teachers get the very same weights: a torchvision ResNet state dict
 (ImageNet where --weights names one, else a seeded random init, since no ResNet weights can be
 had offline) is loaded into adkd's extractor and anomalib's timm encoder alike. Repeated over
@@ -16,6 +17,15 @@ import argparse
 import tempfile
 
 import torch
+
+
+def imagenet_normalized(images: torch.Tensor) -> torch.Tensor:
+    """What anomalib's pre-processor hands its models: adkd's datasets give [0, 1] images (adkd's
+    networks normalise inside their backbone), so anomalib's side gets ImageNet's normalisation
+    here, as its own pipeline would apply it."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (images - mean) / std
 
 
 def train_anomalib(dm, backbone: str, image_size: int, epochs: int, weights: str, seed: int) -> dict:
@@ -39,14 +49,14 @@ def train_anomalib(dm, backbone: str, image_size: int, epochs: int, weights: str
         model.train()
         for batch in dm.train_dataloader():
             optimizer.zero_grad()
-            loss = loss_fn(*model(batch["image"]))
+            loss = loss_fn(*model(imagenet_normalized(batch["image"])))
             loss.backward()
             optimizer.step()
     model.eval()
     metrics = AnomalyMetrics(pixel=dm.has_masks)
     with torch.no_grad():
         for batch in dm.test_dataloader():
-            out = model(batch["image"])
+            out = model(imagenet_normalized(batch["image"]))
             metrics.update(out.pred_score.flatten(), batch["gt_label"], out.anomaly_map, batch["gt_mask"])
     return metrics.compute()
 
