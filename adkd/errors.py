@@ -35,12 +35,18 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used for this run."""
 
 
-def user_error_in(err: BaseException) -> UserError | None:
-    """The UserError behind ``err``, if any: Hydra's instantiate wraps what a constructor raises."""
+def cause_in(err: BaseException, match) -> BaseException | None:  # noqa: ANN001
+    """The first error in ``err``'s chain of causes for which ``match`` is true (Hydra's instantiate,
+    Lightning's trainer and torch's save all wrap what they raise)."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, UserError):
+        if match(err):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def user_error_in(err: BaseException) -> UserError | None:
+    """The UserError behind ``err``, if any: Hydra's instantiate wraps what a constructor raises."""
+    return cause_in(err, lambda e: isinstance(e, UserError))

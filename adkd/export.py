@@ -111,7 +111,7 @@ def metadata(config: dict, model) -> dict[str, str]:  # noqa: ANN001
     return {"image_size": str(config["image_size"]), "method": str(config.get("method_name")),
             "image_threshold": str(float(model.post.image_threshold)),
             "pixel_threshold": str(float(model.post.pixel_threshold)),
-            "checkpoint_sha256": origin["sha256"], "checkpoint_epoch": str(origin["epoch"]),
+            "checkpoint_sha256": file_digest(Path(origin["path"])), "checkpoint_epoch": str(origin["epoch"]),
             "checkpoint_step": str(origin["global_step"])}  # fmt: skip
 
 

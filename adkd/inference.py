@@ -53,7 +53,7 @@ def checkpoint_path(source: Path) -> Path:
 
 def load_model(source: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     """The trained LightningModule of a run folder or checkpoint, in inference mode, and its run
-    config (with ``checkpoint``: the file, its digest, epoch and step). The stored config is
+    config (with ``checkpoint``: the file, its epoch and step). The stored config is
     checked by :mod:`adkd.trust` before anything is built from it."""
     from hydra.utils import instantiate
 
@@ -74,7 +74,7 @@ def load_model(source: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
             f"Cannot rebuild the model of {path} from the config inside it ({type(cause).__name__}: "
             f"{str(cause).splitlines()[0][:200] if str(cause) else ''}). Was it written by another version of adkd?"
         ) from err
-    origin = {"path": str(path), "sha256": file_digest(path), "epoch": int(checkpoint.get("epoch", -1)),
+    origin = {"path": str(path), "epoch": int(checkpoint.get("epoch", -1)),
               "global_step": int(checkpoint.get("global_step", -1))}  # fmt: skip
     return model.to(device).prepare_for_inference(), {**config, "checkpoint": origin}
 

@@ -38,11 +38,12 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
+            outputs = {marker.parent for marker in path.rglob(MARKER)}
             found += sorted(
                 p for p in path.rglob("*")
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and not _inside_outputs(p, path)
+                and not outputs.intersection(p.parents)
             )  # fmt: skip
         elif path.is_file():
             found.append(path)
@@ -52,11 +53,6 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 raise UserError(f"No image at {item}: not a file, a folder or a glob pattern that matches.")
             found += matches
     return list(dict.fromkeys(found))
-
-
-def _inside_outputs(file: Path, top: Path) -> bool:
-    """Whether ``file`` lies in an adkd.predict output folder below ``top``."""
-    return any((parent / MARKER).is_file() for parent in file.parents if parent == top or top in parent.parents)
 
 
 class _Images:
@@ -124,11 +120,13 @@ def predict(infer, paths: list[Path], image_size: int, threshold: float | None, 
                         writer.writerow(row)
                         if figures:
                             pending.append(drawing.submit(_figure, image, norm_map[j, 0], row,
-                                                          out / "figures" / f"{names[i]}.png", threshold))  # fmt: skip
+                                                          out / "figures" / f"{names[i]}.png"))  # fmt: skip
                         if masks and threshold is not None:
                             _mask(norm_map[j, 0], size, out / "masks" / f"{names[i]}_mask.png")
                 f.flush()
-                pending = [p for p in pending if not p.done() or p.result()]  # raise a drawing's error here
+                for done in [p for p in pending if p.done()]:
+                    done.result()  # a drawing's error surfaces here
+                pending = [p for p in pending if not p.done()]
                 bar.update(len(items))
             for p in pending:
                 p.result()
@@ -146,13 +144,13 @@ def _unique_names(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(common).with_suffix("")).replace("/", "__") for p in paths]
 
 
-def _figure(image, region, row: dict, path: Path, threshold: float | None) -> None:  # noqa: ANN001
+def _figure(image, region, row: dict, path: Path) -> None:  # noqa: ANN001
     from adkd.report.panels import overlay
 
     title = f"{Path(row['image_path']).name}: score {row['pred_score']:.4g}"
     if row["normalized_score"] is not None:
         title += f" (normalised {row['normalized_score']:.2f})"
-    overlay(image.permute(1, 2, 0).numpy(), region.numpy() if threshold is not None else None,
+    overlay(image.permute(1, 2, 0).numpy(), region.numpy() if row["normalized_score"] is not None else None,
             f"{title}: {row['decision']}", path, alarm=bool(row["pred_label"]))  # fmt: skip
 
 
@@ -228,27 +226,19 @@ def _not_negative(value: str) -> int:
     return number
 
 
-def _check_out(out: Path) -> None:
-    """--out must be a folder this process can write, checked before any model is loaded."""
-    import os
+def _hold(out: Path) -> int:
+    """The lock on ``out``, a folder this process can write (checked before any model loads), held
+    while this predict writes there: two predicts into one folder would overwrite (or splice) each
+    other's rows."""
+    from adkd.locks import holder, try_lock
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder (created if missing).")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".adkd-write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        lock = try_lock(out / ".adkd-predict.lock")  # also the test that the folder can be written
     except OSError as err:
         raise UserError(f"--out {out} cannot be written ({err.strerror or err}): give a folder you can write.") from err
-
-
-def _hold(out: Path) -> int:
-    """The lock on ``out``, held while this predict writes there; two predicts into one folder
-    would overwrite (or splice) each other's rows."""
-    from adkd.locks import holder, try_lock
-
-    lock = try_lock(out / ".adkd-predict.lock")
     if lock is None:
         raise UserError(f"{out} is being written by another adkd.predict ({holder(out / '.adkd-predict.lock')}): "
                         "wait for it to end, or give another --out.")  # fmt: skip
@@ -292,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     lock, created = None, not args.out.exists()
     try:
         _check_device(args.device)
-        _check_out(args.out)
         lock = _hold(args.out)  # from here to the end: a second predict into this folder is refused
         paths = [p for p in expand_inputs(args.inputs) if args.out.resolve() not in p.resolve().parents]
         if not paths:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from adkd.errors import ConfigError
+from adkd.errors import ConfigError, cause_in
 from adkd.locks import holder, release, try_lock
 
 STATUS_FILE = "status.json"
@@ -87,17 +87,13 @@ def write_status(folder: Path, status: str, **details) -> None:
 
 def disk_full_message(err: BaseException, folder: Path) -> str | None:
     """One line for an error caused by a full disk (None for any other error)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = shutil.disk_usage(folder).free if Path(folder).exists() else 0
-            kept = newest_checkpoint(folder)
-            return (f"The device holding {folder} ran out of space ({free / 2**20:.1f} MB free now). "
-                    + (f"The checkpoint of the last finished epoch is kept: {kept}. " if kept else "")
-                    + "Free space there, or set paths.output_root to a disk with room.")  # fmt: skip
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    if cause_in(err, lambda e: isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) is None:
+        return None
+    free = shutil.disk_usage(folder).free if Path(folder).exists() else 0
+    kept = newest_checkpoint(folder)
+    return (f"The device holding {folder} ran out of space ({free / 2**20:.1f} MB free now). "
+            + (f"The checkpoint of the last finished epoch is kept: {kept}. " if kept else "")
+            + "Free space there, or set paths.output_root to a disk with room.")  # fmt: skip
 
 
 def refuse_if_full(target: Path) -> None:
