@@ -11,14 +11,16 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
 
 log = logging.getLogger(__name__)
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(Checkpoint):
     """Keeps ``<dirpath>/last.ckpt``, rewritten at the end of every epoch (after validation) and,
-    if ``every_n_train_steps`` is set, every N optimizer steps too (for long epochs).
+    if ``every_n_train_steps`` is set, every N optimizer steps too (for long epochs), and once more
+    when training ends, after every other callback's ``on_fit_end`` (Lightning runs checkpoint
+    callbacks last): the thresholds that :class:`Calibrate` sets then travel in it.
 
     Written atomically (a temporary file renamed over the old one), so a run killed while saving
     still has its previous checkpoint. Lightning's ModelCheckpoint with ``save_top_k: 0`` writes
@@ -108,6 +110,8 @@ class LastCheckpoint(L.Callback):
             handler(*self._pending)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.interrupted:
+            self._save(trainer)
         self._hand_over()  # a warning during the last validation: last.ckpt is the end of training
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -165,8 +169,9 @@ class ConvergedStop(EarlyStopping):
 
 class Calibrate(L.Callback):
     """After training, sets the model's image and pixel thresholds from the normal validation
-    images (without synthetic anomalies) so that a share ``fpr`` of them lies above, then rewrites
-    ``last.ckpt`` so that the thresholds travel with it. ``image``/``pixel`` fix one by hand.
+    images (without synthetic anomalies) so that a share ``fpr`` of them lies above; they are
+    buffers of the model, so the checkpoint written after it (:class:`LastCheckpoint`) holds them.
+    ``image``/``pixel`` fix one by hand.
 
     Where the validation split also holds labelled anomalous images (a folder dataset's ``val/``),
     the F1-optimal image threshold on it is computed too and logged; ``mode: f1`` uses it."""
@@ -213,9 +218,6 @@ class Calibrate(L.Callback):
             log.warning("No normal validation images (dataset.val_fraction is 0?): no thresholds; "
                         "set threshold.image and threshold.pixel by hand")  # fmt: skip
         post.set_thresholds(image, self.pixel)
-        for callback in trainer.callbacks:
-            if isinstance(callback, LastCheckpoint):
-                callback._save(trainer)
 
 
 class SyntheticValidation(L.Callback):
@@ -226,13 +228,16 @@ class SyntheticValidation(L.Callback):
     choosing settings (``optimized_metric``, sweeps, defaults) that never looks at the test split.
 
     ADPS trains on anomalies of this kind, so its numbers here flatter it against other methods:
-    compare a method's own settings with them, not methods with one another."""
+    compare a method's own settings with them, not methods with one another.
+
+    Runs when training ends (``on_train_end``, before any callback's ``on_fit_end``) and hands its
+    metrics on as ``trainer.callback_metrics["val/<metric>"]``, where the test's evaluation reads them."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
 
     @torch.no_grad()
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
         if not self.enabled or not hasattr(datamodule, "synthetic_validation_dataloader") or not datamodule.val_set:
             return
@@ -245,11 +250,12 @@ class SyntheticValidation(L.Callback):
             for batch in datamodule.synthetic_validation_dataloader(AnomalySynthesizer(probability=1.0)):
                 anomaly_map, pred_score = pl_module.predict_maps(batch["image"].to(pl_module.device))
                 metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
-        pl_module.validation_metrics = {k: v for k, v in metrics.compute().items() if v is not None}
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in pl_module.validation_metrics.items())
+        validation = {f"val/{k}": v for k, v in metrics.compute().items() if v is not None}
+        shown = ", ".join(f"{k[4:]} {v:.4f}" for k, v in validation.items())
         log.info("Validation with synthetic anomalies (%d images): %s", 2 * len(datamodule.val_set), shown)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in validation.items()})
         for logger in trainer.loggers:  # val/pixel_ap etc.: what a W&B sweep's metric names
-            logger.log_metrics({f"val/{k}": v for k, v in pl_module.validation_metrics.items()}, trainer.global_step)
+            logger.log_metrics(validation, trainer.global_step)
 
 
 def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

@@ -17,12 +17,25 @@ from adkd.metrics import AnomalyMetrics
 
 
 class Evaluation(L.Callback):
-    """Scores the test split from the model's (anomaly_map, pred_score) per batch."""
+    """Scores the test split from the model's (anomaly_map, pred_score) per batch.
 
-    def __init__(self, output_dir: str, num_figures: int = 8) -> None:
+    ``run``: what metrics.json says of the run beside its metrics (method, label, dataset,
+    backbone, pretrained, image_size, max_epochs, seed, overrides, tags, threshold_fpr), given by
+    the config (conf/run.yaml). The validation metrics (:class:`adkd.callbacks.SyntheticValidation`)
+    are read from ``trainer.callback_metrics`` when training ends."""
+
+    def __init__(self, output_dir: str, num_figures: int = 8, run: dict | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.num_figures = num_figures
-        self.results: dict = {}
+        self.run = dict(run or {})
+        self.validation: dict | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from adkd.metrics.collection import METRIC_NAMES
+
+        found = {k[4:]: float(v) for k, v in trainer.callback_metrics.items()
+                 if k.startswith("val/") and k[4:] in METRIC_NAMES}  # fmt: skip
+        self.validation = found or None
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
@@ -69,40 +82,35 @@ class Evaluation(L.Callback):
         for name, value in metrics.items():
             if value is not None:
                 pl_module.log(f"test/{name}", value)
-        self.results = self._describe(trainer, pl_module, metrics)
-        self._write(trainer)
+        results = self._describe(trainer, pl_module, metrics)
+        self._write(trainer, results)
 
     def _describe(self, trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict) -> dict:
-        config = pl_module.run_config or {}
-        post = pl_module.post
-        datamodule = trainer.datamodule
+        run, post = self.run, pl_module.post
+        method = run.get("method") or type(pl_module).__name__.lower()
         return {
-            "method": config.get("method_name", type(pl_module).__name__.lower()),
-            "label": config.get("label") or config.get("method_name"),
-            "dataset": config.get("dataset_name"),
-            "category": getattr(datamodule, "category", None),
-            "backbone": (config.get("backbone") or {}).get("name"),
-            "pretrained": (config.get("backbone") or {}).get("pretrained"),
-            "image_size": config.get("image_size"),
-            "max_epochs": config.get("max_epochs"),
-            "seed": config.get("seed"),
-            "overrides": config.get("overrides", []),
-            "tags": config.get("tags", []),
+            "method": method,
+            "label": run.get("label") or method,
+            "dataset": run.get("dataset"),
+            "category": getattr(trainer.datamodule, "category", None),
+            **{key: run.get(key) for key in ("backbone", "pretrained", "image_size", "max_epochs", "seed")},
+            "overrides": list(run.get("overrides") or []),
+            "tags": list(run.get("tags") or []),
             "pixel_metrics": self.pixel,
             "thresholds": {
-                "fpr": (config.get("threshold") or {}).get("fpr"),
+                "fpr": run.get("threshold_fpr"),
                 "image": _number(post.image_threshold),
                 "pixel": _number(post.pixel_threshold),
             },  # fmt: skip
             "metrics": metrics,
-            "validation": getattr(pl_module, "validation_metrics", None),  # adkd.callbacks.SyntheticValidation
+            "validation": self.validation,
         }
 
-    def _write(self, trainer: L.Trainer) -> None:
+    def _write(self, trainer: L.Trainer, results: dict) -> None:
         from adkd.report.figures import save_figures
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "metrics.json").write_text(json.dumps(self.results, indent=2))
+        (self.output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
         with (self.output_dir / "test_predictions.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["image_path", "gt_label", "pred_score"])
             writer.writeheader()
@@ -113,9 +121,9 @@ class Evaluation(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key="test/figures", images=[str(p) for p in figures])
-                summary = {f"test/{k}": v for k, v in self.results["metrics"].items() if v is not None}
+                summary = {f"test/{k}": v for k, v in results["metrics"].items() if v is not None}
                 logger.experiment.summary.update(summary)
-        print(summary_text(self.results, self.output_dir), flush=True)
+        print(summary_text(results, self.output_dir), flush=True)
 
 
 def summary_text(results: dict, output_dir: Path) -> str:

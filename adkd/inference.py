@@ -34,11 +34,14 @@ class Deployable(nn.Module):
 
 
 def for_export(module: nn.Module) -> nn.Module:
-    """Switch submodules that have an export-friendly form of the same computation to it (DHKD's
-    spectral filter: DFT matrix products instead of torch.fft, which ONNX Runtime runs slowly)."""
+    """Switch submodules that declare an export-friendly form of the same computation to it
+    (:class:`~adkd.methods.base.ExportForm`; DHKD's spectral filter: DFT matrix products instead of
+    torch.fft, which ONNX Runtime runs slowly)."""
+    from adkd.methods.base import ExportForm
+
     for sub in module.modules():
-        if hasattr(sub, "dft"):
-            sub.dft = "matmul"
+        if isinstance(sub, ExportForm):
+            sub.use_export_form()
     return module
 
 

@@ -19,16 +19,16 @@ def main(cfg: DictConfig) -> None:
 
     from adkd.data.synthesis import AnomalySynthesizer
 
-    if "synthesis" not in cfg.method:
+    if not cfg.get("synthesis"):
         print(f"error: method {cfg.method_name} trains on no synthetic anomalies (try method=adps)", file=sys.stderr)
         sys.exit(1)
     torch.manual_seed(cfg.seed)
-    datamodule = instantiate(cfg.dataset)
+    datamodule = instantiate(cfg.dataset, synthesis=None)  # the images as they are, for the first row
     datamodule.prepare_data()
     datamodule.setup("fit")
     n = min(8, len(datamodule.train_set))
     images = torch.stack([datamodule.train_set[i]["image"] for i in range(n)])
-    synthesizer = AnomalySynthesizer(**cfg.method.synthesis)
+    synthesizer = AnomalySynthesizer(**cfg.synthesis)
     augmented, masks = synthesizer(images)
     rows = torch.cat([images, augmented, masks.expand(-1, 3, -1, -1)])  # three rows of n
     path = Path(cfg.output_dir) / "synthetic_samples.png"

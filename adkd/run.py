@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import signal
 import sys
 import warnings
@@ -168,8 +167,6 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
     from hydra.utils import instantiate
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from adkd.evaluation import Evaluation
-
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
 
@@ -188,7 +185,6 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
             raise RunInterrupted(signal.SIGINT, newest_checkpoint(output_dir))
 
     stage(trainer.fit, ckpt_path=ckpt_path)
-    evaluation = [c for c in callbacks if isinstance(c, Evaluation)]
     if trainer.world_size > 1:  # metrics need the whole test set in one process
         torch.distributed.barrier()
         rank = trainer.global_rank
@@ -199,10 +195,11 @@ def _fit_and_test(cfg: DictConfig, datamodule, model, loggers: list, output_dir:
             return {}
         trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=loggers or False,
                             precision=cfg.trainer.precision, default_root_dir=str(output_dir),
-                            callbacks=evaluation)  # fmt: skip
+                            callbacks=callbacks)  # fmt: skip
     stage(trainer.test, verbose=False)
     write_status(output_dir, "finished")
-    return evaluation[0].results if evaluation else {}
+    results = output_dir / "metrics.json"  # the evaluation callback's (conf/run.yaml)
+    return json.loads(results.read_text()) if results.is_file() else {}
 
 
 def _resume_command() -> str:
@@ -290,13 +287,6 @@ def objective(results: dict, name: str | None) -> float | None:
 def cli() -> None:
     """``python -m adkd.run``: Ctrl-C in a multirun's launching process (its jobs stop on their own,
     each keeping its last checkpoint) ends with the command that resumes the sweep, not a traceback."""
-    if "hydra/launcher=slurm" in sys.argv:  # without SLURM, submitit would raise from inside Hydra: a traceback
-        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
-        if missing:
-            print(f"error: hydra/launcher=slurm submits jobs to SLURM, and this machine has no {' or '.join(missing)}. "
-                  "Launch from a node of the cluster, or try the same jobs here with hydra/launcher=local.",
-                  file=sys.stderr)  # fmt: skip
-            sys.exit(1)
     try:
         main()
     except KeyboardInterrupt:

@@ -8,10 +8,11 @@ interpolation (``${oc.decode:...}``) would build new ones after any check. So a 
 file is rebuilt only after this module has checked it:
 
 - the method is an :class:`~adkd.methods.base.AnomalyModule` subclass defined under
-  ``adkd.methods``, the dataset an :class:`~adkd.data.base.AnomalyDataModule` under ``adkd.data``
-  (the target string is checked before anything is imported);
+  ``adkd.methods``, its network an ``nn.Module`` defined there too, the dataset an
+  :class:`~adkd.data.base.AnomalyDataModule` under ``adkd.data`` (the target strings are checked
+  before anything is imported);
 - no other ``_target_`` (or other Hydra key) anywhere below them, but for the optimiser and
-  scheduler, the only nested ones adkd writes: they must name ``torch.optim`` (or adkd's own
+  scheduler, the only other nested ones adkd writes: they must name ``torch.optim`` (or adkd's own
   scheduler) and are then dropped, since inference needs neither;
 - no value holds an interpolation (a resolved run config never does).
 
@@ -46,11 +47,16 @@ def method_config(config: dict, source: Path) -> dict:
         if not isinstance(target, str) or not allowed.match(target):
             raise _refused(source, f"method.{key}._target_", target if target is not None else factory)
         _check_tree({k: v for k, v in factory.items() if k not in ("_target_", "_partial_")}, f"method.{key}", source)
+    network = method.pop("network", None)
+    if not isinstance(network, dict):
+        raise CheckpointError(f"{source}: the stored method config has no network: not a model adkd can rebuild.")
+    _check_tree(network, "method.network", source)
+    _check_target(network.get("_target_"), "adkd.methods.", "torch.nn:Module", "method.network", source)
     _check_tree(method, "method", source)
     _check_target(method.get("_target_"), "adkd.methods.", "adkd.methods.base:AnomalyModule", "method", source)
-    backbone = method.get("backbone")
-    if isinstance(backbone, dict):  # the weights are the checkpoint's: never a file or a download
-        method["backbone"] = {**backbone, "pretrained": False, "weights": None}
+    if "pretrained" in network:  # the weights are the checkpoint's: never a file or a download
+        network = {**network, "pretrained": False, "weights": None}
+    method["network"] = network
     if isinstance(method.get("synthesis"), dict):  # training-only; its source folder need not exist here
         method["synthesis"] = {**method["synthesis"], "source": None}
     return method
@@ -61,6 +67,7 @@ def dataset_config(config: dict, source: Path) -> dict:
     dataset = _section(config, "dataset", source)
     _check_tree(dataset, "dataset", source)
     _check_target(dataset.get("_target_"), "adkd.data.", "adkd.data.base:AnomalyDataModule", "dataset", source)
+    dataset["synthesis"] = None  # training-only
     return {**dataset, "download": False} if "download" in dataset else dataset
 
 

@@ -111,14 +111,11 @@ def measure(method: str, args: argparse.Namespace, compute_only: bool) -> dict:
     model = instantiate(cfg.method, _convert_="all")
     if compute_only:
         datamodule.prepare_data()
-        datamodule.setup("fit")
-        if hasattr(model, "synthesizer") and hasattr(datamodule, "set_synthesizer"):
-            datamodule.set_synthesizer(model.synthesizer)
+        datamodule.setup("fit")  # the method's synthetic anomalies (its yaml's `synthesis`) are in its samples
         batches = len(datamodule.train_dataloader())
         batch = next(iter(datamodule.train_dataloader()))
         loader = torch.utils.data.DataLoader([batch] * batches, batch_size=None, pin_memory=True)
         fit_kwargs = {"train_dataloaders": loader}
-        model.setup = lambda stage: None  # the batch already carries its synthetic anomalies
     else:
         fit_kwargs = {"datamodule": datamodule}
     timer = StepTimer(args.trace)

@@ -18,8 +18,9 @@ def test_patches_round_trip_in_row_major_order():
 
 
 def test_student_sees_each_patch_alone():
+    student = PatchStudent("resnet18", (1, 2, 3), k=2).eval()  # every stage on patches
     extractor = FeatureExtractor("resnet18", (1, 2, 3), pretrained=False).eval()
-    student = PatchStudent(extractor, k=2).eval()
+    extractor.load_state_dict(student.state_dict())
     x = torch.randn(1, 3, 64, 64)
     y = x.clone()
     y[..., :32, :32] += 5  # change the top-left patch only
@@ -34,10 +35,12 @@ def test_student_sees_each_patch_alone():
 
 
 def test_k1_student_is_the_symmetric_case():
+    student = PatchStudent("mobilenet_v2", (1, 2, 3), k=1).eval()
     extractor = FeatureExtractor("mobilenet_v2", (1, 2, 3), pretrained=False).eval()
+    extractor.load_state_dict(student.state_dict())
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        for a, b in zip(PatchStudent(extractor, k=1)(x), extractor(x), strict=True):
+        for a, b in zip(student(x), extractor(x), strict=True):
             assert torch.equal(a, b)
 
 

@@ -13,7 +13,8 @@ from adkd.methods.dhkd.network import (
     affinity,
 )
 
-BACKBONE = {"name": "mobilenet_v2", "pretrained": False}
+def tiny_dhkd(**kwargs) -> DHKD:
+    return DHKD(DHKDNetwork("mobilenet_v2", pretrained=False, image_size=64), **kwargs)
 
 
 def test_flow_condition_codes_rows_and_columns():
@@ -110,7 +111,7 @@ def _grads(module) -> bool:
 @pytest.mark.parametrize(("epoch", "phase"), [(0, "teacher"), (1, "teacher"), (2, "student"), (3, "student")])
 def test_sequential_schedule_trains_one_side_at_a_time(epoch, phase, monkeypatch):
     torch.manual_seed(0)
-    model = DHKD(backbone=BACKBONE, image_size=64, teacher_fraction=0.5)
+    model = tiny_dhkd(teacher_fraction=0.5)
 
     class FakeTrainer:
         max_epochs = 4
@@ -130,7 +131,7 @@ def test_sequential_schedule_trains_one_side_at_a_time(epoch, phase, monkeypatch
 
 def test_noise_only_while_training_and_map_is_the_squared_distance():
     torch.manual_seed(0)
-    model = DHKD(backbone=BACKBONE, image_size=64, noise_sigma=0.0, map_sigma=0.0).eval()
+    model = tiny_dhkd(noise_sigma=0.0, post={"map_sigma": 0.0}).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         out = model.network(x)
@@ -147,13 +148,12 @@ def test_topk_score_is_the_mean_of_the_highest_pixels():
         def anomaly_map(self, images):
             return torch.arange(100.0).view(1, 1, 10, 10).expand(images.shape[0], -1, -1, -1)
 
-    module = AnomalyModule(map_sigma=0.0, score="topk", topk=0.05)
-    module.network = Constant()
+    module = AnomalyModule(Constant(), post={"map_sigma": 0.0, "score": "topk", "topk": 0.05})
     _, score = module.predict_maps(torch.zeros(2, 3, 10, 10))
     assert score.tolist() == [97.0, 97.0]  # mean of 95..99
     with pytest.raises(ValueError, match="topk"):
-        AnomalyModule(score="topk", topk=0.0)
-    assert math.isclose(AnomalyModule(score="max").post.topk, 0.01)
+        AnomalyModule(Constant(), post={"score": "topk", "topk": 0.0})
+    assert math.isclose(AnomalyModule(Constant(), post={"score": "max"}).post.topk, 0.01)
 
 
 def test_spectral_filter_as_dft_matrices_equals_torch_fft():

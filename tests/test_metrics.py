@@ -104,7 +104,7 @@ def test_thresholds_from_normal_validation_meet_the_false_positive_target_on_hel
 
     gen = torch.Generator().manual_seed(0)
     val_scores, held_out = torch.randn(4000, generator=gen), torch.randn(20000, generator=gen)
-    post = PostProcessor(sigma=0)
+    post = PostProcessor(map_sigma=0)
     post.calibrate(val_scores, torch.rand(8, 1, 16, 16, generator=gen), fpr=0.01)
     achieved = float((held_out > post.image_threshold).float().mean())
     assert abs(achieved - 0.01) < 0.003, achieved  # normal-only data: no anomalies needed

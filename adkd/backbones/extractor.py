@@ -67,11 +67,15 @@ class FeatureExtractor(nn.Module):
         """[0, 1] RGB -> the backbone's input scale."""
         return (images - self.mean) / self.std
 
+    def run_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Stage ``index`` on ``x``; a subclass may run it otherwise (ADPS's student: on patches)."""
+        return self.stages[index](x)
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.normalize(x)
         feats = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
+        for i in range(len(self.stages)):
+            x = self.run_stage(i, x)
             if i in self.layers:
                 feats.append(x)
         return feats

@@ -9,7 +9,7 @@ and 16 (RD4AD's and STFPM's layer1-3).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -28,7 +28,7 @@ class BackboneSpec:
     hub_url: str | None = None  # download location (cached in torch's hub folder)
     offline: Callable[[], str] | None = None  # returns a path to weights shipped in a package
     offline_package: str | None = None  # the pip package that ships them
-    key_map: Callable[[dict], dict] = field(default=lambda sd: sd)
+    block: str | None = None  # a ResNet's residual block (basic | bottleneck): RD4AD's decoder mirrors it
     mean: tuple[float, float, float] = IMAGENET_MEAN  # the input normalisation its weights were trained with
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -106,10 +106,12 @@ def _efficientnet_lite0_offline() -> str:
 _TV = "https://download.pytorch.org/models/"
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(_torchvision("resnet18"), _resnet_stages, _TV + "resnet18-f37072fd.pth"),
-    "resnet50": BackboneSpec(_torchvision("resnet50"), _resnet_stages, _TV + "resnet50-0676ba61.pth"),
+    "resnet18": BackboneSpec(_torchvision("resnet18"), _resnet_stages, _TV + "resnet18-f37072fd.pth", block="basic"),
+    "resnet50": BackboneSpec(
+        _torchvision("resnet50"), _resnet_stages, _TV + "resnet50-0676ba61.pth", block="bottleneck"
+    ),
     "wide_resnet50_2": BackboneSpec(
-        _torchvision("wide_resnet50_2"), _resnet_stages, _TV + "wide_resnet50_2-95faca4d.pth"
+        _torchvision("wide_resnet50_2"), _resnet_stages, _TV + "wide_resnet50_2-95faca4d.pth", block="bottleneck"
     ),
     "mobilenet_v2": BackboneSpec(
         _torchvision("mobilenet_v2"),

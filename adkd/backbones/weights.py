@@ -82,7 +82,7 @@ def resolve_state_dict(name: str, spec: BackboneSpec, weights: str | None) -> di
     """The state dict to load: ``weights`` file if given, else the offline package, else the hub."""
     if weights:
         log.info("Backbone %s: weights from %s", name, weights)
-        return spec.key_map(_read_state_dict(weights))
+        return _read_state_dict(weights)
     if spec.offline is not None:
         try:
             path = spec.offline()
@@ -90,8 +90,8 @@ def resolve_state_dict(name: str, spec: BackboneSpec, weights: str | None) -> di
             log.info("Backbone %s: offline package %s not installed, trying the hub", name, spec.offline_package)
         else:
             log.info("Backbone %s: weights from package %s", name, spec.offline_package)
-            return spec.key_map(_read_state_dict(path))
-    return spec.key_map(_download(name, spec))
+            return _read_state_dict(path)
+    return _download(name, spec)
 
 
 def load_pretrained(model: nn.Module, name: str, spec: BackboneSpec, weights: str | None) -> None:

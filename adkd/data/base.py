@@ -59,6 +59,9 @@ class AnomalyDataModule(L.LightningDataModule):
 
     Validation never touches the test split: ``val_fraction`` of the normal training images are
     held out (the same ones for every run, whatever the seed) and used to track the loss.
+    ``synthesis``: the synthetic anomalies a method trains on (its yaml's ``synthesis``:
+    :class:`~adkd.data.synthesis.AnomalySynthesizer` settings), added to the training and validation
+    images in the loader's workers; None for methods that train on normal images only.
     Subclasses set ``name``, ``categories`` (empty = any), ``default_category``, ``has_masks``
     and implement ``records(split)``.
     """
@@ -80,8 +83,10 @@ class AnomalyDataModule(L.LightningDataModule):
         cache: bool = False,
         limit_train: int | None = None,
         limit_test: int | None = None,
+        synthesis: dict | None = None,
     ) -> None:
         super().__init__()
+        self.synthesis = synthesis
         self.root = Path(root).expanduser() if root else None
         self.category = category or self.default_category
         if self.categories and self.category not in self.categories:
@@ -172,6 +177,10 @@ class AnomalyDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and not hasattr(self, "train_set"):
             self.train_set = AnomalyDataset(records["train"], self.image_size, self.cache)
             self.val_set = AnomalyDataset(records["val"], self.image_size, self.cache)
+            if self.synthesis is not None:
+                from adkd.data.synthesis import AnomalySynthesizer
+
+                self.set_synthesizer(AnomalySynthesizer(**self.synthesis))
         if stage in (None, "test", "predict") and not hasattr(self, "test_set"):
             self.test_set = AnomalyDataset(records["test"], self.image_size, self.cache)
 
@@ -220,9 +229,6 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, False, self.eval_batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
 
 
 def _worker_start_method() -> str | None:

@@ -1,13 +1,17 @@
 """Shared training plumbing and inference for every method.
 
-A method subclasses :class:`AnomalyModule` and provides ``self.network`` with
+A method is three files: its network, a thin LightningModule and its yaml (conf/method/<name>.yaml,
+which registers it: :mod:`adkd.methods.registry`). The network is a plain ``nn.Module``, named in
+the yaml by ``method.network._target_`` and built by Hydra, with
 
-- ``network(images)`` -> whatever ``loss`` needs (training forward), and
-- ``network.anomaly_map(images)`` -> raw anomaly map (B, 1, H, W) at the input size,
+- ``network(images)`` -> whatever the method's ``loss`` needs (training forward), and
+- ``network.anomaly_map(images)`` -> the raw anomaly map (B, 1, H, W) at the input size.
 
-plus ``loss(batch) -> Tensor``. Smoothing the map, the image score and the thresholds live in
-:class:`~adkd.methods.postprocess.PostProcessor`; metrics, figures and metrics.json in the
-evaluation callback (:class:`adkd.callbacks.Evaluation`).
+The module subclasses :class:`AnomalyModule` and adds only what is the method's own: ``loss(batch)``
+and, where it has them, its training phases and optimiser groups. Everything else is here:
+post-processing (the ``post`` config group, :class:`~adkd.methods.postprocess.PostProcessor`),
+optimiser wiring, checkpoint contents, inference. Metrics, figures and metrics.json are the
+evaluation callback's (:class:`adkd.evaluation.Evaluation`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from torch import nn
 
 from adkd.methods.postprocess import PostProcessor
 
@@ -25,17 +30,18 @@ class AnomalyModule(L.LightningModule):
 
     def __init__(
         self,
+        network: nn.Module,
+        post: dict | None = None,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
-        map_sigma: float = 4.0,
-        score: str = "max",
-        topk: float = 0.01,
-        score_sigma: float | None = None,
     ) -> None:
+        """``network``: the method's ``nn.Module``; ``post``: the post-processing settings (conf/post/:
+        map_sigma, score_sigma, score, topk); ``optimizer``/``scheduler``: partial factories."""
         super().__init__()
+        self.network = network
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.post = PostProcessor(map_sigma, score, topk, score_sigma)
+        self.post = PostProcessor(**(post or {}))
         self.run_config: dict | None = None  # the resolved run config, stored in every checkpoint (for predict)
 
     # -- what methods provide ------------------------------------------------------------------
@@ -98,6 +104,14 @@ class AnomalyModule(L.LightningModule):
         """The maps and scores; what is made of them (metrics, figures, metrics.json) is the
         evaluation callback's business (adkd.callbacks.Evaluation, configured in conf/run.yaml)."""
         return self.predict_maps(batch["image"])
+
+
+class ExportForm:
+    """A submodule with a second form of the same computation that exports and runs better as an
+    exported graph; :func:`adkd.inference.for_export` switches every such submodule to it."""
+
+    def use_export_form(self) -> None:
+        raise NotImplementedError
 
 
 def multistep_at_fractions(optimizer, max_epochs: int, fractions: list[float], gamma: float):  # noqa: ANN001, ANN201

@@ -35,9 +35,10 @@ class PostProcessor(nn.Module):
     """
 
     def __init__(
-        self, sigma: float = 4.0, score: str = "max", topk: float = 0.01, score_sigma: float | None = None
+        self, map_sigma: float = 4.0, score: str = "max", topk: float = 0.01, score_sigma: float | None = None
     ) -> None:
         super().__init__()
+        sigma = map_sigma
         if score not in ("max", "mean", "topk"):
             raise ValueError(f"score must be 'max', 'mean' or 'topk', got {score!r}")
         if not 0 < topk <= 1:

@@ -14,6 +14,7 @@ from adkd.metrics.f1max import F1Max
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_f1max")
 THRESHOLD_METRICS = ("image_f1", "image_precision", "image_recall", "image_fpr")  # at the calibrated threshold
+METRIC_NAMES = (*IMAGE_METRICS, *PIXEL_METRICS)
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,3 @@ class AnomalyMetrics(nn.Module):
 
         return {"image_f1": ratio(2 * tp, 2 * tp + fp + fn), "image_precision": ratio(tp, tp + fp),
                 "image_recall": ratio(tp, tp + fn), "image_fpr": ratio(fp, fp + tn)}  # fmt: skip
-
-    def reset(self) -> None:
-        for m in [*self.image.values(), *self.pixel_metrics.values()]:
-            m.reset()
-        self.counts = {"image": [0, 0], "pixel": [0, 0]}
-        self.scores, self.labels = [], []

@@ -60,29 +60,19 @@ def from_patches(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.reshape(b, c, k * ph, k * pw)
 
 
-class PatchStudent(nn.Module):
-    """The student: backbone stages run on k x k patches (those in ``patch_stages``) or on the
-    stitched map, returning the stitched outputs of the tapped stages."""
+class PatchStudent(FeatureExtractor):
+    """The student: a trainable extractor whose stages in ``patch_stages`` run on k x k patches,
+    each stage's output stitched back "based on the original position correspondence"."""
 
-    def __init__(self, extractor: FeatureExtractor, k: int, patch_stages: list[int] | None = None) -> None:
-        super().__init__()
-        self.stages = extractor.stages
-        self.register_buffer("mean", extractor.mean.clone(), persistent=False)
-        self.register_buffer("std", extractor.std.clone(), persistent=False)
-        self.layers = extractor.layers
-        self.k = k
-        self.patch_stages = set(range(len(self.stages)) if patch_stages is None else patch_stages)
+    def __init__(self, backbone: str, layers: list[int], k: int, patch_stages: list[int] | None = None) -> None:
+        self.k = k  # set first: the extractor runs itself once while it is built (to learn its widths)
+        self.patch_stages = None if patch_stages is None else set(patch_stages)  # None: every stage
+        super().__init__(backbone, layers, pretrained=False, frozen=False)
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        feats, x, patched = [], (images - self.mean) / self.std, False
-        for i, stage in enumerate(self.stages):
-            if (i in self.patch_stages) != patched:
-                x = to_patches(x, self.k) if not patched else from_patches(x, self.k)
-                patched = not patched
-            x = stage(x)
-            if i in self.layers:
-                feats.append(from_patches(x, self.k) if patched else x)
-        return feats
+    def run_stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self.patch_stages is not None and index not in self.patch_stages:
+            return self.stages[index](x)
+        return from_patches(self.stages[index](to_patches(x, self.k)), self.k)
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -124,7 +114,8 @@ class ADPSNetwork(nn.Module):
         layers: list[int] = (1, 2, 3),
         pretrained: bool = True,
         weights: str | None = None,
-        k: int = 8,
+        image_size: int = 256,
+        k: int | None = None,
         patch_stages: list[int] | None = (0, 1),
         student_init: str = "random",
         wmb: str = "wmb",
@@ -144,11 +135,11 @@ class ADPSNetwork(nn.Module):
             raise ValueError(f"without={without!r} leaves the PSM as the only detector: it needs psm=true")
         self.teacher = FeatureExtractor(backbone, layers, pretrained, weights, frozen=True)
         self.student = None
+        k = k or max(1, image_size // 32)
         if without != "student":
-            student = FeatureExtractor(backbone, layers, pretrained=False, frozen=False)
+            self.student = PatchStudent(backbone, layers, k, patch_stages)
             if student_init == "teacher":
-                student.load_state_dict(self.teacher.state_dict())
-            self.student = PatchStudent(student, k, patch_stages)
+                self.student.load_state_dict(self.teacher.state_dict())
         self.k, self.wmb, self.without, self.similarity, self.detach = k, wmb, without, similarity, detach
         channels = self.teacher.channels
         if wmb == "concat" and without is None:

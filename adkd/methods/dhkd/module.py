@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from adkd.methods.base import AnomalyModule
@@ -22,39 +20,21 @@ class DHKD(AnomalyModule):
 
     def __init__(
         self,
-        backbone: dict,
-        image_size: int = 256,
-        layers: list[int] = (1, 2, 3),
-        flow_blocks: int = 4,
-        flow_hidden_ratio: float = 1.0,
-        flow_clamp: float = 1.9,
+        network: DHKDNetwork,
         flow_weight_decay: float = 1e-5,
-        positional: int = 32,
-        student_blocks: int = 2,
-        student_width: int | None = None,
-        frequency: bool = True,
         noise_sigma: float = 0.5,
         recon_weight: float = 1.0,
         affinity_weight: float = 1.0,
         affinity_size: int = 16,
         schedule: str = "sequential",
         teacher_fraction: float = 0.5,
-        optimizer: Callable | None = None,
-        scheduler: Callable | None = None,
-        map_sigma: float = 4.0,
-        score: str = "max",
-        topk: float = 0.01,
+        **shared,  # noqa: ANN003
     ) -> None:
-        super().__init__(optimizer, scheduler, map_sigma, score, topk)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        super().__init__(network, **shared)
         if schedule not in ("sequential", "joint"):
             raise ValueError(f"schedule must be 'sequential' or 'joint', got {schedule!r}")
         if schedule == "sequential" and not 0 < teacher_fraction < 1:
             raise ValueError(f"teacher_fraction must be in (0, 1) for the sequential schedule, got {teacher_fraction}")
-        self.network = DHKDNetwork(
-            backbone["name"], list(layers), backbone.get("pretrained", True), backbone.get("weights"), image_size,
-            flow_blocks, flow_hidden_ratio, flow_clamp, positional, student_blocks, student_width, frequency,
-        )  # fmt: skip
         self.flow_weight_decay = flow_weight_decay
         self.noise_sigma = noise_sigma
         self.recon_weight, self.affinity_weight, self.affinity_size = recon_weight, affinity_weight, affinity_size

@@ -29,6 +29,8 @@ from anomalib.models.image.cflow.utils import positional_encoding_2d
 from torch import nn
 
 from adkd.backbones import FeatureExtractor
+from adkd.methods.base import ExportForm
+from adkd.methods.maps import combine_scales, squared_distance
 
 
 class FeatureStandardizer(nn.Module):
@@ -152,13 +154,13 @@ def dft_matrices(height: int, width: int) -> tuple[torch.Tensor, ...]:
     return tuple(m.float() for m in mats)
 
 
-class GlobalFilter(nn.Module):
+class GlobalFilter(nn.Module, ExportForm):
     """Frequency branch: rFFT over (H, W), a learnable complex filter per channel and frequency,
     inverse rFFT. The filter starts as identity; maps of another size get it resampled.
 
     ``dft``: ``fft`` (torch.fft; training) or ``matmul``: the same transform, exact to float
     rounding, as products with DFT matrices, which ONNX Runtime runs several times faster than
-    its DFT operator (adkd.inference.Deployable switches to it)."""
+    its DFT operator (adkd.inference.for_export switches to it)."""
 
     def __init__(self, channels: int, height: int, width: int) -> None:
         super().__init__()
@@ -168,6 +170,9 @@ class GlobalFilter(nn.Module):
         self.dft = "fft"
         for name, matrix in zip(("cw", "sw", "ch", "sh", "ia", "ib"), dft_matrices(height, width), strict=True):
             self.register_buffer(name, matrix, persistent=False)
+
+    def use_export_form(self) -> None:
+        self.dft = "matmul"
 
     def _filter_weight(self, size: tuple[int, int]) -> torch.Tensor:
         weight = self.weight
@@ -282,7 +287,5 @@ class DHKDNetwork(nn.Module):
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         out = self(images, teacher_grad=False)
-        size = images.shape[-2:]
-        pairs = zip(out["teacher"], out["student"], strict=True)
-        maps = [(z.float() - s.float()).pow(2).mean(1, keepdim=True) for z, s in pairs]
-        return sum(F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps)
+        maps = [squared_distance(z, s) for z, s in zip(out["teacher"], out["student"], strict=True)]
+        return combine_scales(maps, images.shape[-2:])

@@ -16,24 +16,10 @@ log = logging.getLogger(__name__)
 class PatchCore(AnomalyModule):
     """See :mod:`adkd.methods.patchcore.network` (conf/method/patchcore.yaml)."""
 
-    def __init__(
-        self,
-        backbone: dict,
-        layers: list[int] = (2, 3),
-        neighbourhood: int = 3,
-        embedding_dim: int | None = None,
-        coreset_ratio: float = 0.1,
-        map_sigma: float = 4.0,
-        score: str = "max",
-    ) -> None:
-        super().__init__(None, None, map_sigma, score)
-        self.save_hyperparameters(logger=False)
+    def __init__(self, network: PatchCoreNetwork, coreset_ratio: float = 0.1, **shared) -> None:  # noqa: ANN003
+        super().__init__(network, **shared)
         if not 0 < coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio is the share of patch features kept, in (0, 1]; got {coreset_ratio}")
-        self.network = PatchCoreNetwork(
-            backbone["name"], list(layers), backbone.get("pretrained", True), backbone.get("weights"),
-            neighbourhood, embedding_dim,
-        )  # fmt: skip
         self.coreset_ratio = coreset_ratio
         self.automatic_optimization = False  # nothing to optimise: training collects features
         self._collected: list[torch.Tensor] = []

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adkd.backbones import FeatureExtractor
+from adkd.methods.maps import combine_scales
 
 
 class PatchCoreNetwork(nn.Module):
@@ -78,7 +79,7 @@ class PatchCoreNetwork(nn.Module):
         features = self(images)
         b, _, h, w = features.shape
         scores = self.nearest_distance(self.flatten(features)).reshape(b, 1, h, w)
-        return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return combine_scales([scores], images.shape[-2:])
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         bank = state_dict.get(prefix + "memory_bank")

@@ -15,13 +15,12 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from adkd.backbones import FeatureExtractor
+from adkd.backbones.registry import get_spec
+from adkd.methods.maps import combine_scales, cosine_distance
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-BASIC_BLOCK_BACKBONES = ("resnet18", "resnet34")
 
 
 def kaiming_init(module: nn.Module) -> None:
@@ -119,17 +118,6 @@ class ReverseDecoder(nn.Module):
         return outs[::-1]  # shallowest first, aligned with the teacher's features
 
 
-def cosine_distance_map(
-    teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]
-) -> torch.Tensor:
-    """Sum over scales of the per-position 1 - cos(t, s) (over channels), upsampled to ``size``."""
-    out = 0
-    for t, s in zip(teacher, student, strict=True):
-        d = 1 - F.cosine_similarity(t.float(), s.float(), dim=1).unsqueeze(1)
-        out = out + F.interpolate(d, size=size, mode="bilinear", align_corners=False)
-    return out
-
-
 class RD4ADNetwork(nn.Module):
     def __init__(
         self,
@@ -143,7 +131,7 @@ class RD4ADNetwork(nn.Module):
     ) -> None:
         super().__init__()
         if block == "auto":
-            block = "basic" if backbone in BASIC_BLOCK_BACKBONES else "bottleneck"
+            block = get_spec(backbone).block or "bottleneck"
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'auto', 'basic' or 'bottleneck', got {block!r}")
         basic = block == "basic"
@@ -164,4 +152,5 @@ class RD4ADNetwork(nn.Module):
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         teacher, student = self(images)
-        return cosine_distance_map(teacher, student, images.shape[-2:])
+        maps = [cosine_distance(t, s) for t, s in zip(teacher, student, strict=True)]
+        return combine_scales(maps, images.shape[-2:])

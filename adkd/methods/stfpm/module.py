@@ -1,14 +1,11 @@
-"""STFPM as a LightningModule."""
+"""STFPM as a LightningModule: the feature pyramid matching loss."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from adkd.methods.base import AnomalyModule
-from adkd.methods.stfpm.network import STFPMNetwork
 
 
 def feature_pyramid_loss(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
@@ -22,23 +19,7 @@ def feature_pyramid_loss(teacher: list[torch.Tensor], student: list[torch.Tensor
 
 
 class STFPM(AnomalyModule):
-    """Defaults are the paper's recipe (see conf/method/stfpm.yaml)."""
-
-    def __init__(
-        self,
-        backbone: dict,
-        layers: list[int] = (1, 2, 3),
-        combine: str = "mul",
-        optimizer: Callable | None = None,
-        scheduler: Callable | None = None,
-        map_sigma: float = 4.0,
-        score: str = "max",
-    ) -> None:
-        super().__init__(optimizer, scheduler, map_sigma, score)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.network = STFPMNetwork(
-            backbone["name"], list(layers), backbone.get("pretrained", True), backbone.get("weights"), combine
-        )
+    """Defaults are the paper's recipe (conf/method/stfpm.yaml)."""
 
     def loss(self, batch: dict) -> torch.Tensor:
         teacher, student = self.network(batch["image"])

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adkd.backbones import FeatureExtractor
+from adkd.methods.maps import combine_scales, normalized_distance
 
 
 class STFPMNetwork(nn.Module):
@@ -34,9 +34,5 @@ class STFPMNetwork(nn.Module):
 
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
         teacher, student = self(images)
-        out = None
-        for t, s in zip(teacher, student, strict=True):
-            d = 0.5 * (F.normalize(t.float(), dim=1) - F.normalize(s.float(), dim=1)).pow(2).sum(1, keepdim=True)
-            d = F.interpolate(d, size=images.shape[-2:], mode="bilinear", align_corners=False)
-            out = d if out is None else (out * d if self.combine == "mul" else out + d)
-        return out
+        maps = [normalized_distance(t, s) for t, s in zip(teacher, student, strict=True)]
+        return combine_scales(maps, images.shape[-2:], "product" if self.combine == "mul" else "sum")
