@@ -74,3 +74,40 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not valid: {key} must be {expected}.")
     if OmegaConf.select(cfg, "method.optimizer") is not None and not cfg.lr > 0:
         raise ConfigError(f"lr={cfg.lr!r} is not valid: lr must be a number above 0 for a method that optimises.")
+
+
+# Spellings of earlier versions, still accepted on the command line (scripts and sweeps use them):
+# the post-processing knobs moved from method.* to the post group, the synthetic anomalies from
+# method.synthesis to synthesis, and each network's settings from method.* to method.network.*.
+POST_KEYS = ("map_sigma", "score_sigma", "score", "topk")
+
+
+def upgrade_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """Command-line overrides with old spellings rewritten, and one note per rewrite."""
+    from omegaconf import OmegaConf
+
+    methods = [a.split("=", 1)[1] for a in arguments if a.startswith("method=")]
+    name = methods[0].split(",")[0] if methods else "adps"  # a multirun's first method; run.yaml's default
+    path = Path(CONF_DIR) / "method" / f"{name}.yaml"
+    method = OmegaConf.load(path).get("method", {}) if path.is_file() else {}
+    network = method.get("network") or {}
+    upgraded, notes = [], []
+    for argument in arguments:
+        key, sep, value = argument.partition("=")
+        bare = key.lstrip("+~")
+        parts = bare.split(".")
+        new = None
+        if sep and len(parts) >= 2 and parts[0] == "method":
+            first = parts[1]
+            if first in POST_KEYS and len(parts) == 2:
+                new = f"post.{first}"
+            elif first == "synthesis":
+                new = ".".join(parts[1:])
+            elif first not in method and first in network:
+                new = ".".join(["method", "network", *parts[1:]])
+        if new is None:
+            upgraded.append(argument)
+            continue
+        upgraded.append(f"{key[: len(key) - len(bare)]}{new}={value}")
+        notes.append(f"note: {bare} is now {new} (the old spelling still works)")
+    return upgraded, notes

@@ -286,7 +286,13 @@ def objective(results: dict, name: str | None) -> float | None:
 
 def cli() -> None:
     """``python -m adkd.run``: Ctrl-C in a multirun's launching process (its jobs stop on their own,
-    each keeping its last checkpoint) ends with the command that resumes the sweep, not a traceback."""
+    each keeping its last checkpoint) ends with the command that resumes the sweep, not a traceback.
+    Overrides in an earlier version's spelling (``method.map_sigma``, ``method.k``) are rewritten."""
+    from adkd.config import upgrade_overrides
+
+    sys.argv[1:], notes = upgrade_overrides(sys.argv[1:])
+    for note in notes:
+        print(note, file=sys.stderr)
     try:
         main()
     except KeyboardInterrupt:

@@ -25,12 +25,8 @@ import torch
 
 from adkd.export import write_onnx
 from adkd.inference import Deployable, OnnxModel, for_export
-from adkd.methods.adps import ADPS
-from adkd.methods.dhkd import DHKD
-from adkd.methods.rd4ad import RD4AD
-from adkd.methods.stfpm import STFPM
+from adkd.methods.registry import build_method, method_names
 
-METHODS = {"rd4ad": RD4AD, "stfpm": STFPM, "adps": ADPS, "dhkd": DHKD}
 BASELINE = "rd4ad"
 
 
@@ -98,14 +94,17 @@ def interleaved_medians(models: dict, images: torch.Tensor, rounds: int, amp: bo
 
 
 def build(args: argparse.Namespace) -> dict:
-    backbone = {"name": args.backbone, "pretrained": False}
+    """Every registered method (random weights: speed only) as its yaml builds it."""
     models = {}
-    for name, cls in METHODS.items():
-        kwargs = {"image_size": args.image_size} if name in ("adps", "dhkd") else {}
-        models[name] = cls(backbone=backbone, **kwargs).to(args.device).prepare_for_inference()
+    examples = torch.rand(8, 3, args.image_size, args.image_size)
+    for name in method_names():
+        model = build_method(name, f"backbone={args.backbone}", "backbone.pretrained=false",
+                             f"image_size={args.image_size}")  # fmt: skip
+        model.fit_example(examples)  # PatchCore: a memory bank of these images' patches
+        models[name] = model.to(args.device).prepare_for_inference()
     if args.onnx:
         folder = Path(tempfile.mkdtemp(prefix="adkd-bench-"))
-        for name in METHODS:
+        for name in method_names():
             path = folder / f"{name}.onnx"
             deployable = for_export(copy.deepcopy(Deployable(models[name].to(memory_format=torch.contiguous_format))))
             example = torch.rand(2, 3, args.image_size, args.image_size, device=args.device)
@@ -138,7 +137,7 @@ def main() -> None:
     cpu = f"cpu, {torch.get_num_threads()} threads"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
     print(f"{args.backbone}, {args.image_size} px, {device}; ms/image, median of {args.rounds} interleaved rounds")
-    header = f"{'method':<15}" + "".join(f"{f'b{b} {p}':>16}" for b in args.batches for p in args.precisions)
+    header = f"{'method':<24}" + "".join(f"{f'b{b} {p}':>16}" for b in args.batches for p in args.precisions)
     rows = {name: "" for name in models}
     times = {name: [] for name in models}
     for batch in args.batches:
@@ -151,13 +150,13 @@ def main() -> None:
                 times[name].append(value)
     print(header)
     for name, row in rows.items():
-        print(f"{name:<15}{row}")
+        print(f"{name:<24}{row}")
     print(f"(x: ratio to adkd's {BASELINE} in the same column)")
     if args.onnx:
         print("ONNX Runtime / torch eager, per method and column:")
-        for name in METHODS:
+        for name in method_names():
             ratios = [ort / eager for ort, eager in zip(times[f"{name} onnxruntime"], times[name], strict=True)]
-            print(f"  {name:<8}" + "".join(f"{r:16.2f}" for r in ratios))
+            print(f"  {name:<10}" + "".join(f"{r:16.2f}" for r in ratios))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ images/s is counted over the epochs after a first warm-up epoch (which pays for 
 search, once per batch shape, and the loader's start), between two device synchronisations. The
 ratio pipeline / compute is the share of the step the accelerator is busy; 1.0 = never waits.
 
-    python experiments/train_throughput.py --root <folder in the MVTec layout> [--methods rd4ad stfpm adps dhkd]
+    python experiments/train_throughput.py --root <folder in the MVTec layout> [--methods <registered methods>]
         [--backbone wide_resnet50_2] [--image-size 256] [--batch 32] [--precision 16-mixed] [--epochs 3]
     python experiments/train_throughput.py --make-folder /tmp/synthetic   # 240 MVTec-sized training images
 """
@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from adkd.methods.registry import method_names
 
 
 class StepTimer:
@@ -135,7 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path)
     parser.add_argument("--make-folder", type=Path, help="write a synthetic MVTec-sized category here and exit")
-    parser.add_argument("--methods", nargs="+", default=["rd4ad", "stfpm", "adps", "dhkd"])
+    parser.add_argument("--methods", nargs="+", default=method_names())
     parser.add_argument("--backbone", default="wide_resnet50_2")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)

@@ -13,6 +13,7 @@ from adkd.methods.dhkd.network import (
     affinity,
 )
 
+
 def tiny_dhkd(**kwargs) -> DHKD:
     return DHKD(DHKDNetwork("mobilenet_v2", pretrained=False, image_size=64), **kwargs)
 

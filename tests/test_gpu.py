@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from adkd.config import compose
+from adkd.methods.registry import method_names
 from tests.conftest import tiny_overrides
 
 pytestmark = [
@@ -22,16 +23,18 @@ pytestmark = [
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
-@pytest.mark.parametrize("method", ["rd4ad", "stfpm", "adps", "dhkd"])
+@pytest.mark.parametrize("method", method_names())
 def test_each_method_trains_under_amp_with_finite_losses(method, precision, tiny_mvtec, tmp_path):
     from adkd.run import run
 
     overrides = tiny_overrides(tiny_mvtec, f"method={method}", "trainer=gpu", f"trainer.precision={precision}",
                                "logger=csv", "max_epochs=2", "dataset.num_workers=0")  # fmt: skip
-    run(compose(overrides, tmp_path))
+    cfg = compose(overrides, tmp_path)
+    run(cfg)
     rows = list(csv.DictReader((tmp_path / "logs" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-    assert len(losses) == 2 and all(math.isfinite(v) for v in losses), losses
+    if cfg.method.get("optimizer") is not None:  # a method that optimises logs a loss per epoch
+        assert len(losses) == 2 and all(math.isfinite(v) for v in losses), losses
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert all(math.isfinite(v) for v in metrics.values()), metrics
 

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from adkd.config import compose
+from adkd.methods.registry import method_names
 from tests.conftest import tiny_overrides
 
 
@@ -83,7 +84,7 @@ def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(trained_run, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["stfpm", "adps", "dhkd", "patchcore"])
+@pytest.mark.parametrize("method", method_names())
 def test_every_method_exports_with_parity(method, tiny_mvtec, tmp_path):
     from adkd.run import run
 

@@ -1,5 +1,6 @@
 """Searches on validation: Hydra's Optuna sweeper (conf/hparams_search/) and W&B sweeps
-(experiments/sweep_*.yaml) over the same knobs, each run end to end on tiny data."""
+(adkd.wandb_sweep, experiments/sweep_mvtec.yaml) over each method's search_space, run end to end
+on tiny data."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import yaml
 from omegaconf import OmegaConf
 
 from adkd.config import compose
+from adkd.methods.registry import method_names
 from tests.conftest import tiny_overrides
 from tests.wandb_file import run_summary
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["adps", "dhkd", "rd4ad", "stfpm", "patchcore"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ADKD_OFFLINE": "1"}
 # What a unit test changes in a sweep's command (later overrides win): tiny images, a small
 # backbone with random weights, one epoch, the CPU.
@@ -27,22 +28,37 @@ TEST_SCALE = ["image_size=32", "batch_size=4", "max_epochs=1", "backbone=resnet1
 
 
 def search_space(method: str) -> dict[str, str]:
-    return dict(OmegaConf.load(ROOT / "conf" / "hparams_search" / f"{method}.yaml").hydra.sweeper.params)
+    return dict(OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml").search_space)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 def test_each_search_tunes_knobs_its_method_has_on_a_validation_metric(method, tmp_path):
-    cfg = compose([f"hparams_search={method}"], tmp_path)
-    assert cfg.method_name == method and cfg.optimized_metric.startswith("val/")
+    from adkd.wandb_sweep import sweep_config
+
+    for spelling in ([f"hparams_search={method}"], ["hparams_search=optuna", f"method={method}"]):
+        cfg = compose(spelling, tmp_path)
+        assert cfg.method_name == method and cfg.optimized_metric.startswith("val/")
+    assert search_space(method), f"{method}: conf/method/{method}.yaml has no search_space"
     for key in search_space(method):
         assert OmegaConf.select(cfg, key, default="absent") != "absent", f"{method}: no config key {key}"
-    sweep = yaml.safe_load((ROOT / "experiments" / f"sweep_{method}.yaml").read_text())
+    sweep = sweep_config([f"method={method}", "dataset=mvtec"])
     assert set(sweep["parameters"]) == set(search_space(method))  # W&B searches the same knobs
     assert sweep["metric"] == {"name": cfg.optimized_metric, "goal": "maximize"}
 
 
+def test_search_grammar_translates_to_w_and_b():
+    from adkd.wandb_sweep import parameter
+
+    assert parameter("lr", "tag(log, interval(1.0e-4, 3.0e-3))") == {
+        "distribution": "log_uniform_values", "min": 1e-4, "max": 3e-3}  # fmt: skip
+    assert parameter("w", "interval(0.25, 4.0)") == {"distribution": "uniform", "min": 0.25, "max": 4.0}
+    assert parameter("k", "choice(1, 2, 4, 8)") == {"values": [1, 2, 4, 8]}
+    assert parameter("c", "choice(mul, add)") == {"values": ["mul", "add"]}
+    assert parameter("n", "range(1, 7, 2)") == {"values": [1, 3, 5]}
+
+
 def test_a_two_trial_optuna_study_keeps_the_best_validation_value(tiny_mvtec, tmp_path):
-    args = ["hparams_search=stfpm", "hydra.sweeper.n_trials=2", "hydra.sweeper.storage=sqlite:///study.db",
+    args = ["hparams_search=optuna", "method=stfpm", "hydra.sweeper.study_name=stfpm", "hydra.sweeper.n_trials=2", "hydra.sweeper.storage=sqlite:///study.db",
             *tiny_overrides(tiny_mvtec)]  # fmt: skip
     res = subprocess.run([sys.executable, "-m", "adkd.run", *args], cwd=tmp_path, env=ENV, capture_output=True,
                          text=True, timeout=300)  # fmt: skip
@@ -82,9 +98,18 @@ def agent_command(sweep_file: Path) -> tuple[list[str], dict]:
     return command, params
 
 
-@pytest.mark.parametrize("name", ["mvtec", *METHODS])
+@pytest.mark.parametrize("name", ["mvtec", "stfpm"])
 def test_each_w_and_b_sweep_command_runs_offline_and_names_its_run(name, tiny_mvtec, tmp_path):
-    command, params = agent_command(ROOT / "experiments" / f"sweep_{name}.yaml")
+    """The category grid of experiments/sweep_mvtec.yaml, and a method's search (adkd.wandb_sweep;
+    every method's is built the same way, from its search_space)."""
+    sweep_file = ROOT / "experiments" / "sweep_mvtec.yaml"
+    if name != "mvtec":
+        from adkd.wandb_sweep import sweep_config
+
+        sweep_file = tmp_path / f"sweep_{name}.yaml"
+        overrides = [f"method={name}", "dataset=mvtec", "dataset.root=datasets/mvtec", "category=bottle"]
+        sweep_file.write_text(yaml.safe_dump(sweep_config(overrides)))
+    command, params = agent_command(sweep_file)
     assert command[:4] == ["/usr/bin/env", "python", "-m", "adkd.run"]
     (tmp_path / "datasets" / "mvtec").mkdir(parents=True)
     (tmp_path / "datasets" / "mvtec" / "bottle").symlink_to(tiny_mvtec / "widget")  # the command's dataset.root

@@ -96,7 +96,9 @@ def test_a_checkpoint_whose_config_names_foreign_code_is_refused_by_predict_and_
     [
         ("dataset._target_", lambda c: c["dataset"].update({"_target_": "torch.load", "f": "x.pkl"})),
         ("method._target_", lambda c: c["method"].update({"_target_": "adkd.runs.write_status"})),
-        ("method.backbone._target_", lambda c: c["method"]["backbone"].update({"_target_": "builtins.print"})),
+        ("method.network._target_", lambda c: c["method"]["network"].update({"_target_": "builtins.print"})),
+        ("method.network._target_", lambda c: c["method"]["network"].update({"_target_": "adkd.runs.RunTaken"})),
+        ("method.network.layers._target_", lambda c: c["method"]["network"].update(layers={"_target_": "os.system"})),
         ("method.layers", lambda c: c["method"].update(layers="${oc.decode:'{_target_: builtins.print}'}")),
     ],
 )

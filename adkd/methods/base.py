@@ -80,6 +80,10 @@ class AnomalyModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
 
+    def fit_example(self, images: torch.Tensor) -> None:
+        """Make an untrained model runnable from example images, for speed measurements and layout
+        checks (PatchCore: a memory bank). Methods whose untrained weights already run need nothing."""
+
     # -- evaluation ----------------------------------------------------------------------------
     def prepare_for_inference(self) -> AnomalyModule:
         """Eval mode with channels-last weights: the same maps (to 1e-6), faster on the CPU (make

@@ -44,6 +44,11 @@ class PatchCore(AnomalyModule):
             self._collected = []
         self.trainer.should_stop = True
 
+    @torch.no_grad()
+    def fit_example(self, images: torch.Tensor) -> None:
+        """A memory bank of ``images``' patch features (all of them: no coreset), for speed checks."""
+        self.network.memory_bank = self.network.flatten(self.network(images))
+
     def select_coreset(self, features: torch.Tensor) -> torch.Tensor:
         """Greedy k-center coreset of ``coreset_ratio`` of the features (anomalib's KCenterGreedy rule)."""
         if self.trainer.world_size > 1:  # every rank saw a shard: all of them go into the bank
