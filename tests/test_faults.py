@@ -41,7 +41,7 @@ def run_dirs(cwd: Path) -> list[Path]:
     return sorted(p.parent for p in (cwd / "outputs" / "runs").rglob("status.json"))
 
 
-def long_run(root: Path, epochs: int = 40) -> list[str]:
+def long_run(root: Path, epochs: int = 16) -> list[str]:
     return tiny_overrides(root, "method=stfpm", "backbone=resnet18", f"max_epochs={epochs}", "dataset.num_workers=0")
 
 

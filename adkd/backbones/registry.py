@@ -8,6 +8,7 @@ and 16 (RD4AD's and STFPM's layer1-3).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ class BackboneSpec:
     hub_url: str | None = None  # download location (cached in torch's hub folder)
     offline: Callable[[], str] | None = None  # returns a path to weights shipped in a package
     offline_package: str | None = None  # the pip package that ships them
+    download: Callable[[], dict] | None = None  # a library's own download (timm), instead of hub_url
     block: str | None = None  # a ResNet's residual block (basic | bottleneck): RD4AD's decoder mirrors it
     mean: tuple[float, float, float] = IMAGENET_MEAN  # the input normalisation its weights were trained with
     std: tuple[float, float, float] = IMAGENET_STD
@@ -130,7 +132,61 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+TIMM_PREFIX = "timm/"
+
+
 def get_spec(name: str) -> BackboneSpec:
+    if name.startswith(TIMM_PREFIX):
+        return _timm_spec(name[len(TIMM_PREFIX) :])
     if name not in BACKBONES:
-        raise ConfigError(f"Unknown backbone {name!r} (backbone.name). Available: {', '.join(sorted(BACKBONES))}.")
+        raise ConfigError(
+            f"Unknown backbone {name!r} (backbone.name). Available: {', '.join(sorted(BACKBONES))}, "
+            f"or {TIMM_PREFIX}<model> for any timm model that builds with features_only."
+        )
     return BACKBONES[name]
+
+
+@functools.cache
+def _timm_spec(model_name: str) -> BackboneSpec:
+    """Any timm model as five stages (``backbone.name=timm/<model>``): timm builds it with
+    ``features_only`` and says where its feature maps are (module and stride); a stage ends at each,
+    so stage i ends at stride 2^(i+1) as for the built-in backbones. Weights: timm's own download."""
+    import timm
+
+    if not timm.is_model(model_name):
+        raise ConfigError(f"Unknown timm model {model_name!r} (backbone.name={TIMM_PREFIX}{model_name}); "
+                          "timm.list_models() lists them.")  # fmt: skip
+    pretrained_cfg = timm.get_pretrained_cfg(model_name)
+    mean = tuple(getattr(pretrained_cfg, "mean", None) or IMAGENET_MEAN)
+    std = tuple(getattr(pretrained_cfg, "std", None) or IMAGENET_STD)
+    return BackboneSpec(
+        build=lambda: timm.create_model(model_name, pretrained=False, features_only=True),
+        stages=_timm_stages,
+        download=lambda: timm.create_model(model_name, pretrained=True, features_only=True).state_dict(),
+        mean=mean if len(mean) == 3 else IMAGENET_MEAN,
+        std=std if len(std) == 3 else IMAGENET_STD,
+    )
+
+
+def _timm_stages(m: nn.Module) -> list[nn.Module]:
+    """A timm ``FeatureListNet`` (its modules in running order, some of which return a feature
+    map) cut into the stem and the stages ending at strides 4, 8, 16 and 32; a model with no
+    stride-2 map gets an empty stem."""
+    if not hasattr(m, "return_layers"):  # e.g. EfficientNetFeatures: one forward of its own, no module list
+        raise ConfigError(f"timm builds this model with features_only as a {type(m).__name__}, which adkd cannot "
+                          "cut into stages; models timm builds as a FeatureListNet work (resnet*, convnext*, "
+                          "regnet*, ...).")  # fmt: skip
+    reductions = m.feature_info.reduction()
+    stages: list[nn.Module | None] = [None] * 5
+    run: list[nn.Module] = []
+    for module_name, module in m.items():
+        run.append(module)
+        if module_name in m.return_layers:
+            stride = reductions[int(m.return_layers[module_name])]
+            index = stride.bit_length() - 2  # 2 -> 0, 4 -> 1, ..., 32 -> 4
+            if 0 <= index < 5:
+                stages[index], run = nn.Sequential(*run), []
+    if any(s is None for s in stages[1:]):
+        raise ConfigError(f"timm model {type(m).__name__} has no feature maps at strides 4, 8, 16 and 32 "
+                          f"(its strides: {reductions}): adkd's methods tap those.")  # fmt: skip
+    return [stages[0] or nn.Identity(), *stages[1:]]

@@ -54,6 +54,20 @@ def _read_state_dict(path: str | Path) -> dict:
 
 
 def _download(name: str, spec: BackboneSpec) -> dict:
+    if spec.download is not None:  # a library's own (timm: Hugging Face Hub), with its own cache
+        from huggingface_hub import constants
+
+        offline = constants.HF_HUB_OFFLINE
+        if os.environ.get("ADKD_OFFLINE") == "1":
+            constants.HF_HUB_OFFLINE = True  # its cache only (read at import, so set here)
+        try:
+            return spec.download()
+        except Exception as err:  # noqa: BLE001 - any network/IO failure becomes one actionable error
+            first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise BackboneWeightsError(f"Could not get pretrained weights for {name!r}: {first}\n"
+                                       + _ways_out(name, spec)) from err  # fmt: skip
+        finally:
+            constants.HF_HUB_OFFLINE = offline
     if spec.hub_url is None:
         raise BackboneWeightsError(
             f"No download location is known for {name!r} and its offline package is not installed.\n"
