@@ -92,12 +92,14 @@ def test_weights_are_loaded_without_unpickling_code():
     assert "weights_only=True" in inspect.getsource(weights._read_state_dict)
 
 
-@pytest.mark.parametrize(("name", "channels"), [("timm/resnet18", [64, 128, 256]), ("timm/convnext_atto", [40, 80, 160])])
+@pytest.mark.parametrize(
+    ("name", "channels"), [("timm/resnet18", [64, 128, 256]), ("timm/convnext_atto", [40, 80, 160])]
+)
 def test_any_timm_model_with_feature_maps_is_a_backbone(name, channels):
     extractor = FeatureExtractor(name, (1, 2, 3), pretrained=False)
     assert extractor.channels == channels and extractor.strides == [4, 8, 16]
     feats = extractor(torch.rand(1, 3, 64, 64))
-    assert [tuple(f.shape[1:]) for f in feats] == [(c, 64 // s, 64 // s) for c, s in zip(channels, [4, 8, 16])]
+    assert [tuple(f.shape[1:]) for f in feats] == [(c, 64 // s, 64 // s) for c, s in zip(channels, [4, 8, 16], strict=True)]
 
 
 def test_timm_models_adkd_cannot_use_are_named():
