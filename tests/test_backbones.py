@@ -99,7 +99,8 @@ def test_any_timm_model_with_feature_maps_is_a_backbone(name, channels):
     extractor = FeatureExtractor(name, (1, 2, 3), pretrained=False)
     assert extractor.channels == channels and extractor.strides == [4, 8, 16]
     feats = extractor(torch.rand(1, 3, 64, 64))
-    assert [tuple(f.shape[1:]) for f in feats] == [(c, 64 // s, 64 // s) for c, s in zip(channels, [4, 8, 16], strict=True)]
+    expected = [(c, 64 // s, 64 // s) for c, s in zip(channels, [4, 8, 16], strict=True)]
+    assert [tuple(f.shape[1:]) for f in feats] == expected
 
 
 def test_timm_models_adkd_cannot_use_are_named():
