@@ -107,15 +107,13 @@ class Evaluation(L.Callback):
         }
 
     def _write(self, trainer: L.Trainer, results: dict) -> None:
-        from adkd.report.figures import save_figures
-
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
         with (self.output_dir / "test_predictions.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["image_path", "gt_label", "pred_score"])
             writer.writeheader()
             writer.writerows(self.predictions)
-        figures = save_figures(self.figures, self.output_dir / "figures")
+        figures = self._save_figures(trainer.lightning_module, self.output_dir / "figures")
         from lightning.pytorch.loggers import WandbLogger
 
         for logger in trainer.loggers:
@@ -124,6 +122,31 @@ class Evaluation(L.Callback):
                 summary = {f"test/{k}": v for k, v in results["metrics"].items() if v is not None}
                 logger.experiment.summary.update(summary)
         print(summary_text(results, self.output_dir), flush=True)
+
+
+    def _save_figures(self, pl_module: L.LightningModule, folder: Path) -> list[Path]:
+        """One overlay per kept sample (adkd.report.panels, as predict draws them), with the
+        ground truth outlined."""
+        from adkd.report.panels import overlay
+
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        post = pl_module.post
+        for i, s in enumerate(self.figures):
+            device = post.image_threshold.device
+            normalized_map, normalized = post.normalize(s["anomaly_map"][None].to(device),
+                                                        torch.tensor([s["pred_score"]], device=device))  # fmt: skip
+            kind = "anomalous" if s["gt_label"] else "normal"
+            path = Path(s["image_path"])
+            title = f"{kind}: {path.parent.name}/{path.name}, score {s['pred_score']:.4g}"
+            calibrated = bool(torch.isfinite(normalized).all())
+            if calibrated:
+                title += f" (normalised {float(normalized):.2f})"
+            paths.append(folder / f"{i:02d}_{kind}.png")
+            overlay(s["image"].clamp(0, 1).permute(1, 2, 0).numpy(),
+                    normalized_map[0].cpu().numpy() if calibrated else None, title, paths[-1],
+                    alarm=calibrated and float(normalized) > 0.5, truth=s["gt_mask"].numpy() > 0.5)  # fmt: skip
+        return paths
 
 
 def summary_text(results: dict, output_dir: Path) -> str:
