@@ -24,11 +24,13 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(PY) -m adkd.run $(ARGS)
 
+# Two workers (pytest-xdist): most tests wait on single-threaded subprocesses, so two cores run
+# two of them at once; worksteal evens out their very different lengths.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "slow or not slow"
 
 bench: $(STAMP)
 	$(PY) experiments/bench.py
