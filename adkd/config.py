@@ -111,3 +111,31 @@ def upgrade_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
         upgraded.append(f"{key[: len(key) - len(bare)]}{new}={value}")
         notes.append(f"note: {bare} is now {new} (the old spelling still works)")
     return upgraded, notes
+
+
+def upgrade_stored_method(method: dict) -> dict:
+    """A method config stored in a checkpoint by an earlier version (the network's settings, the
+    backbone and the post-processing knobs all under ``method``) in today's layout; the weights'
+    names did not change. Today's configs pass unchanged."""
+    from omegaconf import OmegaConf
+
+    if not isinstance(method, dict) or "network" in method or not isinstance(method.get("backbone"), dict):
+        return method
+    target = method.get("_target_")
+    for path in sorted((Path(CONF_DIR) / "method").glob("*.yaml")):
+        spec = OmegaConf.to_container(OmegaConf.load(path)).get("method", {})
+        if spec.get("_target_") == target and isinstance(spec.get("network"), dict):
+            break
+    else:
+        return method  # not a method of this version: the checks that follow say so
+    old = dict(method)
+    backbone = old.pop("backbone")
+    network = {"_target_": spec["network"]["_target_"], "backbone": backbone.get("name"),
+               "pretrained": False, "weights": None}  # fmt: skip
+    for key in spec["network"]:
+        if key in old and key != "_target_":
+            network[key] = old.pop(key)
+    post = {key: old.pop(key) for key in POST_KEYS if key in old}
+    keep = set(spec) | {"optimizer", "scheduler"}
+    upgraded = {key: value for key, value in old.items() if key in keep}
+    return {**upgraded, "network": network, "post": {**old.get("post", {}), **post}}

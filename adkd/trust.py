@@ -38,7 +38,9 @@ _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 def method_config(config: dict, source: Path) -> dict:
     """The stored method config, checked and made inference-only (no optimiser, no downloads)."""
-    method = _section(config, "method", source)
+    from adkd.config import upgrade_stored_method
+
+    method = upgrade_stored_method(_section(config, "method", source))  # an earlier version's layout
     for key, allowed in TRAINING_ONLY.items():
         factory = method.pop(key, None)
         if factory is None:

@@ -120,3 +120,26 @@ def test_the_f1_optimal_threshold_separates_what_it_can():
     scores, labels = torch.tensor([0.1, 0.3, 0.35, 0.8, 0.9]), torch.tensor([0, 0, 1, 1, 1]).bool()
     threshold, f1 = f1_optimal_threshold(scores, labels)
     assert 0.3 <= threshold < 0.35 and f1 == 1.0  # score > threshold: exactly the three anomalies
+
+
+def test_a_checkpoint_of_the_earlier_layout_predicts_as_it_did(trained_run, tiny_mvtec, tmp_path):
+    """Checkpoints written before the post group and method.network existed (the network's settings,
+    the backbone and the map's smoothing all under method) still load, with the same scores."""
+    import torch
+
+    from adkd.predict import main
+
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    method = checkpoint["adkd_config"]["method"]
+    network = method.pop("network")
+    method.update({k: v for k, v in network.items() if k not in ("_target_", "backbone", "pretrained", "weights")})
+    method["backbone"] = {"name": network["backbone"], "pretrained": True, "weights": None}
+    method.update(method.pop("post"))  # map_sigma, score, ... beside the rest, as they were
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    rows = {}
+    for name, source in (("now", trained_run), ("old", old)):
+        assert main([str(source), str(tiny_mvtec / "widget" / "test"), "--out", str(tmp_path / name),
+                     "--no-figures"]) == 0  # fmt: skip
+        rows[name] = [float(r["pred_score"]) for r in csv.DictReader((tmp_path / name / "predictions.csv").open())]
+    assert rows["old"] == rows["now"] and len(rows["now"]) == 8
