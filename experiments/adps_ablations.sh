@@ -15,11 +15,11 @@ SEEDS=(${SEEDS:-0 1 2})
 
 declare -A ABLATIONS=(
   [adps]=""
-  [adps-k1]="method.k=1" [adps-k2]="method.k=2" [adps-k8]="method.k=8"
-  [adps-stage0]="method.patch_stages=[0]" [adps-stages-all]="method.patch_stages=null"
-  [adps-diff]="method.wmb=diff" [adps-concat]="method.wmb=concat" [adps-nopsm]="method.psm=false"
-  [adps-wo-s]="method.without=student" [adps-wo-t]="method.without=teacher"
-  [adps-mse]="method.similarity=mse" [adps-detach]="method.detach=true" [adps-tinit]="method.student_init=teacher"
+  [adps-k1]="method.network.k=1" [adps-k2]="method.network.k=2" [adps-k8]="method.network.k=8"
+  [adps-stage0]="method.network.patch_stages=[0]" [adps-stages-all]="method.network.patch_stages=null"
+  [adps-diff]="method.network.wmb=diff" [adps-concat]="method.network.wmb=concat" [adps-nopsm]="method.network.psm=false"
+  [adps-wo-s]="method.network.without=student" [adps-wo-t]="method.network.without=teacher"
+  [adps-mse]="method.network.similarity=mse" [adps-detach]="method.network.detach=true" [adps-tinit]="method.network.student_init=teacher"
 )
 jobs() {  # one line per run: <run folder> <overrides...>; seed by seed (methods first), so a cut-short run has whole seeds
   for seed in "${SEEDS[@]}"; do

@@ -41,9 +41,9 @@ def test_each_method_trains_under_amp_with_finite_losses(method, precision, tiny
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_dhkd_flow_runs_in_float32_under_amp(dtype):
-    from adkd.methods.dhkd import DHKD
+    from adkd.methods.dhkd import DHKD, DHKDNetwork
 
-    model = DHKD(backbone={"name": "resnet18", "pretrained": False}, image_size=64).cuda()
+    model = DHKD(DHKDNetwork("resnet18", pretrained=False, image_size=64)).cuda()
     seen = {}
     flow = model.network.teacher.flows[0]
     flow.register_forward_hook(lambda m, inputs, output: seen.update(z=output[0].dtype))
@@ -60,11 +60,10 @@ def _syncs_in_adps_loss(tiny_mvtec, tmp_path, synthesis_in_loader: bool) -> int:
     from hydra.utils import instantiate
 
     cfg = compose(tiny_overrides(tiny_mvtec, "method=adps", "batch_size=8"), tmp_path)
-    datamodule, model = instantiate(cfg.dataset), instantiate(cfg.method, _convert_="all").cuda()
+    datamodule = instantiate(cfg.dataset, synthesis=cfg.synthesis if synthesis_in_loader else None)
+    model = instantiate(cfg.method, _convert_="all").cuda()
     datamodule.prepare_data()
     datamodule.setup("fit")
-    if synthesis_in_loader:
-        datamodule.set_synthesizer(model.synthesizer)
     batch = next(iter(datamodule.train_dataloader()))
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
     assert len(batch["image"]) == 8
