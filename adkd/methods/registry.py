@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adkd.config import CONF_DIR
+from adkd import config
 
 
 def method_names() -> list[str]:
     """Every registered method, sorted."""
-    return sorted(p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml"))
+    return sorted(p.stem for p in (Path(config.CONF_DIR) / "method").glob("*.yaml"))
 
 
 def build_method(name: str, *overrides: str, output_dir: str | Path = "outputs/unused"):  # noqa: ANN201
@@ -20,13 +20,11 @@ def build_method(name: str, *overrides: str, output_dir: str | Path = "outputs/u
     would build it."""
     from hydra.utils import instantiate
 
-    from adkd.config import compose
-
     if name not in method_names():
         from adkd.errors import ConfigError
 
         raise ConfigError(f"Unknown method {name!r}. Registered: {', '.join(method_names())}.")
-    cfg = compose([f"method={name}", *overrides], output_dir)
+    cfg = config.compose([f"method={name}", *overrides], output_dir)
     return instantiate(cfg.method, _convert_="all")
 
 
