@@ -1,19 +1,21 @@
-"""Peer check: adkd's RD4AD against anomalib's ReverseDistillation on the same data.
+"""Peer check: an adkd method against anomalib's implementation of it, on the same data.
 
+Pairs (--method): rd4ad vs ReverseDistillation, stfpm vs Stfpm, patchcore vs Patchcore.
 Same data (adkd's datamodule), backbone, image size, batch size and epochs for both; each
-project's own network, loss, optimizer recipe, anomaly-map smoothing and input normalisation
-(adkd's inside its backbone, anomalib's from its pre-processor: ImageNet's); one metric code
-(adkd's) scores both. Both teachers get the very same weights: a torchvision ResNet state dict
-(ImageNet where --weights names one, else a seeded random init, since no ResNet weights can be
-had offline) is loaded into adkd's extractor and anomalib's timm encoder alike. Repeated over
---seeds and averaged.
+project's own network, loss, optimizer recipe, anomaly-map smoothing, image score and input
+normalisation (adkd's inside its backbone, anomalib's from its pre-processor: ImageNet's); one
+metric code (adkd's) scores both. Both backbones get the very same weights: a torchvision ResNet
+state dict (ImageNet where --weights names one, else a seeded random init, since no ResNet weights
+can be had offline) is loaded into adkd's extractor and anomalib's timm extractor alike (anomalib's
+Stfpm would download its teacher: it is built without, then given these). Repeated over --seeds.
 
-    python experiments/peer_check_anomalib.py --category brick --epochs 10 --seeds 0 1 2
+    python experiments/peer_check_anomalib.py --method stfpm --category brick --epochs 10 --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 
 import torch
@@ -28,30 +30,73 @@ def imagenet_normalized(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def train_anomalib(dm, backbone: str, image_size: int, epochs: int, weights: str, seed: int) -> dict:
+def _load_teacher(extractor, weights: str) -> None:  # noqa: ANN001
+    """A torchvision ResNet state dict into anomalib's timm feature extractor (same key names)."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    missing, _ = extractor.load_state_dict(state, strict=False)
+    assert not missing, f"teacher weights did not fit anomalib's extractor: {missing[:3]}"
+
+
+def anomalib_rd4ad(backbone: str, image_size: int, weights: str):  # noqa: ANN201
     from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode
     from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
     from anomalib.models.image.reverse_distillation.torch_model import ReverseDistillationModel
 
-    from adkd.metrics import AnomalyMetrics
-
-    torch.manual_seed(seed)
     model = ReverseDistillationModel(
         backbone, (image_size, image_size), ["layer1", "layer2", "layer3"], AnomalyMapGenerationMode.ADD, False
     )
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    missing, _ = model.encoder.feature_extractor.load_state_dict(state, strict=False)
-    assert not missing, f"teacher weights did not fit anomalib's encoder: {missing[:3]}"
-    loss_fn = ReverseDistillationLoss()
+    _load_teacher(model.encoder.feature_extractor, weights)
     params = list(model.decoder.parameters()) + list(model.bottleneck.parameters())
     optimizer = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.99))  # anomalib's recipe
-    for _ in range(epochs):
+    loss = ReverseDistillationLoss()
+    return model, optimizer, lambda images: loss(*model(images))
+
+
+def anomalib_stfpm(backbone: str, image_size: int, weights: str):  # noqa: ANN201
+    from anomalib.models.image.stfpm import torch_model as stfpm
+    from anomalib.models.image.stfpm.loss import STFPMLoss
+
+    original = stfpm.TimmFeatureExtractor  # STFPMModel always asks timm for a pretrained teacher: a download
+    stfpm.TimmFeatureExtractor = lambda *a, **kw: original(*a, **{**kw, "pre_trained": False})
+    try:
+        model = stfpm.STFPMModel(["layer1", "layer2", "layer3"], backbone)
+    finally:
+        stfpm.TimmFeatureExtractor = original
+    _load_teacher(model.teacher_model.feature_extractor, weights)
+    optimizer = torch.optim.SGD(model.student_model.parameters(), lr=0.4, momentum=0.9, dampening=0.0,
+                                weight_decay=0.001)  # anomalib's recipe  # fmt: skip
+    loss = STFPMLoss()
+    return model, optimizer, lambda images: loss(*model(images))
+
+
+def anomalib_patchcore(backbone: str, image_size: int, weights: str):  # noqa: ANN201
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    model = PatchcoreModel(["layer2", "layer3"], backbone, pre_trained=False)
+    _load_teacher(model.feature_extractor.feature_extractor, weights)
+    return model, None, None  # one pass stores the embeddings; the coreset follows
+
+
+ANOMALIB = {"rd4ad": anomalib_rd4ad, "stfpm": anomalib_stfpm, "patchcore": anomalib_patchcore}
+
+
+def train_anomalib(method: str, dm, backbone: str, image_size: int, epochs: int, weights: str, seed: int) -> dict:  # noqa: ANN001
+    from adkd.metrics import AnomalyMetrics
+
+    torch.manual_seed(seed)
+    model, optimizer, loss_of = ANOMALIB[method](backbone, image_size, weights)
+    for _ in range(1 if optimizer is None else epochs):
         model.train()
         for batch in dm.train_dataloader():
+            if optimizer is None:
+                with torch.no_grad():
+                    model(imagenet_normalized(batch["image"]))
+                continue
             optimizer.zero_grad()
-            loss = loss_fn(*model(imagenet_normalized(batch["image"])))
-            loss.backward()
+            loss_of(imagenet_normalized(batch["image"])).backward()
             optimizer.step()
+    if optimizer is None:
+        model.subsample_embedding(0.1)  # anomalib's default coreset_sampling_ratio
     model.eval()
     metrics = AnomalyMetrics(pixel=dm.has_masks)
     with torch.no_grad():
@@ -63,6 +108,7 @@ def train_anomalib(dm, backbone: str, image_size: int, epochs: int, weights: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="rd4ad", choices=sorted(ANOMALIB))
     parser.add_argument("--dataset", default="textures")
     parser.add_argument("--category", default="brick")
     parser.add_argument("--backbone", default="resnet18", help="a torchvision ResNet name")
@@ -91,29 +137,37 @@ def main() -> None:
             overrides = [
                 f"dataset={args.dataset}", f"category={args.category}", f"backbone={args.backbone}",
                 f"backbone.weights={weights}", f"image_size={args.image_size}", f"batch_size={args.batch_size}",
-                f"max_epochs={args.epochs}", f"seed={seed}", "logger=none", "method=rd4ad",
+                f"max_epochs={args.epochs}", f"seed={seed}", "logger=none", f"method={args.method}", "num_figures=0",
             ]  # fmt: skip
             cfg = compose(overrides, f"{tmp}/run_{seed}")
             a = run(cfg)["metrics"]
             dm = instantiate(cfg.dataset)
             dm.prepare_data()
             dm.setup()
-            b = train_anomalib(dm, args.backbone, args.image_size, args.epochs, weights, seed)
+            b = train_anomalib(args.method, dm, args.backbone, args.image_size, args.epochs, weights, seed)
             for k in keys:
                 if k in b:
                     ours[k].append(a[k])
                     theirs[k].append(b[k])
-            print(f"seed {seed}: image AUROC adkd {a['image_auroc']:.4f} anomalib {b['image_auroc']:.4f}", flush=True)
+            shown = "; ".join(f"{k} adkd {a[k]:.4f} anomalib {b[k]:.4f}" for k in keys if k in b)
+            print(f"seed {seed}: {shown}", flush=True)
 
     teacher = args.weights or "random (seeded, shared)"
-    print(f"\n{args.dataset}/{args.category}, {args.backbone} teacher {teacher}, {args.image_size} px, "
-          f"{args.epochs} epochs, seeds {args.seeds}")  # fmt: skip
-    print(f"{'metric (mean)':<14}{'adkd':>8}{'anomalib':>10}{'diff':>8}")
-    mean = {k: (sum(ours[k]) / len(ours[k]), sum(theirs[k]) / len(theirs[k])) for k in keys if ours[k]}
-    for k, (x, y) in mean.items():
-        print(f"{k:<14}{x:>8.4f}{y:>10.4f}{x - y:>+8.4f}")
-    gap = abs(mean["image_auroc"][0] - mean["image_auroc"][1])
-    print(f"image AUROC gap: {100 * gap:.1f} points ({'within' if gap <= 0.02 else 'OUTSIDE'} the 2-point bar)")
+    print(f"\n{args.method} vs anomalib on {args.dataset}/{args.category}, {args.backbone} weights {teacher}, "
+          f"{args.image_size} px, {args.epochs} epochs, seeds {args.seeds}")  # fmt: skip
+    print(f"{'metric':<14}{'adkd':>16}{'anomalib':>16}{'diff':>8}")
+    for k in (k for k in keys if ours[k]):
+        x, y = ours[k], theirs[k]
+        print(f"{k:<14}{_mean_spread(x):>16}{_mean_spread(y):>16}{statistics.mean(x) - statistics.mean(y):>+8.4f}")
+    for k in ("image_auroc", "pixel_auroc"):
+        if ours[k]:
+            gap = abs(statistics.mean(ours[k]) - statistics.mean(theirs[k]))
+            print(f"{k} gap: {100 * gap:.1f} points ({'within' if gap <= 0.02 else 'OUTSIDE'} the 2-point bar)")
+
+
+def _mean_spread(values: list[float]) -> str:
+    """mean +- (max - min) / 2 over the seeds."""
+    return f"{statistics.mean(values):.4f}+-{(max(values) - min(values)) / 2:.4f}"
 
 
 if __name__ == "__main__":

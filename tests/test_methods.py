@@ -103,3 +103,16 @@ def test_blur_of_a_map_smaller_than_its_kernel_cuts_the_kernel_to_the_map():
     y = gaussian_blur(x, 8.0)  # +-32 px kernel on a 16 px map
     assert y.shape == x.shape and torch.isfinite(y).all()
     assert 0 < y.min().item() and y.max().item() < 2 * y.mean().item()  # spread over the whole map
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_what_trains_starts_in_training_mode(name):
+    """Lightning does not call train() when fitting starts: a trainable module built in eval mode
+    trains with its BatchNorm statistics frozen at their initial values (STFPM's and ADPS's
+    students did, until this test)."""
+    model = build_method(name, "backbone.pretrained=false", "image_size=64")
+    stuck = [n for n, m in model.named_modules() if not m.training and any(p.requires_grad for p in m.parameters(False))]
+    assert not stuck, f"{name}: trainable modules in eval mode: {stuck[:5]}"
+    frozen = [n for n, m in model.named_modules() if m.training and list(m.parameters(False))
+              and not any(p.requires_grad for p in m.parameters(False)) and isinstance(m, torch.nn.BatchNorm2d)]  # fmt: skip
+    assert not frozen, f"{name}: frozen BatchNorm in training mode: {frozen[:5]}"

@@ -50,7 +50,7 @@ class FeatureExtractor(nn.Module):
         if frozen:
             self.requires_grad_(False)
         self.channels, self.strides = self._probe()
-        self.train(False)
+        self.train()  # frozen: eval mode for good (see train); trainable: train mode, as any new module
 
     @torch.no_grad()
     def _probe(self, size: int = 64) -> tuple[list[int], list[int]]:
