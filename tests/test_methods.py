@@ -111,8 +111,11 @@ def test_what_trains_starts_in_training_mode(name):
     trains with its BatchNorm statistics frozen at their initial values (STFPM's and ADPS's
     students did, until this test)."""
     model = build_method(name, "backbone.pretrained=false", "image_size=64")
-    stuck = [n for n, m in model.named_modules() if not m.training and any(p.requires_grad for p in m.parameters(False))]
+    def trains(m: torch.nn.Module) -> bool:
+        return any(p.requires_grad for p in m.parameters(False))
+
+    stuck = [n for n, m in model.named_modules() if not m.training and trains(m)]
     assert not stuck, f"{name}: trainable modules in eval mode: {stuck[:5]}"
-    frozen = [n for n, m in model.named_modules() if m.training and list(m.parameters(False))
-              and not any(p.requires_grad for p in m.parameters(False)) and isinstance(m, torch.nn.BatchNorm2d)]  # fmt: skip
+    bn = torch.nn.BatchNorm2d
+    frozen = [n for n, m in model.named_modules() if isinstance(m, bn) and m.training and not trains(m)]
     assert not frozen, f"{name}: frozen BatchNorm in training mode: {frozen[:5]}"
