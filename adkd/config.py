@@ -87,7 +87,9 @@ def upgrade_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
     from omegaconf import OmegaConf
 
     methods = [a.split("=", 1)[1] for a in arguments if a.startswith("method=")]
-    name = methods[0].split(",")[0] if methods else "adps"  # a multirun's first method; run.yaml's default
+    defaults = [d["method"] for d in OmegaConf.load(Path(CONF_DIR) / "run.yaml").defaults
+                if not isinstance(d, str) and "method" in d]
+    name = methods[0].split(",")[0] if methods else defaults[0]  # a multirun's first method, or run.yaml's
     path = Path(CONF_DIR) / "method" / f"{name}.yaml"
     method = OmegaConf.load(path).get("method", {}) if path.is_file() else {}
     network = method.get("network") or {}

@@ -171,8 +171,10 @@ def _check_external_data(path: Path) -> None:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - not an ONNX file
         raise CheckpointError(f"Cannot read {path} as an ONNX model: {type(err).__name__}") from err
+    from onnx.external_data_helper import uses_external_data
+
     for tensor in _tensors(proto.graph):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        if not uses_external_data(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         if Path(location).name != location or location in ("", ".", ".."):
@@ -183,7 +185,8 @@ def _check_external_data(path: Path) -> None:
 
 
 def _tensors(graph):  # noqa: ANN001, ANN202
-    """Every tensor an ONNX graph holds: its initializers and its nodes' tensor attributes, subgraphs too."""
+    """Every tensor an ONNX graph holds: its initializers and its nodes' tensor attributes, subgraphs
+    too. (onnx walks them the same way, but only in private helpers of onnx.external_data_helper.)"""
     yield from graph.initializer
     for node in graph.node:
         for attribute in node.attribute:

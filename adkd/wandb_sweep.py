@@ -23,17 +23,12 @@ import yaml
 def parameter(key: str, expression: str) -> dict:
     """One search dimension in W&B's terms."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+    from hydra.core.override_parser.types import IntervalSweep
 
-    sweep = OverridesParser.create().parse_override(f"{key}={expression}").value()
-    if isinstance(sweep, ChoiceSweep):
-        return {"values": list(sweep.list)}
-    if isinstance(sweep, RangeSweep):
-        values, x = [], sweep.start
-        while x < sweep.stop:
-            values.append(x)
-            x += sweep.step
-        return {"values": values}
+    override = OverridesParser.create().parse_override(f"{key}={expression}")
+    if override.is_discrete_sweep():  # choice(...), range(...): Hydra lists the values
+        return {"values": list(override.sweep_iterator())}
+    sweep = override.value()
     if isinstance(sweep, IntervalSweep):
         kind = "log_uniform_values" if "log" in sweep.tags else "uniform"
         return {"distribution": kind, "min": sweep.start, "max": sweep.end}
