@@ -6,7 +6,7 @@ import torch
 from adkd.data.elpv import ELPVDataModule
 from adkd.data.folder import FolderDataModule, MVTecADDataModule
 from adkd.data.textures import TexturesDataModule
-from adkd.errors import DatasetNotFoundError, ImageReadError
+from adkd.errors import ConfigError, DatasetNotFoundError, ImageReadError
 
 
 def test_folder_layout_samples(tiny_mvtec):
@@ -98,17 +98,35 @@ def test_an_image_that_fails_to_decode_is_named(tiny_mvtec, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("category", "train", "normal_test", "anomalous_test"), [("mono", 441, 147, 486), ("poly", 690, 230, 630)]
+    ("category", "train", "validation", "test"), [("mono", 441, (49, 162), (98, 324)), ("poly", 690, (77, 210), (153, 420))]
 )
-def test_elpv_split_is_fixed_and_disjoint(category, train, normal_test, anomalous_test):
+def test_elpv_split_is_fixed_and_disjoint(category, train, validation, test):
     dm = ELPVDataModule(category=category)
-    tr, te = dm.records("train"), dm.records("test")
+    tr, va, te = dm.records("train"), dm.records("validation"), dm.records("test")
     assert len(tr) == train
-    assert sum(r.gt_label == 0 for r in te) == normal_test
-    assert sum(r.gt_label for r in te) == anomalous_test
-    assert not {r.image_path for r in tr} & {r.image_path for r in te}
+    for split, (normal, anomalous) in ((va, validation), (te, test)):
+        assert (sum(r.gt_label == 0 for r in split), sum(r.gt_label for r in split)) == (normal, anomalous)
+    paths = [{r.image_path for r in split} for split in (tr, va, te)]
+    assert not paths[0] & paths[1] and not paths[0] & paths[2] and not paths[1] & paths[2]
+    assert {r.defect for r in va} == {r.defect for r in te}  # every defect level in both
     assert not dm.has_masks
     assert ELPVDataModule(category=category).records("test") == te  # deterministic
+    assert dm.labelled_validation() == va
+
+
+def test_evaluate_validation_scores_the_labelled_validation_split_only():
+    dm = ELPVDataModule(category="mono", evaluate="validation", limit_train=4)
+    records = dm.checked_records()
+    assert records["test"] == dm.records("validation") == records["calibration"]
+    assert not {r.image_path for r in records["test"]} & {r.image_path for r in dm.records("test")}
+    with pytest.raises(ConfigError, match="evaluate must be 'test' or 'validation'"):
+        ELPVDataModule(category="mono", evaluate="val")
+
+
+def test_evaluate_validation_without_labelled_anomalies_says_what_it_needs(tiny_mvtec):
+    dm = FolderDataModule(root=str(tiny_mvtec), category="widget", evaluate="validation")
+    with pytest.raises(ConfigError, match="needs a labelled validation split with anomalous images"):
+        dm.checked_records()
 
 
 def test_textures_generation_is_deterministic(tmp_path):

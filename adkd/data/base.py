@@ -62,6 +62,10 @@ class AnomalyDataModule(L.LightningDataModule):
     ``synthesis``: the synthetic anomalies a method trains on (its yaml's ``synthesis``:
     :class:`~adkd.data.synthesis.AnomalySynthesizer` settings), added to the training and validation
     images in the loader's workers; None for methods that train on normal images only.
+    ``evaluate="validation"`` scores a dataset's labelled validation split (real anomalies, see
+    :meth:`labelled_validation`) in place of its test split: settings are chosen on it, never on
+    the test split. Its thresholds are then set on the images they are scored on, so only the
+    threshold-free metrics (AUROC, AP, AUPRO) mean what they say.
     Subclasses set ``name``, ``categories`` (empty = any), ``default_category``, ``has_masks``
     and implement ``records(split)``.
     """
@@ -84,8 +88,12 @@ class AnomalyDataModule(L.LightningDataModule):
         limit_train: int | None = None,
         limit_test: int | None = None,
         synthesis: dict | None = None,
+        evaluate: str = "test",
     ) -> None:
         super().__init__()
+        if evaluate not in ("test", "validation"):
+            raise ConfigError(f"evaluate must be 'test' or 'validation', got {evaluate!r}")
+        self.evaluate = evaluate
         self.synthesis = synthesis
         self.root = Path(root).expanduser() if root else None
         self.category = category or self.default_category
@@ -167,10 +175,20 @@ class AnomalyDataModule(L.LightningDataModule):
                 fit = [r for r in self.records("train") if r.gt_label == 0]
                 val, calibration = [r for r in labelled if r.gt_label == 0], labelled
             records = {"train": self._limit(fit, self.limit_train), "val": val, "calibration": calibration,
-                       "test": self._limit(self.records("test"), self.limit_test)}  # fmt: skip
+                       "test": self._limit(self._evaluated(labelled), self.limit_test)}  # fmt: skip
             check_records(records, f"{self.name}/{self.category}" if self.category else self.name)
             self._records = records
         return self._records
+
+    def _evaluated(self, labelled: list[Record] | None) -> list[Record]:
+        if self.evaluate == "test":
+            return self.records("test")
+        if not labelled or all(r.gt_label == 0 for r in labelled):
+            raise ConfigError(
+                f"evaluate=validation needs a labelled validation split with anomalous images, and "
+                f"{self.name} has none here (a folder dataset's <category>/val/{{good,<defect>}}; ELPV's real defects)"
+            )
+        return labelled
 
     def setup(self, stage: str | None = None) -> None:
         records = self.checked_records()

@@ -9,7 +9,12 @@ dataset defines none for anomaly detection):
   defect vote); cells in between are left out;
 - the normal cells are shuffled with a fixed seed (0, independent of the run's seed) and
   ``test_normal_fraction`` of them go to the test split with every anomalous cell; the rest
-  is the training (and validation) data. Mono: 441 train / 147+486 test; poly: 690 / 230+630.
+  is the training data;
+- ``validation_fraction`` of those held-out cells (normal ones, and of each defect probability)
+  form a labelled validation split of real defects, disjoint from the test split (a second fixed
+  shuffle, seed 1): thresholds are set on its normal cells, and settings are chosen on it
+  (``evaluate=validation``), never on the test split.
+  Mono: 441 train / 49+162 validation / 98+324 test; poly: 690 / 77+210 / 153+420.
 """
 
 from __future__ import annotations
@@ -45,9 +50,11 @@ class ELPVDataModule(AnomalyDataModule):
         category: str | None = None,
         test_normal_fraction: float = 0.25,
         min_defect_probability: float = 0.3,
+        validation_fraction: float = 1 / 3,
         **kwargs,
     ) -> None:
         self.test_normal_fraction = test_normal_fraction
+        self.validation_fraction = validation_fraction
         self.min_defect_probability = min_defect_probability
         super().__init__(root=root, category=category, **kwargs)
         self.root = self.root or elpv_folder()
@@ -58,6 +65,7 @@ class ELPVDataModule(AnomalyDataModule):
             raise DatasetNotFoundError(f"ELPV labels not found at {folder / 'labels.csv'}")
 
     def records(self, split: str) -> list[Record]:
+        """``train``, ``validation`` or ``test``."""
         normal, anomalous = [], []
         with (self.root / "labels.csv").open() as f:
             for row in csv.reader(f, delimiter=" ", skipinitialspace=True):
@@ -70,8 +78,20 @@ class ELPVDataModule(AnomalyDataModule):
                     anomalous.append(Record(self.root / path, 1, None, f"p{prob:.2f}"))
         order = list(range(len(normal)))
         random.Random(0).shuffle(order)
-        n_test = int(round(len(normal) * self.test_normal_fraction))
-        test_ids = set(order[:n_test])
+        n_held_out = int(round(len(normal) * self.test_normal_fraction))
         if split == "train":
-            return [r for i, r in enumerate(normal) if i not in test_ids]
-        return [r for i, r in enumerate(normal) if i in test_ids] + anomalous
+            return [normal[i] for i in sorted(order[n_held_out:])]
+        held_out = [normal[i] for i in sorted(order[:n_held_out])]
+        groups = [held_out] + [[r for r in anomalous if r.defect == d] for d in sorted({r.defect for r in anomalous})]
+        validation, test = [], []
+        for group in groups:  # the same share of each kind of cell in both splits
+            picked = list(range(len(group)))
+            random.Random(1).shuffle(picked)
+            n_val = int(round(len(group) * self.validation_fraction))
+            validation += [group[i] for i in sorted(picked[:n_val])]
+            test += [group[i] for i in sorted(picked[n_val:])]
+        return validation if split == "validation" else test
+
+    def labelled_validation(self) -> list[Record]:
+        """Real defects held out from the test split (see the module's docstring)."""
+        return self.records("validation")
