@@ -230,6 +230,10 @@ class SyntheticValidation(L.Callback):
     ADPS trains on anomalies of this kind, so its numbers here flatter it against other methods:
     compare a method's own settings with them, not methods with one another.
 
+    Where the dataset has a labelled validation split with anomalies of its own (ELPV's real
+    defects, a folder's ``val/``), it is scored too, as ``val/labelled_<metric>``: the objective
+    that does not favour methods trained on synthetic anomalies (``enabled`` does not switch it off).
+
     Runs when training ends (``on_train_end``, before any callback's ``on_fit_end``) and hands its
     metrics on as ``trainer.callback_metrics["val/<metric>"]``, where the test's evaluation reads them."""
 
@@ -239,23 +243,43 @@ class SyntheticValidation(L.Callback):
     @torch.no_grad()
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
-        if not self.enabled or not hasattr(datamodule, "synthetic_validation_dataloader") or not datamodule.val_set:
+        if not hasattr(datamodule, "synthetic_validation_dataloader") or not datamodule.val_set:
             return
         from adkd.data.synthesis import AnomalySynthesizer
-        from adkd.metrics.collection import AnomalyMetrics
 
-        metrics = AnomalyMetrics(pixel=True)
         pl_module.eval()
-        with trainer.precision_plugin.forward_context():
-            for batch in datamodule.synthetic_validation_dataloader(AnomalySynthesizer(probability=1.0)):
-                anomaly_map, pred_score = pl_module.predict_maps(batch["image"].to(pl_module.device))
-                metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
-        validation = {f"val/{k}": v for k, v in metrics.compute().items() if v is not None}
-        shown = ", ".join(f"{k[4:]} {v:.4f}" for k, v in validation.items())
-        log.info("Validation with synthetic anomalies (%d images): %s", 2 * len(datamodule.val_set), shown)
+        validation = {}
+        if self.enabled:
+            loader = datamodule.synthetic_validation_dataloader(AnomalySynthesizer(probability=1.0))
+            validation |= {f"val/{k}": v for k, v in _scored(trainer, pl_module, loader, True).items()}
+            log.info("Validation with synthetic anomalies (%d images): %s", 2 * len(datamodule.val_set),
+                     _shown(validation))  # fmt: skip
+        records = datamodule.checked_records()["calibration"]
+        if any(r.gt_label for r in records):
+            loader = datamodule.calibration_dataloader()
+            labelled = {f"val/labelled_{k}": v for k, v in _scored(trainer, pl_module, loader, datamodule.has_masks
+                        and all(r.mask_path or not r.gt_label for r in records)).items()}  # fmt: skip
+            log.info("Validation on the dataset's labelled validation split (%d images): %s", len(records),
+                     _shown(labelled))  # fmt: skip
+            validation |= labelled
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in validation.items()})
         for logger in trainer.loggers:  # val/pixel_ap etc.: what a W&B sweep's metric names
             logger.log_metrics(validation, trainer.global_step)
+
+
+def _scored(trainer: L.Trainer, pl_module: L.LightningModule, loader, pixel: bool) -> dict[str, float]:  # noqa: ANN001
+    from adkd.metrics.collection import AnomalyMetrics
+
+    metrics = AnomalyMetrics(pixel=pixel)
+    with trainer.precision_plugin.forward_context():
+        for batch in loader:
+            anomaly_map, pred_score = pl_module.predict_maps(batch["image"].to(pl_module.device))
+            metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
+    return {k: v for k, v in metrics.compute().items() if v is not None}
+
+
+def _shown(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in metrics.items())
 
 
 def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

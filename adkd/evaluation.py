@@ -34,7 +34,7 @@ class Evaluation(L.Callback):
         from adkd.metrics.collection import METRIC_NAMES
 
         found = {k[4:]: float(v) for k, v in trainer.callback_metrics.items()
-                 if k.startswith("val/") and k[4:] in METRIC_NAMES}  # fmt: skip
+                 if k.startswith("val/") and k[4:].removeprefix("labelled_") in METRIC_NAMES}  # fmt: skip
         self.validation = found or None
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -93,6 +93,7 @@ class Evaluation(L.Callback):
             "label": run.get("label") or method,
             "dataset": run.get("dataset"),
             "category": getattr(trainer.datamodule, "category", None),
+            "split": getattr(trainer.datamodule, "evaluate", "test"),  # what "metrics" scored (evaluate=)
             **{key: run.get(key) for key in ("backbone", "pretrained", "image_size", "max_epochs", "seed")},
             "overrides": list(run.get("overrides") or []),
             "tags": list(run.get("tags") or []),

@@ -93,7 +93,7 @@ def test_every_method_exports_with_parity(method, tiny_mvtec, tmp_path):
         _export_and_predict(tmp_path / "run", tiny_mvtec, fmt, tmp_path)
 
 
-def test_a_labelled_validation_folder_offers_the_f1_optimal_threshold(tiny_mvtec, tmp_path, caplog):
+def test_a_labelled_validation_folder_is_scored_and_offers_the_f1_optimal_threshold(tiny_mvtec, tmp_path, caplog):
     import logging
 
     from adkd.run import run
@@ -106,10 +106,15 @@ def test_a_labelled_validation_folder_offers_the_f1_optimal_threshold(tiny_mvtec
         (val / "good").mkdir(parents=True, exist_ok=True)
         image.rename(val / "good" / image.name)
     with caplog.at_level(logging.INFO):
-        results = run(compose(tiny_overrides(root, "method=rd4ad", "threshold.mode=f1"), tmp_path / "run"))
+        overrides = tiny_overrides(root, "method=rd4ad", "threshold.mode=f1", "evaluate=validation")
+        results = run(compose(overrides, tmp_path / "run"))
     assert "F1-optimal image threshold on 6 labelled validation images" in caplog.text
     assert "used (threshold.mode=f1)" in caplog.text
     assert results["thresholds"]["image"] is not None
+    # every run scores the labelled validation split; evaluate=validation scores it in place of the test split
+    assert results["split"] == "validation"
+    assert results["validation"]["labelled_image_auroc"] == pytest.approx(results["metrics"]["image_auroc"], abs=1e-6)
+    assert "pixel_ap" in results["validation"] and "labelled_pixel_ap" not in results["validation"]  # val/ has no masks
 
 
 def test_the_f1_optimal_threshold_separates_what_it_can():
