@@ -4,12 +4,19 @@ Pairs (--method): rd4ad vs ReverseDistillation, stfpm vs Stfpm, patchcore vs Pat
 Same data (adkd's datamodule), backbone, image size, batch size and epochs for both; each
 project's own network, loss, optimizer recipe, anomaly-map smoothing, image score and input
 normalisation (adkd's inside its backbone, anomalib's from its pre-processor: ImageNet's); one
-metric code (adkd's) scores both. Both backbones get the very same weights: a torchvision ResNet
-state dict (ImageNet where --weights names one, else a seeded random init, since no ResNet weights
-can be had offline) is loaded into adkd's extractor and anomalib's timm extractor alike (anomalib's
-Stfpm would download its teacher: it is built without, then given these). Repeated over --seeds.
+metric code (adkd's) scores both. Both backbones get the very same weights, loaded into adkd's
+extractor and anomalib's timm extractor alike (anomalib's Stfpm would download its teacher: it is
+built without, then given these):
 
-    python experiments/peer_check_anomalib.py --method stfpm --category brick --epochs 10 --seeds 0 1 2
+- ``--backbone mobilenet_v2`` (STFPM, PatchCore): torchvision's ImageNet MobileNetV2, the file that
+  ships in a package, as timm's ``mobilenetv2_100`` on anomalib's side (the same network, its
+  tensors renamed in order); anomalib's ReverseDistillation builds decoders for ResNets only;
+- a ResNet: a torchvision state dict, ImageNet where --weights names one, else a seeded random init
+  (no ResNet weights can be had offline), so image AUROC then varies by tens of points over seeds.
+
+Repeated over --seeds (the teacher's init too, where it is random).
+
+    python experiments/peer_check_anomalib.py --method stfpm --backbone mobilenet_v2 --category brick --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -30,9 +37,23 @@ def imagenet_normalized(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
+TIMM = {  # adkd backbone -> anomalib's timm name, and adkd's stage numbers as timm's layer names
+    "resnet18": ("resnet18", {1: "layer1", 2: "layer2", 3: "layer3"}),
+    "wide_resnet50_2": ("wide_resnet50_2", {1: "layer1", 2: "layer2", 3: "layer3"}),
+    "mobilenet_v2": ("mobilenetv2_100", {1: "blocks.1", 2: "blocks.2", 3: "blocks.4"}),
+}
+
+
 def _load_teacher(extractor, weights: str) -> None:  # noqa: ANN001
-    """A torchvision ResNet state dict into anomalib's timm feature extractor (same key names)."""
+    """A torchvision state dict into anomalib's timm feature extractor: by name for a ResNet (the
+    same key names), in order for MobileNetV2 (the same tensors, named otherwise by timm)."""
     state = torch.load(weights, map_location="cpu", weights_only=True)
+    target = extractor.state_dict()
+    if not set(target) <= set(state):
+        ours = [v for k, v in state.items() if not k.startswith("classifier")]
+        assert len(ours) >= len(target), "teacher weights do not fit anomalib's extractor"
+        assert all(a.shape == b.shape for a, b in zip(ours, target.values(), strict=False)), "tensor shapes differ"
+        state = dict(zip(target, ours, strict=False))
     missing, _ = extractor.load_state_dict(state, strict=False)
     assert not missing, f"teacher weights did not fit anomalib's extractor: {missing[:3]}"
 
@@ -42,8 +63,9 @@ def anomalib_rd4ad(backbone: str, image_size: int, weights: str):  # noqa: ANN20
     from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
     from anomalib.models.image.reverse_distillation.torch_model import ReverseDistillationModel
 
+    name, layers = TIMM[backbone]
     model = ReverseDistillationModel(
-        backbone, (image_size, image_size), ["layer1", "layer2", "layer3"], AnomalyMapGenerationMode.ADD, False
+        name, (image_size, image_size), [layers[i] for i in (1, 2, 3)], AnomalyMapGenerationMode.ADD, False
     )
     _load_teacher(model.encoder.feature_extractor, weights)
     params = list(model.decoder.parameters()) + list(model.bottleneck.parameters())
@@ -59,7 +81,8 @@ def anomalib_stfpm(backbone: str, image_size: int, weights: str):  # noqa: ANN20
     original = stfpm.TimmFeatureExtractor  # STFPMModel always asks timm for a pretrained teacher: a download
     stfpm.TimmFeatureExtractor = lambda *a, **kw: original(*a, **{**kw, "pre_trained": False})
     try:
-        model = stfpm.STFPMModel(["layer1", "layer2", "layer3"], backbone)
+        name, layers = TIMM[backbone]
+        model = stfpm.STFPMModel([layers[i] for i in (1, 2, 3)], name)
     finally:
         stfpm.TimmFeatureExtractor = original
     _load_teacher(model.teacher_model.feature_extractor, weights)
@@ -72,7 +95,8 @@ def anomalib_stfpm(backbone: str, image_size: int, weights: str):  # noqa: ANN20
 def anomalib_patchcore(backbone: str, image_size: int, weights: str):  # noqa: ANN201
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    model = PatchcoreModel(["layer2", "layer3"], backbone, pre_trained=False)
+    name, layers = TIMM[backbone]
+    model = PatchcoreModel([layers[2], layers[3]], name, pre_trained=False)
     _load_teacher(model.feature_extractor.feature_extractor, weights)
     return model, None, None  # one pass stores the embeddings; the coreset follows
 
@@ -111,7 +135,7 @@ def main() -> None:
     parser.add_argument("--method", default="rd4ad", choices=sorted(ANOMALIB))
     parser.add_argument("--dataset", default="textures")
     parser.add_argument("--category", default="brick")
-    parser.add_argument("--backbone", default="resnet18", help="a torchvision ResNet name")
+    parser.add_argument("--backbone", default="resnet18", choices=sorted(TIMM))
     parser.add_argument("--weights", default=None, help="torchvision state dict for the teacher (default: random)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -130,7 +154,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             weights = args.weights
-            if weights is None:
+            if weights is None and args.backbone == "mobilenet_v2":
+                from adkd.backbones.registry import BACKBONES
+
+                weights = BACKBONES["mobilenet_v2"].offline()  # ImageNet, shipped in a package
+            elif weights is None:
                 torch.manual_seed(seed)
                 weights = f"{tmp}/teacher_{seed}.pth"
                 torch.save(getattr(torchvision.models, args.backbone)(weights=None).state_dict(), weights)
@@ -152,7 +180,7 @@ def main() -> None:
             shown = "; ".join(f"{k} adkd {a[k]:.4f} anomalib {b[k]:.4f}" for k in keys if k in b)
             print(f"seed {seed}: {shown}", flush=True)
 
-    teacher = args.weights or "random (seeded, shared)"
+    teacher = args.weights or ("ImageNet (shared)" if args.backbone == "mobilenet_v2" else "random (seeded, shared)")
     print(f"\n{args.method} vs anomalib on {args.dataset}/{args.category}, {args.backbone} weights {teacher}, "
           f"{args.image_size} px, {args.epochs} epochs, seeds {args.seeds}")  # fmt: skip
     print(f"{'metric':<14}{'adkd':>16}{'anomalib':>16}{'diff':>8}")
