@@ -5,7 +5,8 @@ the smoothed anomaly map, the image score and both normalised around the thresho
 the input normalisation, the blur and the thresholds inside. The export ends with a parity check
 on test images of the run's own dataset (random images where that is not at hand): the exported
 model's maps and scores must match the checkpoint's to ``--tolerance`` (relative to the largest
-value), or the export fails and prints the differences (the normalised outputs are reported too).
+value; default 1e-4, or the looser ``export_tolerance`` a network declares, with its reason), or the
+export fails and prints the differences (the normalised outputs are reported too).
 
 ONNX goes through torch's dynamo exporter (opset 18), which handles DHKD's FFT filter and
 normalizing flow and ADPS's patch split; TorchScript through tracing.
@@ -51,9 +52,15 @@ def parity_images(config: dict, n: int = 8) -> tuple[torch.Tensor, str]:
         return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)), f"{n} random images"
 
 
-def export(source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: float = 1e-4) -> tuple[Path, dict]:
+def parity_tolerance(model: torch.nn.Module) -> float:
+    """1e-4, or the looser bound a network declares (``export_tolerance``, with its reason)."""
+    return max(1e-4, float(getattr(model.network, "export_tolerance", 0.0)))
+
+
+def export(source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: float | None = None) -> tuple[Path, dict]:
     """Export and check parity; returns the file and the largest differences per output."""
     model, config = load_model(source)
+    tolerance = tolerance or parity_tolerance(model)
     if not model.post.calibrated:
         print(f"warning: {unfinished(config)}: the export's normalised outputs are NaN, and its users have no "
               "threshold.", file=sys.stderr)  # fmt: skip
@@ -98,7 +105,8 @@ def export(source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: 
         out.unlink(missing_ok=True)
         raise UserError(
             f"Exported {fmt} model differs from the checkpoint on {described}: {report} "
-            f"(largest difference / largest value; tolerance {tolerance:g}). Nothing was written."
+            f"(largest difference / largest value; tolerance {tolerance:g}). Nothing was written. "
+            f"Differences of float rounding (below 1e-3) can be accepted with --tolerance."
         )
     print(f"Parity on {described}: {report} (tolerance {tolerance:g})")
     return out, differences
@@ -167,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="a run folder (with checkpoints/last.ckpt) or a .ckpt file")
     parser.add_argument("--format", choices=sorted(SUFFIX), default="onnx")
     parser.add_argument("--out", type=Path, default=None, help="default: <run folder>/export/model.onnx|.pt")
-    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="largest relative difference accepted (default 1e-4, or the method's own)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         path, _ = export(args.model, args.format, args.out, args.tolerance)

@@ -94,7 +94,9 @@ def test_inference_layout_leaves_the_maps_unchanged(name, tiny_mvtec, tmp_path):
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     after, score_after = model.predict_maps(x)
-    assert torch.allclose(before, after, atol=1e-5) and torch.allclose(score_before, score_after, atol=1e-5)
+    # float rounding only (reductions run in another order: RD++'s InstanceNorm moves its maps by 2e-5 of their range)
+    close = dict(rtol=1e-4, atol=1e-5)
+    assert torch.allclose(before, after, **close) and torch.allclose(score_before, score_after, **close)
 
 
 def test_blur_of_a_map_smaller_than_its_kernel_cuts_the_kernel_to_the_map():

@@ -1,0 +1,51 @@
+"""The KD methods added beside the papers' comparators (RD++), against what their official code builds
+(parameter counts and output shapes at 256 px, on the meta device: no weights, no compute) and
+their losses against hand-computed cases."""
+
+import pytest
+import torch
+
+from adkd.methods.rdpp.loss import projection_loss, simplex_like_noise
+from adkd.methods.rdpp.network import Projection, RDPPNetwork
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_rdpp_projection_is_the_official_multi_projection_layer():
+    # four 3x3 convolutions c -> c/2 -> c/4 -> c/2 -> c with bias: 11.25 c^2 + 2.25 c, for WRN-50-2's
+    # 256, 512 and 1024 channels 15,486,912 together
+    assert [count(Projection(c)) for c in (256, 512, 1024)] == [737_856, 2_950_272, 11_798_784]
+    with torch.device("meta"):
+        net = RDPPNetwork("wide_resnet50_2", pretrained=False)
+        images = torch.empty(2, 3, 256, 256)
+        out = net(images, images)
+    shapes = [(256, 64), (512, 32), (1024, 16)]
+    for key in ("teacher", "student", "projected", "projected_noisy"):
+        assert [(f.shape[1], f.shape[-1]) for f in out[key]] == shapes
+    assert count(net.projection) == 15_486_912
+
+
+def test_rdpp_projection_loss_by_hand():
+    p = torch.randn(2, 4, 3, 3)
+    # the noisy projection opposite the clean one: 1 - cos = 2; the noisy teacher features equal to
+    # the clean projection: cos = 1, so the contrast term is 1 - 0.5
+    losses = projection_loss([p.clone()], [p], [-p])
+    assert float(losses["reconstruction"]) == pytest.approx(2.0)
+    assert float(losses["contrast"]) == pytest.approx(0.5)
+    assert float(losses["projection"]) == pytest.approx((0.01 * 2 + 0.1 * 0.5) / 1.11)
+    orthogonal = torch.zeros(2, 4, 3, 3)
+    orthogonal[:, 0], p2 = 1.0, torch.zeros(2, 4, 3, 3)
+    p2[:, 1] = 1.0
+    assert float(projection_loss([orthogonal], [p2], [p2])["contrast"]) == pytest.approx(0.0)  # cos 0 < margin
+
+
+def test_rdpp_noise_is_one_patch_per_image():
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 256, 256)
+    changed = (simplex_like_noise(images) != images).any(1)
+    for mask in changed:
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert 10 <= height < 32 and 10 <= width < 32  # the official code's patch sides at 256 px
