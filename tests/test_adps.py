@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from adkd.backbones import FeatureExtractor
 from adkd.data.synthesis import AnomalySynthesizer
@@ -58,6 +59,11 @@ def test_weight_mask_block_and_maps():
     assert 0 <= float(net.anomaly_map(x).min()) and float(net.anomaly_map(x).max()) <= 1  # a probability
     no_psm = ADPSNetwork("mobilenet_v2", pretrained=False, k=2, psm=False).eval()
     assert no_psm.psm is None and no_psm.anomaly_map(x).shape == (2, 1, 64, 64)
+    # scoring by the coarse map: sum over scales of 1 - W_i, upsampled, whatever the PSM says
+    net.inference_map = "coarse"
+    weights = net(x)["weights"]
+    coarse = sum(F.interpolate(1 - w, size=(64, 64), mode="bilinear", align_corners=False) for w in weights)
+    assert torch.allclose(net.anomaly_map(x), coarse, atol=1e-6) and float(coarse.max()) > 1  # not a probability
 
 
 def test_student_init_random_differs_from_teacher_and_copy_matches():
