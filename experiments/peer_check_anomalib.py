@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--adkd-only", action="store_true", help="train adkd's side only (anomalib's measured before)")
     args = parser.parse_args()
 
     import torchvision
@@ -169,6 +170,9 @@ def main() -> None:
             ]  # fmt: skip
             cfg = compose(overrides, f"{tmp}/run_{seed}")
             a = run(cfg)["metrics"]
+            if args.adkd_only:
+                print(f"seed {seed}: " + "; ".join(f"{k} adkd {a[k]:.4f}" for k in keys if a.get(k) is not None), flush=True)
+                continue
             dm = instantiate(cfg.dataset)
             dm.prepare_data()
             dm.setup()
