@@ -57,7 +57,9 @@ def parity_tolerance(model: torch.nn.Module) -> float:
     return max(1e-4, float(getattr(model.network, "export_tolerance", 0.0)))
 
 
-def export(source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: float | None = None) -> tuple[Path, dict]:
+def export(
+    source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: float | None = None
+) -> tuple[Path, dict]:
     """Export and check parity; returns the file and the largest differences per output."""
     model, config = load_model(source)
     tolerance = tolerance or parity_tolerance(model)

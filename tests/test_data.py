@@ -98,7 +98,8 @@ def test_an_image_that_fails_to_decode_is_named(tiny_mvtec, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("category", "train", "validation", "test"), [("mono", 441, (49, 162), (98, 324)), ("poly", 690, (77, 210), (153, 420))]
+    ("category", "train", "validation", "test"),
+    [("mono", 441, (49, 162), (98, 324)), ("poly", 690, (77, 210), (153, 420))],
 )
 def test_elpv_split_is_fixed_and_disjoint(category, train, validation, test):
     dm = ELPVDataModule(category=category)
