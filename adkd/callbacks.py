@@ -173,8 +173,14 @@ class Calibrate(L.Callback):
     buffers of the model, so the checkpoint written after it (:class:`LastCheckpoint`) holds them.
     ``image``/``pixel`` fix one by hand.
 
-    Where the validation split also holds labelled anomalous images (a folder dataset's ``val/``),
-    the F1-optimal image threshold on it is computed too and logged; ``mode: f1`` uses it."""
+    Where the validation split also holds labelled anomalous images (ELPV's real defects, a folder
+    dataset's ``val/``), the same pass scores it: ``val/labelled_<metric>`` in
+    ``trainer.callback_metrics`` (metrics.json's ``validation``) and the loggers, the objective that
+    does not favour methods trained on synthetic anomalies; and the F1-optimal image threshold on
+    it is logged, which ``mode: f1`` uses.
+
+    Runs when training ends (``on_train_end``), so that the evaluation finds these metrics at
+    ``on_fit_end`` and the last checkpoint, written after every callback, holds the thresholds."""
 
     def __init__(self, fpr: float = 0.01, image: float | None = None, pixel: float | None = None,
                  mode: str = "fpr") -> None:  # fmt: skip
@@ -183,10 +189,15 @@ class Calibrate(L.Callback):
         self.fpr, self.image, self.pixel, self.mode = fpr, image, pixel, mode
 
     @torch.no_grad()
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from adkd.metrics.collection import AnomalyMetrics
+
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "calibration_dataloader"):
             return
+        records = datamodule.checked_records()["calibration"]
+        masks = datamodule.has_masks and all(r.mask_path or not r.gt_label for r in records)
+        metrics = AnomalyMetrics(pixel=masks) if any(r.gt_label for r in records) else None
         pl_module.eval()
         scores, maps, labels = [], [], []
         with trainer.precision_plugin.forward_context():
@@ -195,6 +206,13 @@ class Calibrate(L.Callback):
                 scores.append(pred_score.float().cpu())
                 maps.append(anomaly_map.float().cpu())
                 labels.append(batch["gt_label"].cpu())
+                if metrics is not None:
+                    metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
+        if metrics is not None:
+            labelled = {f"val/labelled_{k}": v for k, v in metrics.compute().items() if v is not None}
+            log.info("Validation on the dataset's labelled validation split (%d images): %s", len(records),
+                     _shown(labelled))  # fmt: skip
+            _hand_on(trainer, labelled)
         post, image = pl_module.post, self.image
         if scores:
             scores, maps, labels = torch.cat(scores), torch.cat(maps), torch.cat(labels).bool()
@@ -230,9 +248,7 @@ class SyntheticValidation(L.Callback):
     ADPS trains on anomalies of this kind, so its numbers here flatter it against other methods:
     compare a method's own settings with them, not methods with one another.
 
-    Where the dataset has a labelled validation split with anomalies of its own (ELPV's real
-    defects, a folder's ``val/``), it is scored too, as ``val/labelled_<metric>``: the objective
-    that does not favour methods trained on synthetic anomalies (``enabled`` does not switch it off).
+    The dataset's own labelled validation split, where it has one, is scored by :class:`Calibrate`.
 
     Runs when training ends (``on_train_end``, before any callback's ``on_fit_end``) and hands its
     metrics on as ``trainer.callback_metrics["val/<metric>"]``, where the test's evaluation reads them."""
@@ -243,39 +259,29 @@ class SyntheticValidation(L.Callback):
     @torch.no_grad()
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
-        if not hasattr(datamodule, "synthetic_validation_dataloader") or not datamodule.val_set:
+        if not self.enabled or not hasattr(datamodule, "synthetic_validation_dataloader") or not datamodule.val_set:
             return
         from adkd.data.synthesis import AnomalySynthesizer
+        from adkd.metrics.collection import AnomalyMetrics
 
+        metrics = AnomalyMetrics(pixel=True)
         pl_module.eval()
-        validation = {}
-        if self.enabled:
-            loader = datamodule.synthetic_validation_dataloader(AnomalySynthesizer(probability=1.0))
-            validation |= {f"val/{k}": v for k, v in _scored(trainer, pl_module, loader, True).items()}
-            log.info("Validation with synthetic anomalies (%d images): %s", 2 * len(datamodule.val_set),
-                     _shown(validation))  # fmt: skip
-        records = datamodule.checked_records()["calibration"]
-        if any(r.gt_label for r in records):
-            loader = datamodule.calibration_dataloader()
-            labelled = {f"val/labelled_{k}": v for k, v in _scored(trainer, pl_module, loader, datamodule.has_masks
-                        and all(r.mask_path or not r.gt_label for r in records)).items()}  # fmt: skip
-            log.info("Validation on the dataset's labelled validation split (%d images): %s", len(records),
-                     _shown(labelled))  # fmt: skip
-            validation |= labelled
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in validation.items()})
-        for logger in trainer.loggers:  # val/pixel_ap etc.: what a W&B sweep's metric names
-            logger.log_metrics(validation, trainer.global_step)
+        with trainer.precision_plugin.forward_context():
+            for batch in datamodule.synthetic_validation_dataloader(AnomalySynthesizer(probability=1.0)):
+                anomaly_map, pred_score = pl_module.predict_maps(batch["image"].to(pl_module.device))
+                metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
+        validation = {f"val/{k}": v for k, v in metrics.compute().items() if v is not None}
+        log.info("Validation with synthetic anomalies (%d images): %s", 2 * len(datamodule.val_set),
+                 _shown(validation))  # fmt: skip
+        _hand_on(trainer, validation)
 
 
-def _scored(trainer: L.Trainer, pl_module: L.LightningModule, loader, pixel: bool) -> dict[str, float]:  # noqa: ANN001
-    from adkd.metrics.collection import AnomalyMetrics
-
-    metrics = AnomalyMetrics(pixel=pixel)
-    with trainer.precision_plugin.forward_context():
-        for batch in loader:
-            anomaly_map, pred_score = pl_module.predict_maps(batch["image"].to(pl_module.device))
-            metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
-    return {k: v for k, v in metrics.compute().items() if v is not None}
+def _hand_on(trainer: L.Trainer, validation: dict[str, float]) -> None:
+    """Validation metrics into ``trainer.callback_metrics`` (where the evaluation reads them at
+    ``on_fit_end``) and the loggers (val/pixel_ap etc.: what a W&B sweep's metric names)."""
+    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in validation.items()})
+    for logger in trainer.loggers:
+        logger.log_metrics(validation, trainer.global_step)
 
 
 def _shown(metrics: dict[str, float]) -> str:
