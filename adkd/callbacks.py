@@ -139,6 +139,26 @@ class LastCheckpoint(Checkpoint):
         random.setstate(states["python"])
 
 
+class StopOnDivergence(L.Callback):
+    """Ends the run with a clear error at the end of the first epoch whose mean training loss is
+    NaN or infinite, before that epoch's checkpoint is written (checkpoint callbacks run last):
+    last.ckpt keeps the previous epoch's finite weights, and no metrics are computed from NaN maps.
+    Checked once an epoch, on the logged mean, so that no training step waits for the GPU."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is None or bool(torch.isfinite(loss)):
+            return
+        from adkd.errors import TrainingDivergedError
+
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        raise TrainingDivergedError(
+            f"training diverged: the mean training loss of epoch {trainer.current_epoch} is {float(loss)}. "
+            f"Lower the learning rate (now lr={lr}) or raise batch_size; last.ckpt, if any, holds the "
+            "previous epoch's weights."
+        )
+
+
 class ConvergedStop(EarlyStopping):
     """Lightning's early stopping on the validation loss (``budget=converged``), made aware of
     methods that train in phases: the count starts afresh when the phase changes (the monitored

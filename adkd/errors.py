@@ -35,6 +35,10 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used for this run."""
 
 
+class TrainingDivergedError(UserError, RuntimeError):
+    """The training loss became NaN or infinite: the weights are lost, the run cannot go on."""
+
+
 def cause_in(err: BaseException, match) -> BaseException | None:  # noqa: ANN001
     """The first error in ``err``'s chain of causes for which ``match`` is true (Hydra's instantiate,
     Lightning's trainer and torch's save all wrap what they raise)."""

@@ -1,16 +1,43 @@
-"""The KD methods added beside the papers' comparators (RD++), against what their official code builds
+"""The KD methods added beside the papers' comparators, against what their official code builds
 (parameter counts and output shapes at 256 px, on the meta device: no weights, no compute) and
 their losses against hand-computed cases."""
 
 import pytest
 import torch
 
+from adkd.methods.draem.loss import ssim_loss, ssim_map
+from adkd.methods.draem.network import DRAEMNetwork
 from adkd.methods.rdpp.loss import projection_loss, simplex_like_noise
 from adkd.methods.rdpp.network import Projection, RDPPNetwork
 
 
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def test_draem_builds_what_the_official_code_builds():
+    with torch.device("meta"):
+        net = DRAEMNetwork()
+        reconstruction, logits = net(torch.empty(2, 3, 256, 256))
+    # the official code's ReconstructiveSubNetwork(3, 3, 128) and DiscriminativeSubNetwork(6, 2, 64)
+    # (anomalib's DraemModel counts the same)
+    assert (count(net.reconstructive), count(net.discriminative)) == (69_048_579, 28_374_146)
+    assert reconstruction.shape == (2, 3, 256, 256) and logits.shape == (2, 2, 256, 256)
+
+
+def test_draem_ssim_is_the_gaussian_window_ssim():
+    from skimage.metrics import structural_similarity
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 48, 48)
+    y = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    # inside the border (where zero padding reaches no window), scikit-image's Gaussian SSIM
+    reference = structural_similarity(x[0, 0].numpy(), y[0, 0].numpy(), gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False, data_range=1.0)  # fmt: skip
+    assert float(ssim_map(x, y)[..., 5:-5, 5:-5].mean()) == pytest.approx(reference, abs=1e-5)
+    a, b = (torch.full((1, 1, 32, 32), v, dtype=torch.float64) for v in (0.2, 0.6))  # constant: (2ab + C1) / (a^2 + b^2 + C1)
+    assert float(ssim_map(a, b)[..., 5:-5, 5:-5].mean()) == pytest.approx((0.24 + 1e-4) / (0.4 + 1e-4), abs=1e-6)
+    assert float(ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_rdpp_projection_is_the_official_multi_projection_layer():

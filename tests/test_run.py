@@ -32,12 +32,13 @@ def finds_the_square(results: dict) -> bool:
 
 
 def floor_run(method: str, root: Path, out: Path, *extra: str) -> dict:
-    """A method as its yaml builds it, with its small-data recipe (budget=demo: 10 epochs) and the
-    offline ImageNet weights of mobilenet_v2, on the 32 px fixture: a few seconds each."""
+    """A method as its yaml builds it, with its small-data recipe (budget=demo: 10 epochs, or the
+    method's ``recipe.small.max_epochs``) and the offline ImageNet weights of mobilenet_v2, on the
+    32 px fixture: a few seconds each."""
     from adkd.run import run
 
-    return run(compose(tiny_overrides(root, f"method={method}", "budget=demo", "backbone.pretrained=true",
-                                      "max_epochs=10", *extra), out))  # fmt: skip
+    overrides = [o for o in tiny_overrides(root) if o != "max_epochs=1"]  # the budget's epochs
+    return run(compose([*overrides, f"method={method}", "budget=demo", "backbone.pretrained=true", *extra], out))
 
 
 @pytest.mark.parametrize("method", method_names())

@@ -74,3 +74,13 @@ class AnomalySynthesizer(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         augmented, masks = self.generator(images.float())
         return augmented.clamp(0, 1).to(images.dtype), (masks > 0.5).to(images.dtype)
+
+
+def anomalous_batch(batch: dict, synthesizer: AnomalySynthesizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images with synthetic anomalies, their masks, the images before them) for a training batch:
+    the ones adkd's datamodules add in their loaders, or, for a batch from any other loader, made
+    here by ``synthesizer`` on the batch's device."""
+    if batch.get("synthetic") is not None:
+        return batch["image"], batch["gt_mask"], batch["clean"]
+    images, masks = synthesizer(batch["image"])
+    return images, masks, batch["image"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from adkd.data.synthesis import AnomalySynthesizer
+from adkd.data.synthesis import AnomalySynthesizer, anomalous_batch
 from adkd.methods.adps.loss import focal_segmentation_loss, masked_distillation_loss
 from adkd.methods.adps.network import ADPSNetwork
 from adkd.methods.base import AnomalyModule
@@ -36,10 +36,7 @@ class ADPS(AnomalyModule):
         self.seg_weight, self.focal_gamma, self.focal_alpha = seg_weight, focal_gamma, focal_alpha
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        if batch.get("synthetic") is not None:  # the datamodule's loader added them
-            images, mask = batch["image"], batch["gt_mask"]
-        else:
-            images, mask = self.synthesizer(batch["image"])
+        images, mask, _ = anomalous_batch(batch, self.synthesizer)
         out = self.network(images)
         losses, total = {}, 0
         if out["teacher"] is not None and out["student"] is not None:
