@@ -1,43 +1,18 @@
-"""The KD methods added beside the papers' comparators, against what their official code builds
+"""The KD methods added beside the papers' comparators (RD++, DeSTSeg), against what their official code builds
 (parameter counts and output shapes at 256 px, on the meta device: no weights, no compute) and
 their losses against hand-computed cases."""
+
+import math
 
 import pytest
 import torch
 
-from adkd.methods.draem.loss import ssim_loss, ssim_map
-from adkd.methods.draem.network import DRAEMNetwork
 from adkd.methods.rdpp.loss import projection_loss, simplex_like_noise
 from adkd.methods.rdpp.network import Projection, RDPPNetwork
 
 
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def test_draem_builds_what_the_official_code_builds():
-    with torch.device("meta"):
-        net = DRAEMNetwork()
-        reconstruction, logits = net(torch.empty(2, 3, 256, 256))
-    # the official code's ReconstructiveSubNetwork(3, 3, 128) and DiscriminativeSubNetwork(6, 2, 64)
-    # (anomalib's DraemModel counts the same)
-    assert (count(net.reconstructive), count(net.discriminative)) == (69_048_579, 28_374_146)
-    assert reconstruction.shape == (2, 3, 256, 256) and logits.shape == (2, 2, 256, 256)
-
-
-def test_draem_ssim_is_the_gaussian_window_ssim():
-    from skimage.metrics import structural_similarity
-
-    torch.manual_seed(0)
-    x = torch.rand(1, 1, 48, 48)
-    y = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
-    # inside the border (where zero padding reaches no window), scikit-image's Gaussian SSIM
-    reference = structural_similarity(x[0, 0].numpy(), y[0, 0].numpy(), gaussian_weights=True, sigma=1.5,
-                                      use_sample_covariance=False, data_range=1.0)  # fmt: skip
-    assert float(ssim_map(x, y)[..., 5:-5, 5:-5].mean()) == pytest.approx(reference, abs=1e-5)
-    a, b = (torch.full((1, 1, 32, 32), v, dtype=torch.float64) for v in (0.2, 0.6))  # constant: (2ab + C1) / (a^2 + b^2 + C1)
-    assert float(ssim_map(a, b)[..., 5:-5, 5:-5].mean()) == pytest.approx((0.24 + 1e-4) / (0.4 + 1e-4), abs=1e-6)
-    assert float(ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_rdpp_projection_is_the_official_multi_projection_layer():
@@ -76,3 +51,38 @@ def test_rdpp_noise_is_one_patch_per_image():
         rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
         height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
         assert 10 <= height < 32 and 10 <= width < 32  # the official code's patch sides at 256 px
+
+
+def test_destseg_builds_what_the_official_code_builds():
+    from adkd.methods.destseg.network import DeSTSegNetwork
+
+    with torch.device("meta"):
+        net = DeSTSegNetwork("resnet18", pretrained=False)
+        images = torch.empty(2, 3, 256, 256)
+        teacher, student, logits = net(images)
+        anomaly_map = net.anomaly_map(images)
+    # apple/ml-destseg with ResNet-18: teacher (layers 1-3), student (encoder + decoder), segmentation
+    # network and its ASPP
+    assert count(net.teacher) == 2_782_784 and count(net.student) == 24_665_024
+    assert count(net.segmentation) == 7_706_369 and count(net.segmentation.head[0]) == 4_196_864
+    assert [(t.shape[1], t.shape[-1]) for t in teacher] == [(64, 64), (128, 32), (256, 16)]
+    assert [s.shape for s in student] == [t.shape for t in teacher]
+    assert logits.shape == (2, 1, 64, 64) and anomaly_map.shape == (2, 1, 256, 256)
+
+
+def test_destseg_losses_by_hand():
+    from adkd.methods.destseg.loss import denoising_loss, segmentation_loss
+
+    t = [torch.nn.functional.normalize(torch.randn(3, 8, 4, 4), dim=1) for _ in range(2)]
+    assert float(denoising_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+    # opposite features: 1 - cos = 2 at every position, summed over 3 images and 2 scales
+    assert float(denoising_loss(t, [-x for x in t])) == pytest.approx(12.0)
+    # logits 0: p = 0.5 everywhere, so focal = ln 2 x 0.5^4 and L1 = 0.5, whatever the mask
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :8, :] = 1
+    losses = segmentation_loss(torch.zeros(1, 1, 4, 4), mask, gamma=4.0)
+    assert float(losses["focal"]) == pytest.approx(math.log(2) / 16) and float(losses["l1"]) == pytest.approx(0.5)
+    # a confident, right prediction at 1/4 of the mask's size (the mask brought down bilinearly)
+    right = torch.full((1, 1, 4, 4), -20.0)
+    right[..., :2, :] = 20.0
+    assert float(segmentation_loss(right, mask)["l1"]) == pytest.approx(0.0, abs=1e-6)

@@ -122,3 +122,13 @@ def test_precision_recall_and_fpr_at_the_threshold():
     metrics.update(torch.tensor([0.1, 0.2, 0.6, 0.4, 0.7, 0.9]), torch.tensor([0, 0, 0, 1, 1, 1]))
     out = metrics.at_threshold(0.5)  # predicted anomalous: 0.6 (wrong), 0.7, 0.9; missed: 0.4
     assert out == {"image_f1": 4 / 6, "image_precision": 2 / 3, "image_recall": 2 / 3, "image_fpr": 1 / 3}
+
+
+def test_the_top_share_score_is_the_mean_of_the_top_pixels_and_traces_for_export():
+    from adkd.methods.postprocess import PostProcessor
+
+    post = PostProcessor(map_sigma=0, score="topk", topk=0.05)  # 5% of 10 x 10: the top 5 pixels
+    raw = torch.arange(100.0).reshape(1, 1, 10, 10).repeat(2, 1, 1, 1)
+    assert post(raw)[1].tolist() == [97.0, 97.0]
+    traced = torch.jit.trace(post, raw)  # as export traces it (the pixel count must stay a number)
+    assert traced(raw.flip(-1))[1].tolist() == [97.0, 97.0]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 from kornia.filters import gaussian_blur2d
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,8 +25,7 @@ def gaussian_blur(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
 class PostProcessor(nn.Module):
     """Raw map (B,1,H,W) -> smoothed map and image score (max, mean, or mean of the top ``topk``
     share of pixels), in float32 even under AMP. The score is taken from the map smoothed with
-    ``score_sigma`` (default: the map's ``sigma``): ADPS keeps its map sharp and scores max(G(M));
-    and then, where ``score_box`` is set, averaged over score_box x score_box windows (DRAEM).
+    ``score_sigma`` (default: the map's ``sigma``): ADPS keeps its map sharp and scores max(G(M)).
 
     Thresholds: set by :meth:`calibrate` from normal validation images, so that a share ``fpr``
     of normal images (and of normal pixels) lies above them: no anomalous images are needed, and
@@ -37,17 +35,9 @@ class PostProcessor(nn.Module):
     """
 
     def __init__(
-        self,
-        map_sigma: float = 4.0,
-        score: str = "max",
-        topk: float = 0.01,
-        score_sigma: float | None = None,
-        score_box: int = 0,
+        self, map_sigma: float = 4.0, score: str = "max", topk: float = 0.01, score_sigma: float | None = None
     ) -> None:
         super().__init__()
-        if score_box and score_box % 2 == 0:
-            raise ValueError(f"score_box is the odd side of a mean filter (DRAEM: 21), or 0; got {score_box}")
-        self.score_box = int(score_box)
         sigma = map_sigma
         if score not in ("max", "mean", "topk"):
             raise ValueError(f"score must be 'max', 'mean' or 'topk', got {score!r}")
@@ -66,13 +56,12 @@ class PostProcessor(nn.Module):
         with torch.autocast(raw_map.device.type, enabled=False):
             anomaly_map = gaussian_blur(raw_map.float(), self.sigma)
             scored = anomaly_map if self.score_sigma == self.sigma else gaussian_blur(raw_map.float(), self.score_sigma)
-            if self.score_box > 1:  # DRAEM: the score is the max of the map's local means (zero padding counted)
-                scored = F.avg_pool2d(scored, self.score_box, 1, self.score_box // 2)
             flat = scored.flatten(1)
             if self.score == "max":
                 pred_score = flat.amax(1)
             elif self.score == "topk":
-                pred_score = flat.topk(max(1, round(self.topk * flat.shape[1])), dim=1).values.mean(1)
+                pixels = int(flat.shape[1])  # a constant in exported graphs too: their image size is fixed
+                pred_score = flat.topk(max(1, round(self.topk * pixels)), dim=1).values.mean(1)
             else:
                 pred_score = flat.mean(1)
         return anomaly_map, pred_score

@@ -43,8 +43,8 @@ class DeSTSeg(AnomalyModule):
         max_epochs = self.trainer.max_epochs if self._trainer is not None else 1
         if max_epochs < 2:
             return "student"
-        return "student" if self.current_epoch < min(max(1, round(self.student_fraction * max_epochs)), max_epochs - 1) \
-            else "segmentation"  # fmt: skip
+        student_epochs = min(max(1, round(self.student_fraction * max_epochs)), max_epochs - 1)
+        return "student" if self.current_epoch < student_epochs else "segmentation"
 
     def early_stopping_phase(self) -> str | None:
         """The student's stage runs its share of the epochs; early stopping watches the segmentation's."""

@@ -32,7 +32,8 @@ from adkd.backbones import FeatureExtractor
 def basic_blocks(c_in: int, c_out: int, blocks: int = 2) -> nn.Sequential:
     """ResNet BasicBlocks at stride 1; the first has a 1x1 conv + BN shortcut where the width changes."""
     shortcut = None if c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
-    return nn.Sequential(BasicBlock(c_in, c_out, downsample=shortcut), *[BasicBlock(c_out, c_out) for _ in range(blocks - 1)])
+    rest = [BasicBlock(c_out, c_out) for _ in range(blocks - 1)]
+    return nn.Sequential(BasicBlock(c_in, c_out, downsample=shortcut), *rest)
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
@@ -68,7 +69,8 @@ class DenoisingStudent(nn.Module):
         self.encoder = FeatureExtractor(backbone, [4], pretrained=False, frozen=False)
         deepest = self.encoder.channels[-1]
         outs = [deepest, *reversed(channels)]  # 512, 256, 128, 64 for ResNet-18
-        self.decoder = nn.ModuleList(basic_blocks(c_in, c_out) for c_in, c_out in zip([deepest, *outs[:-1]], outs, strict=True))
+        pairs = zip([deepest, *outs[:-1]], outs, strict=True)
+        self.decoder = nn.ModuleList(basic_blocks(c_in, c_out) for c_in, c_out in pairs)
         kaiming_init(self.decoder)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
