@@ -71,6 +71,29 @@ def test_the_floor_fails_a_network_blind_to_anomalies(blind, tiny_mvtec, tmp_pat
     assert not finds_the_square(floor_run("stfpm", tiny_mvtec, tmp_path, "max_epochs=1"))
 
 
+def test_a_nan_training_loss_ends_the_run_with_a_clear_error_and_keeps_the_last_finite_checkpoint(
+    tiny_mvtec, tmp_path, monkeypatch
+):
+    import torch
+
+    from adkd.errors import TrainingDivergedError
+    from adkd.methods.stfpm import STFPM
+
+    finite_loss = STFPM.loss
+
+    def diverging(self, batch):  # noqa: ANN001, ANN202
+        loss = finite_loss(self, batch)
+        return loss * torch.nan if self.current_epoch == 1 else loss  # epoch 0 is finite
+
+    monkeypatch.setattr(STFPM, "loss", diverging)
+    with pytest.raises(TrainingDivergedError, match=r"mean training loss of epoch 1 is nan\. Lower the learning rate"):
+        floor_run("stfpm", tiny_mvtec, tmp_path, "max_epochs=3")
+    kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    weights = [v for k, v in kept["state_dict"].items() if k.startswith("network.")]  # thresholds are NaN until set
+    assert kept["epoch"] == 0 and weights and all(torch.isfinite(v).all() for v in weights)
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def test_sweep_objective_is_a_validation_metric():
     from adkd.errors import ConfigError
     from adkd.run import objective
