@@ -32,15 +32,19 @@ class AnomalyMetrics(nn.Module):
     def __init__(self, pixel: bool = True, fpr_limit: float = 0.3) -> None:
         super().__init__()
         self.pixel = pixel
-        self.image = nn.ModuleDict(
-            {"image_auroc": BinaryAUROC(), "image_ap": BinaryAveragePrecision(), "image_f1max": F1Max()}
-        )
+        # Scores as they are (normalization=None): torchmetrics' default passes a batch through a
+        # sigmoid when any of its values lies outside [0, 1], batch by batch, so a test split whose
+        # batches fall on both sides is ranked on two scales (and float32's sigmoid ties every value
+        # above about 17 at 1.0). Measured and pinned in tests/test_metrics.py.
+        exact = {"normalization": None}
+        self.image = nn.ModuleDict({"image_auroc": BinaryAUROC(**exact), "image_ap": BinaryAveragePrecision(**exact),
+                                    "image_f1max": F1Max(**exact)})  # fmt: skip
         self.pixel_metrics = nn.ModuleDict(
             {
-                "pixel_auroc": BinaryAUROC(),
-                "pixel_ap": BinaryAveragePrecision(),
+                "pixel_auroc": BinaryAUROC(**exact),
+                "pixel_ap": BinaryAveragePrecision(**exact),
                 "pixel_aupro": AUPRO(fpr_limit=fpr_limit),
-                "pixel_f1max": F1Max(),
+                "pixel_f1max": F1Max(**exact),
             }
             if pixel
             else {}
