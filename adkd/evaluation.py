@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from adkd.metrics import AnomalyMetrics
-from adkd.report.plots import BinnedPRCurve, WorstCases
+from adkd.report.plots import WorstCases
 
 
 class Evaluation(L.Callback):
@@ -46,10 +46,6 @@ class Evaluation(L.Callback):
         self.figures: list[dict] = []
         self.predictions: list[dict] = []
         self.worst = WorstCases(self.num_figures // 2)
-        post = pl_module.post
-        self.pixel_curve = (
-            BinnedPRCurve(threshold=float(post.pixel_threshold), floor=float(post.pixel_floor)) if self.pixel else None
-        )
         self.seconds, self.images = 0.0, 0
 
     def on_test_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: ANN001
@@ -66,8 +62,6 @@ class Evaluation(L.Callback):
         self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
         rows = zip(batch["image_path"], batch["gt_label"].tolist(), pred_score.tolist(), strict=True)
         self.predictions += [{"image_path": p, "gt_label": int(y), "pred_score": float(s)} for p, y, s in rows]
-        if self.pixel_curve is not None:
-            self.pixel_curve.update(anomaly_map, batch["gt_mask"])
         self._keep_figures(batch, anomaly_map, pred_score)
 
     def _keep_figures(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
@@ -126,7 +120,7 @@ class Evaluation(L.Callback):
         from adkd.report.plots import write_plots
 
         plots = write_plots(self.output_dir / "plots", self.predictions, trainer.lightning_module.post, self.worst,
-                            self.pixel_curve)  # fmt: skip
+                            self.metrics.pixel_pr_curve(), results["metrics"].get("pixel_ap"))  # fmt: skip
         from lightning.pytorch.loggers import WandbLogger
 
         for logger in trainer.loggers:

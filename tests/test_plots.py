@@ -1,5 +1,6 @@
-"""The test's plots (adkd.report.plots): the numbers behind each plot, checked against hand counts
-and scikit-learn, and the plots/ folder of a tiny run."""
+"""The test's plots (adkd.report.plots): the numbers behind each plot that are ours (histogram
+counts, the operating point, the worst images, the pixel curve being pixel_ap's), and the plots/
+folder of a tiny run. The image ROC and PR curves are scikit-learn's and not tested again here."""
 
 from __future__ import annotations
 
@@ -26,23 +27,6 @@ def test_histogram_counts_each_defect_type_in_shared_bins():
     assert list(counts) == ["normal", "crack", "scratch"]  # normal first; the NaN score is left out
     assert [c.tolist() for c in counts.values()] == [[2, 1, 0, 0], [0, 0, 0, 2], [0, 0, 1, 1]]
     assert len(plots.histogram_counts(np.linspace(0, 1, 400), ["normal"] * 400)[0]) == 21  # sqrt(400) bins
-
-
-def test_image_curves_equal_scikit_learns():
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
-
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 2, 40)
-    scores = np.round(rng.normal(labels, 1.0), 1)  # rounded: ties between normal and anomalous images
-    fpr, tpr, thresholds = plots.roc_points(scores, labels)
-    expected = roc_curve(labels, scores, drop_intermediate=False)
-    for ours, theirs in zip((fpr, tpr, thresholds), expected, strict=True):
-        np.testing.assert_allclose(ours, theirs)
-    assert plots.area_under_roc(fpr, tpr) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    precision, recall, thresholds = plots.pr_points(scores, labels)
-    for ours, theirs in zip((precision, recall, thresholds), precision_recall_curve(labels, scores), strict=True):
-        np.testing.assert_allclose(ours, theirs)
-    assert plots.average_precision(precision, recall) == pytest.approx(average_precision_score(labels, scores), 1e-12)
 
 
 def test_operating_point_flags_scores_above_the_threshold():
@@ -75,33 +59,34 @@ def test_worst_cases_keep_the_highest_normal_and_lowest_anomalous_scores_in_orde
     assert none.false_positives() == none.false_negatives() == []
 
 
-@pytest.mark.parametrize("calibrated", [True, False])
-def test_binned_pixel_pr_curve_is_within_0_01_of_exact_ap_batch_by_batch(calibrated):
-    from sklearn.metrics import average_precision_score
+def test_the_pixel_curve_is_the_one_behind_pixel_ap_over_three_batches():
+    from adkd.metrics import AnomalyMetrics
 
     generator = torch.Generator().manual_seed(3)
     masks = (torch.rand(6, 1, 32, 32, generator=generator) < 0.1).int()
     maps = torch.randn(6, 1, 32, 32, generator=generator) + 1.5 * masks  # overlapping classes
-    maps[5] += 4.0  # the last batch lies far above the first's range: squashed, still counted
-    curve = plots.BinnedPRCurve(bins=1000, threshold=1.0 if calibrated else None, floor=-3.0 if calibrated else None)
+    metrics = AnomalyMetrics()
     for i in range(0, 6, 2):
-        curve.update(maps[i : i + 2], masks[i : i + 2])
-    assert curve.counts.shape == (2, 1000) and int(curve.counts.sum()) == maps.numel()
-    assert curve.positives == int(masks.sum())
-    precision, recall = curve.curve()
-    exact = average_precision_score(masks.flatten().numpy(), maps.flatten().numpy())
-    assert plots.average_precision(precision, recall) == pytest.approx(exact, abs=0.01)
-    point = curve.at_threshold()
-    if calibrated:  # the threshold is a bin edge: pixels >= 1.0, counted exactly
-        flagged, truth = maps.flatten() >= 1.0, masks.flatten().bool()
-        tp = int((flagged & truth).sum())
-        assert point == pytest.approx({"precision": tp / int(flagged.sum()), "tpr": tp / int(truth.sum())}, 1e-12)
-    else:
-        assert point is None
-    above_all = plots.BinnedPRCurve(bins=10, threshold=100.0, floor=0.0)
-    above_all.update(maps, masks)
-    point = above_all.at_threshold()  # nothing flagged: no precision to mark
-    assert np.isnan(point["precision"]) and point["tpr"] == 0.0
+        metrics.update(maps[i : i + 2].flatten(1).amax(1), masks[i : i + 2].flatten(1).amax(1),
+                       maps[i : i + 2], masks[i : i + 2])  # fmt: skip
+    pixel_ap = metrics.compute()["pixel_ap"]
+    precision, recall, thresholds = metrics.pixel_pr_curve(max_points=None)
+    assert len(precision) == len(recall) == len(thresholds) + 1 > 2000  # every distinct score
+    assert -np.sum(np.diff(recall) * precision[:-1]) == pytest.approx(pixel_ap, abs=1e-6)  # non-interpolated AP
+    assert precision[0] == pytest.approx(float(masks.float().mean())) and recall[0] == 1.0  # everything flagged
+    assert (precision[-1], recall[-1]) == (1.0, 0.0) and np.all(np.diff(thresholds) > 0)
+
+    drawn = metrics.pixel_pr_curve(max_points=500)  # thinned for drawing: points of the same curve, ends kept
+    assert len(drawn[0]) <= 500 and len(drawn[2]) == len(drawn[0]) - 1
+    index = np.searchsorted(thresholds, drawn[2])
+    np.testing.assert_array_equal(thresholds[index], drawn[2])
+    np.testing.assert_array_equal(precision[[*index, -1]], drawn[0])
+    np.testing.assert_array_equal(recall[[*index, -1]], drawn[1])
+    assert drawn[1][0] == 1.0 and np.max(-np.diff(drawn[1])) < 0.01  # no gap in recall wider than 1%
+
+    normal_only = AnomalyMetrics()
+    normal_only.update(torch.zeros(2), torch.zeros(2), maps[:2], torch.zeros_like(masks[:2]))
+    assert normal_only.pixel_pr_curve() is None and AnomalyMetrics(pixel=False).pixel_pr_curve() is None
 
 
 def test_a_tiny_run_writes_its_plots_from_its_own_numbers(tiny_mvtec, tmp_path, monkeypatch):
@@ -113,9 +98,9 @@ def test_a_tiny_run_writes_its_plots_from_its_own_numbers(tiny_mvtec, tmp_path, 
     drawn, samples = {}, {}
     plot_pr, draw_sample = plots.plot_pr, plots.draw_sample
 
-    def spy_pr(precision, recall, prevalence, point, label, title, path):  # noqa: ANN001, ANN202
-        drawn[path.name] = plots.average_precision(precision, recall)
-        plot_pr(precision, recall, prevalence, point, label, title, path)
+    def spy_pr(precision, recall, ap, prevalence, point, title, path):  # noqa: ANN001, ANN202
+        drawn[path.name] = ap, -np.sum(np.diff(recall) * precision[:-1])  # the AP written, the curve's own
+        plot_pr(precision, recall, ap, prevalence, point, title, path)
 
     def spy_sample(post, sample, title, path):  # noqa: ANN001, ANN202
         samples[path.name] = (sample, title)
@@ -130,8 +115,9 @@ def test_a_tiny_run_writes_its_plots_from_its_own_numbers(tiny_mvtec, tmp_path, 
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
         "00_normal.png", "01_normal.png", "02_anomalous.png", "03_anomalous.png"]  # fmt: skip
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
-    assert drawn["image_pr.png"] == pytest.approx(metrics["image_ap"], abs=1e-6)
-    assert drawn["pixel_pr.png"] == pytest.approx(metrics["pixel_ap"], abs=0.01)
+    assert drawn["image_pr.png"] == pytest.approx((metrics["image_ap"],) * 2, abs=1e-6)  # scikit-learn's = ours
+    assert drawn["pixel_pr.png"][0] == metrics["pixel_ap"]
+    assert drawn["pixel_pr.png"][1] == pytest.approx(metrics["pixel_ap"], abs=0.01)  # the thinned curve drawn
     with (tmp_path / "test_predictions.csv").open() as f:
         rows = [{**r, "pred_score": float(r["pred_score"]), "gt_label": int(r["gt_label"])} for r in csv.DictReader(f)]
     normal = sorted((r for r in rows if r["gt_label"] == 0), key=lambda r: -r["pred_score"])

@@ -2,9 +2,9 @@
 defect type lie against the threshold, the image ROC and precision-recall curves, the pixel
 precision-recall curve, and the worst false alarms and escapes drawn as overlays.
 
-Everything here is bounded in memory whatever the test set's size: the image scores are one
-number an image, the pixel curve is two histograms (:class:`BinnedPRCurve`), and only the
-``k`` worst images of each kind are kept (:class:`WorstCases`). The curves are drawn with
+The image curves and their areas are scikit-learn's; the pixel curve is the one behind
+``pixel_ap`` (:meth:`adkd.metrics.AnomalyMetrics.pixel_pr_curve`), drawn with ``pixel_ap`` itself.
+Only the ``k`` worst images of each kind are kept (:class:`WorstCases`). The curves are drawn with
 matplotlib's Agg canvas (no pyplot, no display, no global state).
 """
 
@@ -46,38 +46,6 @@ def histogram_counts(
     return edges, {g: np.histogram(scores[groups == g], edges)[0] for g in names}
 
 
-def roc_points(scores: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) at every distinct score, thresholds decreasing from +inf (nothing
-    flagged); an image is flagged when its score is >= the threshold."""
-    tps, fps, thresholds = _counts_by_threshold(scores, labels)
-    return np.r_[0.0, fps] / max(fps[-1], 1), np.r_[0.0, tps] / max(tps[-1], 1), np.r_[np.inf, thresholds]
-
-
-def pr_points(scores: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(precision, recall, thresholds) with thresholds increasing, then the end point (1, 0)."""
-    tps, fps, thresholds = _counts_by_threshold(scores, labels)
-    precision, recall = tps / (tps + fps), tps / max(tps[-1], 1)
-    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
-
-
-def _counts_by_threshold(scores: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray, ...]:
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order]
-    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # the last image of each distinct score
-    tps = np.cumsum(labels)[last].astype(np.float64)
-    return tps, last + 1 - tps, scores[last]
-
-
-def area_under_roc(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-
-
-def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
-    """Sum of precision times the recall gained at each threshold (no interpolation); recall decreasing."""
-    return float(-np.sum(np.diff(recall) * precision[:-1]))
-
-
 def operating_point(scores: Sequence[float], labels: Sequence[int], threshold: float) -> dict[str, float]:
     """FPR, TPR (recall) and precision when score > ``threshold`` flags an image (as the test's
     image_f1 etc.); NaN where undefined."""
@@ -86,75 +54,6 @@ def operating_point(scores: Sequence[float], labels: Sequence[int], threshold: f
     ratio = lambda a, b: a / b if b else math.nan  # noqa: E731
     return {"fpr": ratio(fp, int((~labels).sum())), "tpr": ratio(tp, int(labels.sum())),
             "precision": ratio(tp, tp + fp)}  # fmt: skip
-
-
-# -- pixels -------------------------------------------------------------------------------------
-
-
-class BinnedPRCurve:
-    """The pixel precision-recall curve at ``bins`` fixed thresholds, accumulated batch by batch as
-    two histograms (anomalous and normal pixels): memory O(bins) however many pixels are scored.
-
-    A value x is squashed monotonically into (0, 1) by t = (1 + z / (1 + |z|)) / 2 with
-    z = (x - center) / scale, so no value falls outside the bins; the thresholds are t = j / bins.
-    With the calibrated pixel threshold as center and (threshold - floor) as scale, the floor sits
-    at t = 0.25 and the threshold at t = 0.5 (a bin edge for an even ``bins``); uncalibrated, the
-    first batch's minimum and maximum land at 0.25 and 0.75.
-    """
-
-    def __init__(self, bins: int = 1000, threshold: float | None = None, floor: float | None = None) -> None:
-        if bins < 2 or bins % 2:
-            raise ValueError(f"bins must be even (the threshold is the edge bins / 2), got {bins}")
-        self.bins = bins
-        self.threshold = threshold if threshold is not None and math.isfinite(threshold) else None
-        self.center: float | None = None
-        self.scale: float | None = None
-        if self.threshold is not None and floor is not None and math.isfinite(floor):
-            self.center, self.scale = self.threshold, _positive(self.threshold - floor, self.threshold)
-        self.counts: torch.Tensor | None = None  # (2, bins): normal, anomalous pixels per bin
-
-    @torch.no_grad()
-    def update(self, values: torch.Tensor, target: torch.Tensor) -> None:
-        values, target = values.detach().float().flatten(), target.detach().flatten() > 0.5
-        keep = torch.isfinite(values)
-        values, target = values[keep], target[keep]
-        if not len(values):
-            return
-        if self.center is None:
-            low, high = float(values.min()), float(values.max())
-            self.center, self.scale = (low + high) / 2, _positive((high - low) / 2, (low + high) / 2)
-        z = (values - self.center) / self.scale
-        index = ((0.5 + 0.5 * z / (1 + z.abs())) * self.bins).long().clamp_(0, self.bins - 1)
-        counts = torch.bincount(index + self.bins * target.long(), minlength=2 * self.bins).view(2, self.bins)
-        self.counts = counts if self.counts is None else self.counts + counts.to(self.counts.device)
-
-    def curve(self) -> tuple[np.ndarray, np.ndarray]:
-        """(precision, recall) at t = 0, 1/bins, ..., then the end point (1, 0), as :func:`pr_points`
-        orders them (precision 1 where no pixel is flagged)."""
-        counts = self.counts.cpu().double().numpy() if self.counts is not None else np.zeros((2, self.bins))
-        fps, tps = (np.cumsum(c[::-1])[::-1] for c in counts)  # pixels with t >= j / bins
-        flagged = tps + fps
-        precision = np.divide(tps, flagged, out=np.ones_like(tps), where=flagged > 0)
-        recall = tps / max(tps[0], 1)
-        return np.r_[precision, 1.0], np.r_[recall, 0.0]
-
-    def at_threshold(self) -> dict[str, float] | None:
-        """Precision and recall at the calibrated pixel threshold (pixels >= it flagged), if any;
-        precision NaN where no pixel is flagged."""
-        if self.threshold is None or self.counts is None or self.center != self.threshold:
-            return None
-        precision, recall = self.curve()
-        flagged = int(self.counts[:, self.bins // 2 :].sum())
-        return {"precision": float(precision[self.bins // 2]) if flagged else math.nan,
-                "tpr": float(recall[self.bins // 2])}  # fmt: skip
-
-    @property
-    def positives(self) -> int:
-        return 0 if self.counts is None else int(self.counts[1].sum())
-
-
-def _positive(span: float, around: float) -> float:
-    return max(span, 1e-6 * max(abs(around), 1.0))  # a flat map: any positive scale keeps the order
 
 
 # -- the worst images ---------------------------------------------------------------------------
@@ -231,10 +130,12 @@ def plot_histogram(edges: np.ndarray, counts: dict[str, np.ndarray], threshold: 
     figure.savefig(path)
 
 
-def plot_roc(fpr: np.ndarray, tpr: np.ndarray, point: dict | None, threshold: float | None, path: Path) -> None:
+def plot_roc(
+    fpr: np.ndarray, tpr: np.ndarray, auroc: float, point: dict | None, threshold: float | None, path: Path
+) -> None:
     figure, ax = _figure()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.plot(fpr, tpr, color="C0", label=f"AUROC {area_under_roc(fpr, tpr):.3f}")
+    ax.plot(fpr, tpr, color="C0", label=f"AUROC {auroc:.3f}")
     if point is not None:
         ax.plot(point["fpr"], point["tpr"], "o", color="C3",
                 label=f"threshold {threshold:.4g}: FPR {point['fpr']:.2f}, TPR {point['tpr']:.2f}")  # fmt: skip
@@ -245,14 +146,14 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, point: dict | None, threshold: fl
 
 
 def plot_pr(
-    precision: np.ndarray, recall: np.ndarray, prevalence: float, point: dict | None, label: str, title: str, path: Path
+    precision: np.ndarray, recall: np.ndarray, ap: float, prevalence: float, point: dict | None, title: str, path: Path
 ) -> None:
-    """A precision-recall curve (as :func:`pr_points` orders it), stepped as its AP counts it; the
-    operating ``point`` marked unless its precision is NaN (nothing flagged)."""
+    """A precision-recall curve (recall falling, as scikit-learn and torchmetrics return it),
+    stepped as its AP counts it; the operating ``point`` marked unless its precision is NaN
+    (nothing flagged)."""
     figure, ax = _figure()
     ax.axhline(prevalence, color="grey", linestyle=":", linewidth=1, label=f"chance {prevalence:.3f}")
-    ax.plot(recall, precision, color="C0", drawstyle="steps-post",
-            label=f"{label} {average_precision(precision, recall):.3f}")  # fmt: skip
+    ax.plot(recall, precision, color="C0", drawstyle="steps-post", label=f"AP {ap:.3f}")
     if point is not None and not math.isnan(point["precision"]):
         ax.plot(point["tpr"], point["precision"], "o", color="C3",
                 label=f"threshold: precision {point['precision']:.2f}, recall {point['tpr']:.2f}")  # fmt: skip
@@ -266,11 +167,15 @@ def write_plots(
     predictions: list[dict],
     post: torch.nn.Module,
     worst: WorstCases,
-    pixel_curve: BinnedPRCurve | None = None,
+    pixel_curve: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    pixel_ap: float | None = None,
 ) -> list[Path]:
     """Every plot of the test into ``folder``; returns the files written. ``predictions``: one
-    dict an image (``image_path``, ``gt_label``, ``pred_score``). A curve the split cannot define
-    (ROC without both classes, PR without anomalies) is left out."""
+    dict an image (``image_path``, ``gt_label``, ``pred_score``); ``pixel_curve`` and ``pixel_ap``:
+    :meth:`adkd.metrics.AnomalyMetrics.pixel_pr_curve` and the metric (None: no pixel curve). A
+    curve the split cannot define (ROC without both classes, PR without anomalies) is left out."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
     folder.mkdir(parents=True, exist_ok=True)
     scores = np.array([p["pred_score"] for p in predictions], np.float64)
     labels = np.array([p["gt_label"] for p in predictions], np.int64)
@@ -283,21 +188,21 @@ def write_plots(
     anomalous, normal = int(labels.sum()), int((labels == 0).sum())
     point = operating_point(scores, labels, threshold) if threshold is not None else None
     if anomalous and normal:
-        fpr, tpr, _ = roc_points(scores, labels)
-        plot_roc(fpr, tpr, point, threshold, folder / "image_roc.png")
+        fpr, tpr, _ = roc_curve(labels, scores)
+        plot_roc(fpr, tpr, roc_auc_score(labels, scores), point, threshold, folder / "image_roc.png")
         written.append(folder / "image_roc.png")
     if anomalous:
-        precision, recall, _ = pr_points(scores, labels)
-        plot_pr(precision, recall, anomalous / len(labels), point, "AP", "image precision-recall",
-                folder / "image_pr.png")  # fmt: skip
+        precision, recall, _ = precision_recall_curve(labels, scores)
+        plot_pr(precision, recall, average_precision_score(labels, scores), anomalous / len(labels), point,
+                "image precision-recall", folder / "image_pr.png")  # fmt: skip
         written.append(folder / "image_pr.png")
     else:
         log.info("No anomalous test images: no ROC or precision-recall curve in %s", folder)
-    if pixel_curve is not None and pixel_curve.positives:
-        precision, recall = pixel_curve.curve()
-        total = int(pixel_curve.counts.sum())
-        plot_pr(precision, recall, pixel_curve.positives / total, pixel_curve.at_threshold(),
-                f"AP ({pixel_curve.bins} thresholds)", "pixel precision-recall", folder / "pixel_pr.png")  # fmt: skip
+    if pixel_curve is not None and pixel_ap is not None:
+        precision, recall, _ = pixel_curve  # precision[0]: every pixel flagged, the share of anomalous ones
+        # No operating point: the curve's thresholds are the metric's values (sigmoid of some maps), not the map's.
+        plot_pr(precision, recall, pixel_ap, float(precision[0]), None, "pixel precision-recall",
+                folder / "pixel_pr.png")  # fmt: skip
         written.append(folder / "pixel_pr.png")
     for prefix, rank, samples in (("worst_fp", "normal, #{} highest score", worst.false_positives()),
                                   ("worst_fn", "anomalous, #{} lowest score", worst.false_negatives())):  # fmt: skip
