@@ -75,6 +75,7 @@ def test_the_pixel_curve_is_the_one_behind_pixel_ap_over_three_batches():
     assert -np.sum(np.diff(recall) * precision[:-1]) == pytest.approx(pixel_ap, abs=1e-6)  # non-interpolated AP
     assert precision[0] == pytest.approx(float(masks.float().mean())) and recall[0] == 1.0  # everything flagged
     assert (precision[-1], recall[-1]) == (1.0, 0.0) and np.all(np.diff(thresholds) > 0)
+    assert thresholds[-1] == pytest.approx(float(maps.max()))  # the map's own values: the pixel threshold's units
 
     drawn = metrics.pixel_pr_curve(max_points=500)  # thinned for drawing: points of the same curve, ends kept
     assert len(drawn[0]) <= 500 and len(drawn[2]) == len(drawn[0]) - 1

@@ -7,9 +7,7 @@ import logging
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
-from torchmetrics.functional.classification import binary_precision_recall_curve
-from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryPrecisionRecallCurve
 
 from adkd.metrics.aupro import AUPRO
 from adkd.metrics.f1max import F1Max
@@ -108,22 +106,20 @@ class AnomalyMetrics(nn.Module):
                 "image_recall": ratio(tp, tp + fn), "image_fpr": ratio(fp, fp + tn)}  # fmt: skip
 
     def pixel_pr_curve(self, max_points: int | None = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """The pixel precision-recall curve behind ``pixel_ap``: torchmetrics' curve over that metric's
-        own state (every pixel's score and label), so its non-interpolated AP (the sum over recall
-        steps of precision) is ``pixel_ap``. None where ``pixel_ap`` is undefined.
+        """The exact pixel precision-recall curve behind ``pixel_ap`` and ``pixel_f1max``, from the
+        F1-max metric's own state (every pixel's score and label, as they are), so its
+        non-interpolated AP (the sum over recall steps of precision) is ``pixel_ap``. None where
+        ``pixel_ap`` is undefined.
 
         (precision, recall, thresholds) in torchmetrics' order: thresholds increasing, recall falling
         from 1 to the end point (1, 0); the first point flags every pixel, so its precision is the
-        share of anomalous pixels. The thresholds are the metric's values: sigmoid of the map for a
-        batch with values outside [0, 1]. ``max_points``: thinned for drawing to about that many
-        points, half evenly spaced along the curve and half evenly in recall, both ends kept
-        (None: every point).
+        share of anomalous pixels. ``max_points``: thinned for drawing to about that many points,
+        half evenly spaced along the curve and half evenly in recall, both ends kept (None: every point).
         """
         if not self.pixel or self.counts["pixel"][1] == 0:
             return None
-        ap = self.pixel_metrics["pixel_ap"]
-        precision, recall, thresholds = (t.numpy() for t in binary_precision_recall_curve(
-            dim_zero_cat(ap.preds), dim_zero_cat(ap.target), validate_args=False))  # fmt: skip
+        curve = BinaryPrecisionRecallCurve.compute(self.pixel_metrics["pixel_f1max"])  # F1Max's parent's curve
+        precision, recall, thresholds = (t.numpy() for t in curve)
         last = len(recall) - 1
         if max_points is None or last < max_points:
             return precision, recall, thresholds

@@ -199,9 +199,12 @@ def write_plots(
     else:
         log.info("No anomalous test images: no ROC or precision-recall curve in %s", folder)
     if pixel_curve is not None and pixel_ap is not None:
-        precision, recall, _ = pixel_curve  # precision[0]: every pixel flagged, the share of anomalous ones
-        # No operating point: the curve's thresholds are the metric's values (sigmoid of some maps), not the map's.
-        plot_pr(precision, recall, pixel_ap, float(precision[0]), None, "pixel precision-recall",
+        precision, recall, thresholds = pixel_curve  # precision[0]: every pixel flagged, the share of anomalous ones
+        pixel_point = None
+        if post.calibrated and len(thresholds):  # the curve's point at the pixel threshold (map >= threshold)
+            i = min(int(np.searchsorted(thresholds, float(post.pixel_threshold))), len(thresholds) - 1)
+            pixel_point = {"precision": float(precision[i]), "tpr": float(recall[i])}
+        plot_pr(precision, recall, pixel_ap, float(precision[0]), pixel_point, "pixel precision-recall",
                 folder / "pixel_pr.png")  # fmt: skip
         written.append(folder / "pixel_pr.png")
     for prefix, rank, samples in (("worst_fp", "normal, #{} highest score", worst.false_positives()),
