@@ -60,15 +60,16 @@ class Evaluation(L.Callback):
         self.seconds += time.perf_counter() - self._start
         self.images += len(pred_score)
         self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
-        rows = zip(batch["image_path"], batch["gt_label"].tolist(), pred_score.tolist(), strict=True)
+        labels, scores = batch["gt_label"].tolist(), pred_score.tolist()  # one copy to the host a batch
+        rows = zip(batch["image_path"], labels, scores, strict=True)
         self.predictions += [{"image_path": p, "gt_label": int(y), "pred_score": float(s)} for p, y, s in rows]
-        self._keep_figures(batch, anomaly_map, pred_score)
+        self._keep_figures(batch, anomaly_map, pred_score, labels, scores)
 
-    def _keep_figures(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
+    def _keep_figures(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor, labels: list[int],
+                      scores: list[float]) -> None:  # fmt: skip
         """Keep up to ``num_figures`` samples, half anomalous and half normal where possible, and
         offer every sample to the worst false alarms and escapes (``num_figures // 2`` of each)."""
-        scores = pred_score.tolist()
-        for i, label in enumerate(batch["gt_label"].tolist()):
+        for i, label in enumerate(labels):
             self.worst.offer(scores[i], label, lambda i=i: _sample(batch, anomaly_map, pred_score, i))
             same = sum(f["gt_label"] == label for f in self.figures)
             if same >= (self.num_figures + 1) // 2 or len(self.figures) >= self.num_figures:

@@ -194,6 +194,12 @@ def test_synthetic_anomalies_come_from_the_loader(tiny_mvtec):
     assert 0 <= batch["image"].min() and batch["image"].max() <= 1
     first, second = dm.val_set[0], dm.val_set[0]  # validation anomalies are the same every epoch
     assert torch.equal(first["image"], second["image"]) and torch.equal(first["gt_mask"], second["gt_mask"])
+    assert "clean" not in batch  # only a synthesizer with keep_clean hands on the image before its anomaly
+    dm.set_synthesizer(AnomalySynthesizer(probability=1.0, keep_clean=True))
+    batch = next(iter(dm.train_dataloader()))
+    inside = batch["gt_mask"].bool().expand_as(batch["image"])
+    assert torch.equal(batch["clean"][~inside], batch["image"][~inside])  # the same image outside the anomaly
+    assert not torch.equal(batch["clean"][inside], batch["image"][inside])
 
 
 def test_a_decompression_bomb_sized_header_is_refused_by_name(tiny_mvtec, monkeypatch):

@@ -62,7 +62,8 @@ class AnomalyDataset(Dataset):
     adds a synthetic anomaly (methods that train on them, e.g. ADPS, set it for fit). It runs
     per sample here, in the loader's workers, so the accelerator never waits on it; with
     ``fixed_synthesis`` sample i always gets the same anomaly (validation losses comparable
-    across epochs). Such samples also hold ``clean``, the image before its anomaly.
+    across epochs). Such samples also hold ``clean``, the image before its anomaly, where the
+    synthesizer's ``keep_clean`` asks for it.
     """
 
     def __init__(self, records: list[Record], image_size: int, cache: bool = False) -> None:
@@ -104,9 +105,10 @@ class AnomalyDataset(Dataset):
         sample = {"gt_label": self.records[index].gt_label, "image_path": str(self.records[index].image_path)}
         if self.synthesizer is not None:
             seed = index if self.fixed_synthesis else seed
-            clean = image
+            if getattr(self.synthesizer, "keep_clean", False):
+                sample["clean"] = image
             image, mask = self.synthesizer(image) if seed is None else self._synthesize(image, seed)
-            sample.update(gt_label=int(mask.any()), synthetic=True, clean=clean)
+            sample.update(gt_label=int(mask.any()), synthetic=True)
         return {"image": image, "gt_mask": mask, **sample}
 
     def _synthesize(self, image: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
