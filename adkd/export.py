@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from adkd import operating_point
 from adkd.errors import UserError
 from adkd.inference import OUTPUTS, Deployable, OnnxModel, checkpoint_path, file_digest, for_export, load_model
 
@@ -116,13 +117,16 @@ def export(
 
 def metadata(config: dict, model) -> dict[str, str]:  # noqa: ANN001
     """What travels with an exported model: its input size, its thresholds, and the checkpoint it
-    was made from (digest, epoch, step), so that a later checkpoint is never served by an older export."""
+    was made from (digest, epoch, step) and the threshold choice it carries
+    (:mod:`adkd.operating_point`), so that a later checkpoint or choice is never served by an older export."""
     origin = config["checkpoint"]
     return {"image_size": str(config["image_size"]), "method": str(config.get("method_name")),
             "image_threshold": str(float(model.post.image_threshold)),
             "pixel_threshold": str(float(model.post.pixel_threshold)),
+            "image_floor": str(float(model.post.image_floor)), "pixel_floor": str(float(model.post.pixel_floor)),
             "checkpoint_sha256": file_digest(Path(origin["path"])), "checkpoint_epoch": str(origin["epoch"]),
-            "checkpoint_step": str(origin["global_step"])}  # fmt: skip
+            "checkpoint_step": str(origin["global_step"]),
+            "threshold_choice": operating_point.fingerprint(Path(origin["path"]))}  # fmt: skip
 
 
 def unfinished(config: dict) -> str:
@@ -150,7 +154,22 @@ def stale_export(model_path: Path, checkpoint: Path) -> str | None:
     if made_from != file_digest(checkpoint):
         return (f"{model_path} was exported from another checkpoint (epoch {props.get('checkpoint_epoch')}, step "
                 f"{props.get('checkpoint_step')}) than {checkpoint}")
+    if props.get("threshold_choice", "") != operating_point.fingerprint(checkpoint):
+        return f"{model_path} was exported before the threshold in {operating_point.sidecar_path(checkpoint)} " \
+            "was chosen"
     return None
+
+
+def current_onnx(source: Path) -> Path:
+    """The run's ONNX export (``export/model.onnx``), exported again first where it is missing or
+    does not come from the checkpoint and threshold choice as they are now."""
+    checkpoint = checkpoint_path(source)
+    path = default_path(source, "onnx")
+    why = stale_export(path, checkpoint) if path.is_file() else f"{path} does not exist yet"
+    if why:
+        print(f"Exporting {checkpoint} to ONNX: {why}.", file=sys.stderr)
+        export(source, "onnx", path)
+    return path
 
 
 def write_onnx(deployable: torch.nn.Module, example: torch.Tensor, out: Path, properties: dict[str, str]) -> None:

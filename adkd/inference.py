@@ -57,7 +57,8 @@ def checkpoint_path(source: Path) -> Path:
 def load_model(source: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     """The trained LightningModule of a run folder or checkpoint, in inference mode, and its run
     config (with ``checkpoint``: the file, its epoch and step). The stored config is
-    checked by :mod:`adkd.trust` before anything is built from it."""
+    checked by :mod:`adkd.trust` before anything is built from it. An image threshold chosen
+    after training (:mod:`adkd.operating_point`) replaces the calibrated one."""
     from hydra.utils import instantiate
 
     from adkd import trust
@@ -79,6 +80,13 @@ def load_model(source: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
         ) from err
     origin = {"path": str(path), "epoch": int(checkpoint.get("epoch", -1)),
               "global_step": int(checkpoint.get("global_step", -1))}  # fmt: skip
+    from adkd import operating_point
+
+    choice = operating_point.chosen(path)
+    if choice is not None:  # the engineer's choice (adkd.serve) over the calibrated one
+        origin["calibrated_image_threshold"] = float(model.post.image_threshold)
+        origin["chosen_threshold"] = str(operating_point.sidecar_path(path))
+        model.post.set_thresholds(image=choice)
     return model.to(device).prepare_for_inference(), {**config, "checkpoint": origin}
 
 
@@ -155,7 +163,8 @@ class OnnxModel:
         if "image_size" not in self.metadata:
             raise CheckpointError(f"{path} carries no adkd metadata (image_size): was it exported by adkd.export?")
         self.image_size = trust.image_size(self.metadata["image_size"], path)
-        self.image_threshold = trust.threshold(self.metadata.get("image_threshold", "nan"), "image_threshold", path)
+        for key in ("image_threshold", "pixel_threshold", "image_floor", "pixel_floor"):  # None where absent
+            setattr(self, key, trust.threshold(self.metadata.get(key, "nan"), key, path))
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.session.run(None, {"images": images.detach().cpu().float().contiguous().numpy()})

@@ -186,8 +186,8 @@ def _engine(args: argparse.Namespace):  # noqa: ANN202
 def _onnx_engine(args: argparse.Namespace):  # noqa: ANN202
     """The run's ONNX export, exported again when it does not come from the run's checkpoint as it
     is now; a bare .onnx beside a run's newer checkpoint is refused."""
-    from adkd.export import default_path, export, stale_export
-    from adkd.inference import OnnxModel, checkpoint_path
+    from adkd.export import current_onnx, stale_export
+    from adkd.inference import OnnxModel
 
     if args.threshold is not None:
         raise UserError("--threshold applies to the torch engine; an exported model carries its thresholds.")
@@ -199,12 +199,7 @@ def _onnx_engine(args: argparse.Namespace):  # noqa: ANN202
             raise UserError(f"{why}: export it again (python -m adkd.export {path.parent.parent}), or give the "
                             "run folder with --engine onnx, which does.")  # fmt: skip
     else:
-        checkpoint = checkpoint_path(args.model)
-        path = default_path(args.model, "onnx")
-        why = stale_export(path, checkpoint) if path.is_file() else f"{path} does not exist yet"
-        if why:
-            print(f"Exporting {checkpoint} to ONNX: {why}.", file=sys.stderr)
-            export(args.model, "onnx", path)
+        path = current_onnx(args.model)
     model = OnnxModel(path, args.device)
     if model.image_threshold is None:
         print(f"warning: {path} has no threshold (its run never finished training): scores only, no decisions"

@@ -48,3 +48,15 @@ def tiny_overrides(root: Path, *extra: str) -> list[str]:
         "dataset=folder", f"dataset.root={root}", "category=widget", "image_size=32", "batch_size=4",
         "max_epochs=1", "backbone.pretrained=false", "logger=none", "num_figures=2", *extra,
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_mvtec, tmp_path_factory) -> Path:
+    """An RD4AD run on ``tiny_mvtec`` (one epoch), finished: thresholds, test predictions. Tests that
+    change it (a chosen threshold) work on a copy."""
+    from adkd.config import compose
+    from adkd.run import run
+
+    folder = tmp_path_factory.mktemp("run")
+    run(compose(tiny_overrides(tiny_mvtec, "method=rd4ad"), folder))
+    return folder

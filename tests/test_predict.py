@@ -10,15 +10,6 @@ from adkd.methods.registry import method_names
 from tests.conftest import tiny_overrides
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_mvtec, tmp_path_factory):
-    from adkd.run import run
-
-    folder = tmp_path_factory.mktemp("run")
-    run(compose(tiny_overrides(tiny_mvtec, "method=rd4ad"), folder))
-    return folder
-
-
 def test_predict_reproduces_the_test_scores_and_decides_at_the_threshold(trained_run, tiny_mvtec, tmp_path, capsys):
     from adkd.predict import main
 

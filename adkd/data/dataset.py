@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -26,13 +27,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: Path) -> Image.Image:
+def read_image(path: Path | BinaryIO, name: str | None = None) -> Image.Image:
+    """8-bit RGB, EXIF rotation applied, from a file or a stream (``name``: what errors call it)."""
     try:
         with Image.open(path) as img:
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageReadError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
+    except UnidentifiedImageError as err:
+        raise ImageReadError(f"Cannot read image {name or path}: not an image format PIL can decode. "
+                             "Replace or remove the file.") from err  # fmt: skip
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageReadError(f"Cannot read image {name or path}: {err}. Replace or remove the file.") from err
 
 
 def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
