@@ -131,13 +131,15 @@ def test_evaluate_validation_without_labelled_anomalies_says_what_it_needs(tiny_
 
 
 def test_textures_generation_is_deterministic(tmp_path):
-    kwargs = dict(category="gravel", crop_size=64, n_train=3, n_test_good=2, n_test_defect=4)
+    kwargs = dict(category="gravel", crop_size=64, n_train=3, n_test_good=2, n_test_defect=4, n_val=2)
     a = TexturesDataModule(root=str(tmp_path / "a"), **kwargs)
     b = TexturesDataModule(root=str(tmp_path / "b"), **kwargs)
     a.prepare_data()
     b.prepare_data()
     files_a = sorted(p.relative_to(a.path) for p in a.path.rglob("*.png"))
-    assert len(files_a) == 3 + 2 + 4 + 4  # images and masks
+    assert len(files_a) == 3 + 2 + 4 + 4 + 2  # images, masks, validation images
+    records = a.checked_records()  # validation: val/good, not held out of the training crops
+    assert len(records["train"]) == 3 and [r.image_path.parent.parent.name for r in records["val"]] == ["val"] * 2
     for rel in files_a:
         assert (a.path / rel).read_bytes() == (b.path / rel).read_bytes()
     test = a.records("test")
