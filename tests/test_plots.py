@@ -111,7 +111,7 @@ def test_a_tiny_run_writes_its_plots_from_its_own_numbers(tiny_mvtec, tmp_path, 
     monkeypatch.setattr(plots, "draw_sample", spy_sample)
     run(compose(tiny_overrides(tiny_mvtec, "method=stfpm", "num_figures=4"), tmp_path))
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert names == ["image_pr.png", "image_roc.png", "pixel_pr.png", "score_histogram.png",
+    assert names == ["image_pr.png", "image_roc.png", "pixel_pr.csv", "pixel_pr.png", "score_histogram.png",
                      "worst_fn_00.png", "worst_fn_01.png", "worst_fp_00.png", "worst_fp_01.png"]  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
         "00_normal.png", "01_normal.png", "02_anomalous.png", "03_anomalous.png"]  # fmt: skip
@@ -119,6 +119,8 @@ def test_a_tiny_run_writes_its_plots_from_its_own_numbers(tiny_mvtec, tmp_path, 
     assert drawn["image_pr.png"] == pytest.approx((metrics["image_ap"],) * 2, abs=1e-6)  # scikit-learn's = ours
     assert drawn["pixel_pr.png"][0] == metrics["pixel_ap"]
     assert drawn["pixel_pr.png"][1] == pytest.approx(metrics["pixel_ap"], abs=0.01)  # the thinned curve drawn
+    precision, recall, ap = plots.read_curve(tmp_path / "plots" / "pixel_pr.csv")  # what adkd.report overlays
+    assert ap == pytest.approx(metrics["pixel_ap"], rel=1e-5) and recall[0] == 1 and recall[-1] == 0
     with (tmp_path / "test_predictions.csv").open() as f:
         rows = [{**r, "pred_score": float(r["pred_score"]), "gt_label": int(r["gt_label"])} for r in csv.DictReader(f)]
     normal = sorted((r for r in rows if r["gt_label"] == 0), key=lambda r: -r["pred_score"])
@@ -145,3 +147,35 @@ def test_a_split_without_anomalies_and_an_uncalibrated_model_get_only_what_is_de
     assert [p.name for p in written] == ["score_histogram.png", "worst_fp_00.png", "worst_fp_01.png"]
     assert titles == ["normal, #1 highest score: good/4.png, score 4", "normal, #2 highest score: good/3.png, score 3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["score_histogram.png"]  # the overlays were stubbed out
+
+
+def test_the_report_draws_every_runs_curves_per_category(tmp_path):
+    """Two methods, one of them over two seeds: one line per run, named by its column (and seed
+    where the column holds several), with the run's own AUROC and AP."""
+    from sklearn.metrics import roc_auc_score
+
+    from adkd.report.__main__ import main
+    from adkd.report.curves import curve_lines
+
+    rng = np.random.default_rng(0)
+    labels = [0] * 6 + [1] * 6
+    runs = {("rd4ad", 0): 0.5, ("adps", 0): 2.0, ("adps", 1): 1.0}  # how far the anomalous scores lie
+    for i, ((method, seed), shift) in enumerate(runs.items()):
+        run = tmp_path / str(i)
+        (run / "plots").mkdir(parents=True)
+        result = {"method": method, "label": method, "dataset": "folder", "category": "widget", "seed": seed,
+                  "metrics": {"image_auroc": 1.0}}  # fmt: skip
+        (run / "metrics.json").write_text(json.dumps(result))
+        scores = rng.normal(0, 1, 12) + shift * np.array(labels)
+        rows = "".join(f"{run}/{y}.png,{y},{s}\n" for y, s in zip(labels, scores, strict=True))
+        (run / "test_predictions.csv").write_text("image_path,gt_label,pred_score\n" + rows)
+        plots.write_curve(run / "plots" / "pixel_pr.csv", np.array([0.1, 0.5, 1.0]), np.array([1.0, 0.5, 0.0]), 0.42)
+        runs[(method, seed)] = roc_auc_score(labels, scores)
+    lines = curve_lines(tmp_path)["widget"]
+    assert [(name, auroc) for name, _, _, auroc in lines["image_roc"]] == [
+        ("rd4ad", pytest.approx(runs[("rd4ad", 0)])), ("adps (seed 0)", pytest.approx(runs[("adps", 0)])),
+        ("adps (seed 1)", pytest.approx(runs[("adps", 1)]))]  # fmt: skip
+    assert [ap for *_, ap in lines["pixel_pr"]] == [pytest.approx(0.42)] * 3
+    assert main([str(tmp_path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "curves").iterdir()) == [
+        "widget_image_pr.png", "widget_image_roc.png", "widget_pixel_pr.png"]  # fmt: skip

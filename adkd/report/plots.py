@@ -107,7 +107,7 @@ def draw_sample(post: torch.nn.Module, sample: dict, title: str, path: Path) -> 
 # -- drawing ------------------------------------------------------------------------------------
 
 
-def _figure():  # noqa: ANN202
+def new_figure():  # noqa: ANN202
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -117,7 +117,7 @@ def _figure():  # noqa: ANN202
 
 
 def plot_histogram(edges: np.ndarray, counts: dict[str, np.ndarray], threshold: float | None, path: Path) -> None:
-    figure, ax = _figure()
+    figure, ax = new_figure()
     colours = itertools.cycle(f"C{i}" for i in range(1, 10))
     for group, n in counts.items():
         colour = "C0" if group == NORMAL else next(colours)
@@ -133,7 +133,7 @@ def plot_histogram(edges: np.ndarray, counts: dict[str, np.ndarray], threshold: 
 def plot_roc(
     fpr: np.ndarray, tpr: np.ndarray, auroc: float, point: dict | None, threshold: float | None, path: Path
 ) -> None:
-    figure, ax = _figure()
+    figure, ax = new_figure()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.plot(fpr, tpr, color="C0", label=f"AUROC {auroc:.3f}")
     if point is not None:
@@ -151,7 +151,7 @@ def plot_pr(
     """A precision-recall curve (recall falling, as scikit-learn and torchmetrics return it),
     stepped as its AP counts it; the operating ``point`` marked unless its precision is NaN
     (nothing flagged)."""
-    figure, ax = _figure()
+    figure, ax = new_figure()
     ax.axhline(prevalence, color="grey", linestyle=":", linewidth=1, label=f"chance {prevalence:.3f}")
     ax.plot(recall, precision, color="C0", drawstyle="steps-post", label=f"AP {ap:.3f}")
     if point is not None and not math.isnan(point["precision"]):
@@ -207,12 +207,33 @@ def write_plots(
         plot_pr(precision, recall, pixel_ap, float(precision[0]), pixel_point, "pixel precision-recall",
                 folder / "pixel_pr.png")  # fmt: skip
         written.append(folder / "pixel_pr.png")
+        write_curve(folder / "pixel_pr.csv", precision, recall, pixel_ap)  # for adkd.report's curves across runs
     for prefix, rank, samples in (("worst_fp", "normal, #{} highest score", worst.false_positives()),
                                   ("worst_fn", "anomalous, #{} lowest score", worst.false_negatives())):  # fmt: skip
         for i, sample in enumerate(samples):
             written.append(folder / f"{prefix}_{i:02d}.png")
             draw_sample(post, sample, _worst_title(rank.format(i + 1), sample, threshold), written[-1])
     return written
+
+
+CURVE_POINTS = 2000
+
+
+def write_curve(path: Path, precision: np.ndarray, recall: np.ndarray, ap: float) -> None:
+    """A precision-recall curve as CSV (``recall,precision``; at most :data:`CURVE_POINTS` of its
+    points, evenly by index, both ends kept), its AP on the first line as a comment."""
+    keep = np.unique(np.linspace(0, len(recall) - 1, min(len(recall), CURVE_POINTS)).round().astype(int))
+    rows = "\n".join(f"{r:.6g},{p:.6g}" for r, p in zip(np.asarray(recall)[keep], np.asarray(precision)[keep],
+                                                      strict=True))  # fmt: skip
+    path.write_text(f"# ap={ap:.6g}\nrecall,precision\n{rows}\n")
+
+
+def read_curve(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
+    """(precision, recall, AP) as :func:`write_curve` wrote them."""
+    lines = path.read_text().splitlines()
+    ap = float(lines[0].split("=", 1)[1])
+    values = np.array([[float(v) for v in line.split(",")] for line in lines[2:] if line], np.float64).reshape(-1, 2)
+    return values[:, 1], values[:, 0], ap
 
 
 def _worst_title(rank: str, sample: dict, threshold: float | None) -> str:
