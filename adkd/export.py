@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from adkd import operating_point
-from adkd.errors import UserError
+from adkd.errors import UserError, user_error_in
 from adkd.inference import OUTPUTS, Deployable, OnnxModel, checkpoint_path, file_digest, for_export, load_model
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -49,7 +49,9 @@ def parity_images(config: dict, n: int = 8) -> tuple[torch.Tensor, str]:
         datamodule.setup("test")  # no prepare_data: an export never downloads or generates data
         images = torch.stack([datamodule.test_set[i]["image"] for i in range(min(n, len(datamodule.test_set)))])
         return images, f"{len(images)} test images of {config.get('dataset_name')}/{datamodule.category}"
-    except UserError:
+    except Exception as err:  # noqa: BLE001 - Hydra wraps what a datamodule raises
+        if user_error_in(err) is None:
+            raise
         return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)), f"{n} random images"
 
 

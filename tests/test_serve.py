@@ -214,3 +214,24 @@ const transfer = new DataTransfer();
 transfer.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
 document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
 """
+
+
+def test_a_run_whose_images_are_gone_still_serves_new_ones(tiny_mvtec, tmp_path):
+    from adkd.config import compose
+    from adkd.run import run
+    from adkd.serve.session import Session
+    from tests.conftest import tiny_overrides
+
+    data = Path(shutil.copytree(tiny_mvtec, tmp_path / "data"))
+    run(compose(tiny_overrides(data, "method=stfpm"), tmp_path / "run"))
+    image = (data / "widget" / "test" / "spot" / "000.png").read_bytes()
+    shutil.rmtree(data)  # the run came from another machine
+    session = Session(tmp_path / "run")
+    assert "The run's images are not at hand here" in session.images_note
+    assert "No training images" in session.images_note
+    assert session.images == {"test": [], "validation": []}
+    assert session.predict_bytes(image, "000.png")["decision"] in ("normal", "anomalous")
+    from adkd.export import parity_images
+
+    images, described = parity_images(session.config)  # an export's parity check falls back to random images
+    assert described == "8 random images" and images.shape == (8, 3, 32, 32)

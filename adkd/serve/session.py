@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adkd.errors import UserError
+from adkd.errors import UserError, user_error_in
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +148,15 @@ class Session:
         from adkd import trust
         from adkd.data.dataset import AnomalyDataset
 
+        dataset = trust.dataset_config(self.config, self.checkpoint)
         try:
-            dataset = trust.dataset_config(self.config, self.checkpoint)
             datamodule = instantiate({**dataset, "cache": False})  # never downloads or generates (trust)
             records = datamodule.checked_records()
-        except UserError as err:
-            return f"The run's images are not at hand here ({str(err).splitlines()[0]}): only new images can be scored."
+        except Exception as err:  # noqa: BLE001 - Hydra wraps what a datamodule raises
+            why = user_error_in(err)
+            if why is None:
+                raise
+            return f"The run's images are not at hand here ({str(why).splitlines()[0]}): only new images can be scored."
         chosen = {"test": records["test"], "validation": records["calibration"]}
         total = sum(len(r) for r in chosen.values())
         keep_maps = total * self.image_size**2 * 2 <= MAP_MEMORY
