@@ -53,7 +53,7 @@ def test_every_method_finds_the_square_and_writes_its_run_folder(method, tiny_mv
     assert all(0.0 <= metrics[k] <= 1.0 for k in metrics if k != "inference_ms_per_image" and metrics[k] is not None)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["00_normal.png", "01_anomalous.png"]
-    curves = ["image_pr.png", "image_roc.png", "pixel_pr.png", "score_histogram.png"]
+    curves = ["image_pr.png", "image_roc.png", "pixel_pr.csv", "pixel_pr.png", "score_histogram.png"]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [*curves, "worst_fn_00.png", "worst_fp_00.png"]
     validation = results["validation"]  # the validation images with synthetic anomalies, not the test split
     assert 0.0 <= validation["pixel_ap"] <= 1.0 and 0.0 <= validation["image_auroc"] <= 1.0
