@@ -171,6 +171,50 @@ class OnnxModel:
         return tuple(torch.from_numpy(o) for o in outputs)
 
 
+class OpenVinoModel:
+    """An OpenVINO IR (``adkd.export --format openvino``) on the CPU, called like :class:`Deployable`.
+
+    It computes in the precision it was exported for (``precision`` in its metadata): float32 for
+    fp32 and int8 (the layers NNCF left in float), float16 where the CPU supports it for fp16; never
+    OpenVINO's CPU default (bf16 where the CPU has it). Its metadata is checked as ONNX's is."""
+
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        import openvino as ov
+
+        from adkd import trust
+
+        if device != "cpu":
+            raise ConfigError(f"--device {device} with --engine openvino: adkd runs OpenVINO on the CPU; "
+                              "use --device cpu.")
+        if path.suffix != ".xml" or not path.with_suffix(".bin").is_file():
+            raise CheckpointError(f"{path}: an OpenVINO model is an .xml file with its .bin beside it.")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as err:  # noqa: BLE001 - not an IR, a broken one
+            raise CheckpointError(f"Cannot load {path} with OpenVINO: {str(err).splitlines()[0][:200]}") from err
+        self.metadata = {key: str(model.get_rt_info(["adkd", key]).astype(str)) for key in _OV_KEYS
+                         if model.has_rt_info(["adkd", key])}  # fmt: skip
+        if "image_size" not in self.metadata:
+            raise CheckpointError(f"{path} carries no adkd metadata (image_size): was it exported by adkd.export?")
+        self.image_size = trust.image_size(self.metadata["image_size"], path)
+        for key in ("image_threshold", "pixel_threshold", "image_floor", "pixel_floor"):
+            setattr(self, key, trust.threshold(self.metadata.get(key, "nan"), key, path))
+        self.precision = self.metadata.get("precision", "fp32")
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self.compute = "f16" if self.precision == "fp16" and "FP16" in capabilities else "f32"
+        settings = {"INFERENCE_PRECISION_HINT": self.compute, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        self.compiled = core.compile_model(model, "CPU", settings)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        results = self.compiled(images.detach().cpu().float().contiguous().numpy())
+        return tuple(torch.from_numpy(results[output]) for output in self.compiled.outputs)
+
+
+_OV_KEYS = ("image_size", "method", "image_threshold", "pixel_threshold", "image_floor", "pixel_floor",
+            "checkpoint_sha256", "checkpoint_epoch", "checkpoint_step", "threshold_choice", "precision")
+
+
 def _check_external_data(path: Path) -> None:
     """An ONNX file may name files that hold its weights; ONNX Runtime would read them wherever they
     point. adkd writes them beside the model, by name alone: anything else is refused."""

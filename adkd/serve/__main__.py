@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="a run folder (checkpoints/last.ckpt) or a .ckpt")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--engine", choices=["torch", "onnx"], default="torch",
-                        help="onnx: the run's export under ONNX Runtime (exported again if stale)")  # fmt: skip
+    parser.add_argument("--engine", choices=["torch", "onnx", "openvino"], default="torch",
+                        help="onnx, openvino: the run's export (exported again if stale)")  # fmt: skip
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                        help="with --engine openvino: the export's precision")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body accepted (MB)")
     args = parser.parse_args(argv)
@@ -58,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         _port_free(args.host, args.port)
         from adkd.serve.session import Session
 
-        session = Session(args.model, args.engine, args.device)
+        if args.precision != "fp32" and args.engine != "openvino":
+            raise UserError(f"--precision {args.precision} is for --engine openvino.")
+        session = Session(args.model, args.engine, args.device, precision=args.precision)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {session.images_note}", file=sys.stderr)
     app = UploadLimit(create_app(session, folders=local), int(args.max_upload_mb * 2**20))
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"Serving {session.checkpoint} ({session.describe()['method']}, {args.engine} on {args.device}) at "
+    print(f"Serving {session.checkpoint} ({session.describe()['method']}, {session.engine_name} on {args.device}) at "
           f"http://{shown}:{args.port}/  (POST /predict; Ctrl-C stops)", flush=True)  # fmt: skip
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     print("Stopped.", file=sys.stderr)

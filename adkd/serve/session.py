@@ -42,14 +42,15 @@ class Scored:
 class Session:
     """One run behind the app: load the model once, score its images once, decide per request.
 
-    ``engine``: ``torch`` (the checkpoint) or ``onnx`` (the run's export, exported again where it
-    does not come from the checkpoint and threshold as they are now)."""
+    ``engine``: ``torch`` (the checkpoint), ``onnx`` or ``openvino`` (of ``precision``): the run's
+    export, exported again where it does not come from the checkpoint and threshold as they are now."""
 
-    def __init__(self, source: Path, engine: str = "torch", device: str = "cpu", batch: int = 8) -> None:
+    def __init__(self, source: Path, engine: str = "torch", device: str = "cpu", batch: int = 8,
+                 precision: str = "fp32") -> None:  # fmt: skip
         from adkd.inference import Deployable, load_model
 
         module, self.config = load_model(source, device)
-        self.source, self.engine_name, self.device, self.batch = source, engine, device, batch
+        self.source, self.device, self.batch = source, device, batch
         self.checkpoint = Path(self.config["checkpoint"]["path"])
         self.post = module.post.cpu()
         self.calibrated = self.config["checkpoint"].get("calibrated_image_threshold",
@@ -58,14 +59,15 @@ class Session:
         if engine == "torch":
             deployable = Deployable(module).eval()
             self._engine = lambda images: deployable(images.to(device))[:2]
-        elif engine == "onnx":
-            from adkd.export import current_onnx
-            from adkd.inference import OnnxModel
+        elif engine in ("onnx", "openvino"):
+            from adkd.predict import exported_model
 
-            onnx = OnnxModel(current_onnx(source), device)
-            self._engine = lambda images: onnx(images)[:2]
+            exported, _ = exported_model(source, engine, precision, device)
+            self._engine = lambda images: exported(images)[:2]
+            engine = f"{engine} {precision}" if engine == "openvino" else engine
         else:
-            raise UserError(f"--engine {engine!r}: torch or onnx.")
+            raise UserError(f"--engine {engine!r}: torch, onnx or openvino.")
+        self.engine_name = engine
         self._lock = threading.Lock()  # one forward pass at a time: the cores are the model's
         self.images: dict[str, list[Scored]] = {split: [] for split in SPLITS}
         self._maps: dict[str, list[torch.Tensor]] = {}
