@@ -57,9 +57,7 @@ def export_openvino(source: Path, precision: str = "fp32", out: Path | None = No
     network = ov.convert_model(str(onnx))
     if precision == "int8":
         network = _quantize(network, config, calibration_images)
-    for key, value in {**metadata(config, module), "precision": precision}.items():
-        network.set_rt_info(value, ["adkd", key])
-    ov.save_model(network, str(out), compress_to_fp16=precision == "fp16")
+    save_ir(network, out, metadata(config, module), precision)
     if precision == "int8":
         return out, _check_auroc(source, module, config, out, max_drop)
     images, described = parity_images(config)
@@ -78,6 +76,15 @@ def export_openvino(source: Path, precision: str = "fp32", out: Path | None = No
                         f"difference / largest value; tolerance {tolerance:g}). Nothing was written.")  # fmt: skip
     print(f"OpenVINO {precision} parity on {described}: {report} (tolerance {tolerance:g})")
     return out, differences
+
+
+def save_ir(network, out: Path, properties: dict[str, str], precision: str) -> None:  # noqa: ANN001
+    """Write an OpenVINO model with adkd's metadata (``image_size`` at least) and its precision."""
+    import openvino as ov
+
+    for key, value in {**properties, "precision": precision}.items():
+        network.set_rt_info(value, ["adkd", key])
+    ov.save_model(network, str(out), compress_to_fp16=precision == "fp16")
 
 
 def _remove(xml: Path) -> None:
@@ -106,14 +113,20 @@ def _datamodule(config: dict, **overrides):  # noqa: ANN202
 
 def _quantize(network, config: dict, calibration_images: int):  # noqa: ANN001, ANN202
     """NNCF post-training quantisation on the run's training images (as the model takes them)."""
-    import nncf
-
     datamodule = _datamodule(config, limit_train=calibration_images)
     datamodule.setup("fit")
     images = datamodule.train_set
     print(f"Calibrating int8 on {len(images)} training images of {config.get('dataset_name')}/{datamodule.category}",
           file=sys.stderr)  # fmt: skip
-    data = nncf.Dataset(range(len(images)), lambda i: images[i]["image"][None].numpy())
+    return quantize(network, [images[i]["image"] for i in range(len(images))])
+
+
+def quantize(network, images) -> object:  # noqa: ANN001
+    """``network`` quantised by NNCF, calibrated on ``images`` ([0, 1] tensors (3,H,W)); the
+    post-processing's blur (:func:`_blur`) left in float."""
+    import nncf
+
+    data = nncf.Dataset(images, lambda image: image[None].numpy())
     return nncf.quantize(network, data, subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=_blur(network)))
 
 
