@@ -50,8 +50,13 @@ def export_openvino(source: Path, precision: str = "fp32", out: Path | None = No
 
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: one of {', '.join(PRECISIONS)}.")
-    onnx = current_onnx(source)
     module, config = load_model(source)
+    if precision == "int8" and not module.post.calibrated:
+        from adkd.export import unfinished
+
+        raise UserError(f"OpenVINO int8 needs the run's thresholds (its graph normalises around them): "
+                        f"{unfinished(config)}.")
+    onnx = current_onnx(source)
     out = Path(out or openvino_path(source, precision))
     out.parent.mkdir(parents=True, exist_ok=True)
     network = ov.convert_model(str(onnx))
