@@ -9,6 +9,7 @@ applies to every engine at once.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import threading
@@ -52,7 +53,7 @@ class Session:
         module, self.config = load_model(source, device)
         self.source, self.device, self.batch = source, device, batch
         self.checkpoint = Path(self.config["checkpoint"]["path"])
-        self.post = module.post.cpu()
+        self.post = copy.deepcopy(module.post).cpu()  # decisions here, on the CPU, whatever runs the model
         self.calibrated = self.config["checkpoint"].get("calibrated_image_threshold",
                                                         _number(self.post.image_threshold))  # fmt: skip
         self.image_size = int(self.config["image_size"])
