@@ -5,7 +5,8 @@ Layout as the official code builds it (and anomalib's port; a test pins the para
 anomalib's ``DraemModel``): every block is two 3x3 convolutions with BatchNorm and ReLU; the
 autoencoder (width 128) halves the resolution four times and has no skip connections; the U-Net
 (width 64) halves it five times and concatenates each encoder block into the decoder. Both take
-the images as they are in [0, 1] (no ImageNet normalisation: no pretrained part).
+the images as they are in [0, 1] (no ImageNet normalisation: no pretrained part), and start from
+the official code's initial weights (:func:`official_init`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ def _block(c_in: int, c_out: int, c_mid: int | None = None) -> nn.Sequential:
 def _up(c_in: int, c_out: int) -> nn.Sequential:
     """x2 bilinear upsampling, then conv-BN-ReLU."""
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True), *_conv(c_in, c_out))
+
+
+def official_init(module: nn.Module) -> None:
+    """The official code's ``weights_init``: convolution weights ~ N(0, 0.02) (their biases keep
+    PyTorch's default), BatchNorm scales ~ N(1, 0.02) and shifts 0."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
 
 
 class Reconstructive(nn.Module):
@@ -97,6 +108,7 @@ class DRAEMNetwork(nn.Module):
                               f"image_size >= {self.min_image_size} (the paper's is 256).")  # fmt: skip
         self.reconstructive = Reconstructive(3, reconstructive_width)
         self.discriminative = Discriminative(6, discriminative_width)
+        self.apply(official_init)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(reconstruction (B,3,H,W), 2-class logits (B,2,H,W))."""
