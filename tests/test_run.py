@@ -12,7 +12,7 @@ import pytest
 
 from adkd.config import compose
 from adkd.methods.registry import method_names
-from tests.conftest import tiny_overrides
+from tests.conftest import smallest_image, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,15 +40,6 @@ def floor_run(method: str, root: Path, out: Path, *extra: str) -> dict:
     overrides = [o for o in tiny_overrides(root) if o != "max_epochs=1"]  # the budget's epochs
     size = f"image_size={smallest_image(method)}"  # the fixture's 32 px, or the method's smallest
     return run(compose([*overrides, f"method={method}", "budget=demo", "backbone.pretrained=true", size, *extra], out))
-
-
-def smallest_image(method: str) -> int:
-    """32, or the smallest image size the method's network works at (``min_image_size``: DRAEM's 64)."""
-    from hydra.utils import get_class
-    from omegaconf import OmegaConf
-
-    network = OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml").method.network._target_
-    return max(32, getattr(get_class(network), "min_image_size", 32))
 
 
 @pytest.mark.parametrize("method", method_names())
