@@ -43,6 +43,17 @@ def tiny_mvtec(tmp_path_factory) -> Path:
     return root
 
 
+def smallest_image(method: str) -> int:
+    """The fixture's 32 px, or the smallest image size the method's network works at
+    (``min_image_size``: DRAEM's 64); the fixture is resized up to it."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "method" / f"{method}.yaml"
+    network = OmegaConf.load(conf).method.network._target_
+    return max(32, getattr(get_class(network), "min_image_size", 32))
+
+
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
     return [
         "dataset=folder", f"dataset.root={root}", "category=widget", "image_size=32", "batch_size=4",

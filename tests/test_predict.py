@@ -7,7 +7,7 @@ import pytest
 
 from adkd.config import compose
 from adkd.methods.registry import method_names
-from tests.conftest import tiny_overrides
+from tests.conftest import smallest_image, tiny_overrides
 
 
 def test_predict_reproduces_the_test_scores_and_decides_at_the_threshold(trained_run, tiny_mvtec, tmp_path, capsys):
@@ -82,7 +82,8 @@ def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(trained_run, 
 def test_every_method_exports_with_parity(method, tiny_mvtec, tmp_path):
     from adkd.run import run
 
-    run(compose(tiny_overrides(tiny_mvtec, f"method={method}"), tmp_path / "run"))
+    size = f"image_size={smallest_image(method)}"  # the fixture's 32 px, or the method's smallest
+    run(compose(tiny_overrides(tiny_mvtec, f"method={method}", size), tmp_path / "run"))
     for fmt in ("onnx", "torchscript"):
         _export_and_predict(tmp_path / "run", tiny_mvtec, fmt, tmp_path)
 

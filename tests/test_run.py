@@ -12,7 +12,7 @@ import pytest
 
 from adkd.config import compose
 from adkd.methods.registry import method_names
-from tests.conftest import tiny_overrides
+from tests.conftest import smallest_image, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,11 +34,12 @@ def finds_the_square(results: dict) -> bool:
 def floor_run(method: str, root: Path, out: Path, *extra: str) -> dict:
     """A method as its yaml builds it, with its small-data recipe (budget=demo: 10 epochs, or the
     method's ``recipe.small.max_epochs``) and the offline ImageNet weights of mobilenet_v2, on the
-    32 px fixture: a few seconds each."""
+    32 px fixture (resized up for a method that needs larger images): a few seconds each."""
     from adkd.run import run
 
     overrides = [o for o in tiny_overrides(root) if o != "max_epochs=1"]  # the budget's epochs
-    return run(compose([*overrides, f"method={method}", "budget=demo", "backbone.pretrained=true", *extra], out))
+    size = f"image_size={smallest_image(method)}"  # the fixture's 32 px, or the method's smallest
+    return run(compose([*overrides, f"method={method}", "budget=demo", "backbone.pretrained=true", size, *extra], out))
 
 
 @pytest.mark.parametrize("method", method_names())
