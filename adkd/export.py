@@ -215,13 +215,14 @@ def main(argv: list[str] | None = None) -> int:
                         "on the test split's AUROC)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="default: <run folder>/export/model.onnx|.pt|.xml")
     parser.add_argument("--tolerance", type=float, default=None,
-                        help="largest relative difference accepted (default 1e-4, or the method's own)")  # fmt: skip
+                        help="largest relative difference accepted (default 1e-4, or the method's own; OpenVINO "
+                        "fp16: 1e-2)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.format == "openvino":
             from adkd.openvino_export import export_openvino
 
-            path, _ = export_openvino(args.model, args.precision, args.out)
+            path, _ = export_openvino(args.model, args.precision, args.out, tolerance=args.tolerance)
         elif args.precision != "fp32":
             raise UserError(f"--precision {args.precision} is for --format openvino; {args.format} exports fp32.")
         else:
