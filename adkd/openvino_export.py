@@ -78,9 +78,10 @@ def export_openvino(source: Path, precision: str = "fp32", out: Path | None = No
     report = ", ".join(f"{k} {v:.2e}" for k, v in differences.items())
     if max(differences.values()) > tolerance:
         _remove(out)
+        kind = "float16" if precision == "fp16" else "float32"
         raise UserError(f"OpenVINO {precision} model differs from the checkpoint on {described}: {report} (largest "
-                        f"difference / largest value; tolerance {tolerance:g}). Nothing was written. Rounding of "
-                        f"{'float16' if precision == 'fp16' else 'float32'} can be accepted with --tolerance.")  # fmt: skip
+                        f"difference / largest value; tolerance {tolerance:g}). Nothing was written. {kind} "
+                        "rounding can be accepted with --tolerance.")  # fmt: skip
     print(f"OpenVINO {precision} parity on {described}: {report} (tolerance {tolerance:g})")
     return out, differences
 
