@@ -71,3 +71,16 @@ def trained_run(tiny_mvtec, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("run")
     run(compose(tiny_overrides(tiny_mvtec, "method=rd4ad"), folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def exported_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of ``trained_run`` with its ONNX export (``export/model.onnx``; the slow part of every
+    export test, made once). Tests that change it work on a copy."""
+    import shutil
+
+    from adkd.export import export
+
+    folder = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("exported") / "run"))
+    export(folder, "onnx")
+    return folder

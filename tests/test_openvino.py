@@ -12,11 +12,11 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory) -> tuple[Path, dict]:
-    """A copy of the trained run with its ONNX and fp32 OpenVINO exports (the ONNX export is the slow part)."""
+def exported(exported_run, tmp_path_factory) -> tuple[Path, dict]:
+    """A copy of the trained run with its ONNX and fp32 OpenVINO exports."""
     from adkd.openvino_export import export_openvino
 
-    run = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("exported") / "run"))
+    run = Path(shutil.copytree(exported_run, tmp_path_factory.mktemp("openvino") / "run"))
     path, differences = export_openvino(run, "fp32")
     assert path == run / "export" / "model.xml"
     return run, differences

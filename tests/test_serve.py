@@ -14,9 +14,9 @@ import pytest
 
 
 @pytest.fixture()
-def run_copy(trained_run, tmp_path) -> Path:
-    """A copy of the trained run: choosing a threshold writes into it."""
-    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+def run_copy(exported_run, tmp_path) -> Path:
+    """A copy of the trained run and its ONNX export: choosing a threshold writes into it."""
+    return Path(shutil.copytree(exported_run, tmp_path / "run"))
 
 
 @pytest.fixture()
@@ -105,14 +105,14 @@ def test_a_saved_threshold_is_used_by_serve_predict_and_export(served, run_copy,
     assert [float(r["image_threshold"]) for r in rows] == pytest.approx([chosen] * len(rows))
     assert sum(r["decision"] == "anomalous" for r in rows) == len(rows) - 1
 
-    from adkd.export import export
+    from adkd.export import metadata
+    from adkd.inference import load_model
 
-    onnx_path, _ = export(run_copy, "onnx")
-    from adkd.inference import OnnxModel
-
-    assert OnnxModel(onnx_path).image_threshold == pytest.approx(chosen)
-    assert stale_export(onnx_path, checkpoint) is None
-    httpx.post(f"{url}/api/threshold", json={"image_threshold": calibrated})  # a new choice: that export is stale
+    model, config = load_model(run_copy)
+    exported = metadata(config, model)  # what an export made now carries
+    assert float(exported["image_threshold"]) == pytest.approx(chosen)
+    assert exported["threshold_choice"] == operating_point.fingerprint(checkpoint) != ""
+    onnx_path = run_copy / "export" / "model.onnx"  # exported before the choice: stale now
     assert "was exported before the threshold" in stale_export(onnx_path, checkpoint)
 
     checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")  # the run trained on: the choice no longer applies
