@@ -57,17 +57,22 @@ def _export_and_predict(run_folder, images, fmt, tmp_path):
     return path
 
 
-def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(trained_run, tiny_mvtec, tmp_path, capsys):
-    from adkd.inference import OnnxModel
-    from adkd.predict import main
-
-    path = _export_and_predict(trained_run, tiny_mvtec, "onnx", tmp_path)
-    model = OnnxModel(path)
-    assert model.image_size == 32 and model.image_threshold is not None
+def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(exported_run, tiny_mvtec, tmp_path, capsys):
     import torch
 
-    outputs = model(torch.rand(5, 3, 32, 32))  # a batch size the export never saw
+    from adkd.inference import Deployable, OnnxModel, load_model
+    from adkd.predict import main
+
+    trained_run, path = exported_run, exported_run / "export" / "model.onnx"  # adkd.export's own check passed
+    model = OnnxModel(path)
+    assert model.image_size == 32 and model.image_threshold is not None
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # a batch size it never saw
+    outputs = model(images)
     assert [tuple(o.shape) for o in outputs] == [(5, 1, 32, 32), (5,), (5, 1, 32, 32), (5,)]
+    with torch.no_grad():
+        reference = Deployable(load_model(trained_run)[0]).eval()(images)
+    for got, expected in zip(outputs[:2], reference[:2], strict=True):
+        assert torch.allclose(got, expected, atol=1e-4 * max(1.0, float(expected.abs().max())))
     out = tmp_path / "onnx_out"
     assert main([str(path), str(tiny_mvtec / "widget" / "test"), "--engine", "onnx", "--out", str(out)]) == 0
     torch_rows = tmp_path / "torch_out"
