@@ -21,6 +21,7 @@ metadata (image size, thresholds, the checkpoint and threshold choice it comes f
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -46,8 +47,8 @@ def export_openvino(source: Path, precision: str = "fp32", out: Path | None = No
     """Write the IR and check it; returns the file and what the check measured."""
     import openvino as ov
 
-    from adkd.export import current_onnx, metadata, parity_images
-    from adkd.inference import Deployable, OpenVinoModel, load_model
+    from adkd.export import current_onnx, metadata
+    from adkd.inference import load_model
 
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: one of {', '.join(PRECISIONS)}.")
@@ -58,14 +59,32 @@ def export_openvino(source: Path, precision: str = "fp32", out: Path | None = No
         raise UserError(f"OpenVINO int8 needs the run's thresholds (its graph normalises around them): "
                         f"{unfinished(config)}.")
     onnx = current_onnx(source)
-    out = Path(out or openvino_path(source, precision))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    network = ov.convert_model(str(onnx))
-    if precision == "int8":
-        network = _quantize(network, config, calibration_images)
-    save_ir(network, out, metadata(config, module), precision)
-    if precision == "int8":
-        return out, _check_auroc(source, module, config, out, max_drop)
+    final = Path(out or openvino_path(source, precision))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside its place and moved there once checked: a model that fails its check leaves the
+    # previous one as it was, and a process that has the previous one open keeps reading it.
+    out = final.with_name(f".{final.stem}.{os.getpid()}.partial.xml")
+    try:
+        network = ov.convert_model(str(onnx))
+        if precision == "int8":
+            network = _quantize(network, config, calibration_images)
+        save_ir(network, out, metadata(config, module), precision)
+        del network
+        if precision == "int8":
+            measured = _check_auroc(source, module, config, out, max_drop)
+        else:
+            measured = _check_parity(module, config, out, precision, tolerance)
+        os.replace(out.with_suffix(".bin"), final.with_suffix(".bin"))
+        os.replace(out, final)
+    finally:
+        _remove(out)
+    return final, measured
+
+
+def _check_parity(module, config: dict, out: Path, precision: str, tolerance: float | None) -> dict:  # noqa: ANN001
+    from adkd.export import parity_images
+    from adkd.inference import Deployable, OpenVinoModel
+
     images, described = parity_images(config)
     with torch.no_grad():
         reference = Deployable(module).eval()(images)
@@ -77,13 +96,12 @@ def export_openvino(source: Path, precision: str = "fp32", out: Path | None = No
     tolerance = tolerance or (1e-4 if precision == "fp32" else FP16_TOLERANCE)
     report = ", ".join(f"{k} {v:.2e}" for k, v in differences.items())
     if max(differences.values()) > tolerance:
-        _remove(out)
         kind = "float16" if precision == "fp16" else "float32"
         raise UserError(f"OpenVINO {precision} model differs from the checkpoint on {described}: {report} (largest "
                         f"difference / largest value; tolerance {tolerance:g}). Nothing was written. {kind} "
                         "rounding can be accepted with --tolerance.")  # fmt: skip
     print(f"OpenVINO {precision} parity on {described}: {report} (tolerance {tolerance:g})")
-    return out, differences
+    return differences
 
 
 def save_ir(network, out: Path, properties: dict[str, str], precision: str) -> None:  # noqa: ANN001
@@ -181,7 +199,6 @@ def _check_auroc(source: Path, module, config: dict, out: Path, max_drop: float)
     report = ", ".join(f"{k} {100 * reference[k]:.2f} -> {100 * quantized[k]:.2f}" for k in drops)
     worst = max(drops, key=drops.get, default=None)
     if worst is not None and drops[worst] > max_drop:
-        _remove(out)
         raise UserError(f"int8 loses {100 * drops[worst]:.2f} points of {worst} on the test split ({report}); at most "
                         f"{100 * max_drop:g} allowed. Nothing was written: use fp32 or fp16.")  # fmt: skip
     print(f"int8 on the test split: {report} (at most {100 * max_drop:g} points lost allowed)")

@@ -71,6 +71,7 @@ def test_int8_that_loses_accuracy_is_refused_with_the_loss_named(run_copy, monke
                                         r"99\.00 -> 95\.00, pixel_auroc 98\.00 -> 97\.90\); at most 0\.5 allowed"):
         openvino_export.export_openvino(run_copy, "int8")
     assert not openvino_export.openvino_path(run_copy, "int8").exists()  # nothing left behind
+    assert not list((run_copy / "export").glob(".*partial*"))
 
 
 def test_a_bare_ir_older_than_its_run_is_refused(run_copy, capsys):
