@@ -148,10 +148,9 @@ def _properties(model_path: Path) -> dict[str, str]:
     if model_path.suffix == ".xml":
         import openvino as ov
 
-        from adkd.inference import _OV_KEYS
+        from adkd.inference import openvino_metadata
 
-        model = ov.Core().read_model(str(model_path))
-        return {k: str(model.get_rt_info(["adkd", k]).astype(str)) for k in _OV_KEYS if model.has_rt_info(["adkd", k])}
+        return openvino_metadata(ov.Core().read_model(str(model_path)))
     import onnx
 
     return {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}

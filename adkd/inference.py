@@ -193,8 +193,7 @@ class OpenVinoModel:
             model = core.read_model(str(path))
         except Exception as err:  # noqa: BLE001 - not an IR, a broken one
             raise CheckpointError(f"Cannot load {path} with OpenVINO: {str(err).splitlines()[0][:200]}") from err
-        self.metadata = {key: str(model.get_rt_info(["adkd", key]).astype(str)) for key in _OV_KEYS
-                         if model.has_rt_info(["adkd", key])}  # fmt: skip
+        self.metadata = openvino_metadata(model)
         if "image_size" not in self.metadata:
             raise CheckpointError(f"{path} carries no adkd metadata (image_size): was it exported by adkd.export?")
         self.image_size = trust.image_size(self.metadata["image_size"], path)
@@ -209,6 +208,12 @@ class OpenVinoModel:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         results = self.compiled(images.detach().cpu().float().contiguous().numpy())
         return tuple(torch.from_numpy(results[output]) for output in self.compiled.outputs)
+
+
+def openvino_metadata(model) -> dict[str, str]:  # noqa: ANN001
+    """The adkd metadata an OpenVINO model carries in its rt_info (as :func:`adkd.export.metadata` wrote it)."""
+    return {key: str(model.get_rt_info(["adkd", key]).astype(str)) for key in _OV_KEYS
+            if model.has_rt_info(["adkd", key])}  # fmt: skip
 
 
 _OV_KEYS = ("image_size", "method", "image_threshold", "pixel_threshold", "image_floor", "pixel_floor",
