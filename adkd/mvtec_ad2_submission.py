@@ -81,13 +81,22 @@ def write_category(model, image_size: int, root: Path, category: str, out: Path,
 
 
 def problems(out: Path, root: Path | None = None) -> tuple[list[str], list[str]]:
-    """(what the server would refuse, the categories still missing) in the folder ``out``: each
-    category's folders must hold one map and one segmentation per private test image (the images
-    under ``root``, where given), maps single-channel float16, segmentations single-channel 0/255."""
+    """(what the server would refuse, the categories still missing) in the folder ``out``: nothing
+    but the two folders, the categories and their two splits; each split holding one map and one
+    segmentation per private test image (the images under ``root``, where given), maps single-channel
+    float16, segmentations single-channel 0/255."""
     import tifffile
     from PIL import Image
 
     found, missing = [], []
+    allowed = {out: {MAPS, SEGMENTATIONS}, out / MAPS: set(MVTecAD2DataModule.categories),
+               out / SEGMENTATIONS: set(MVTecAD2DataModule.categories)}  # fmt: skip
+    allowed |= {out / folder / c: set(PRIVATE_SPLITS) for folder in (MAPS, SEGMENTATIONS) for c in allowed[out / MAPS]}
+    for folder, names in allowed.items():
+        extra = sorted(p.name for p in folder.iterdir() if p.name not in names) if folder.is_dir() else []
+        if extra:
+            found.append(f"{folder}: holds {', '.join(extra)}, which the server refuses (it takes only "
+                         f"{', '.join(sorted(names))})")  # fmt: skip
     for category in MVTecAD2DataModule.categories:
         if not (out / MAPS / category).is_dir():
             missing.append(category)

@@ -78,8 +78,9 @@ def test_the_check_finds_what_the_server_refuses(written, tmp_path):
         broken / SEGMENTATIONS / "can" / "test_private" / "001_regular.png"
     )
     (broken / SEGMENTATIONS / "can" / "test_private_mixed" / "000_mixed.png").unlink()
+    (broken / MAPS / "can" / "test_public").mkdir()
     found, _ = problems(broken, root)
-    assert len(found) == 3
+    assert len(found) == 4 and "can: holds test_public, which the server refuses" in found.pop(0)
     assert "000_regular.tiff: float32 with shape (16, 16), not one float16 channel" in found[0]
     assert "001_regular.png: not one channel of 0 and 255" in found[1]
     assert "test_private_mixed: test images without a file: 1, files of no test image: 0" in found[2]
