@@ -2,9 +2,9 @@
 ``kos01`` ... ``kos50`` with eight surfaces each, read in its released layout.
 
 The dataset has no split for training on defect-free images only (its authors cross-validate a
-supervised model over three folds of commutators), and the ADPS paper's text names no split for it
-(its tables are images and could not be read). adkd therefore uses anomalib's ``Kolektor`` split, the one public
-unsupervised protocol with code, so that numbers compare with anomalib's: every defective image is a
+supervised model over folds of whole commutators), and the ADPS paper's text names no split for it
+(its tables are images and could not be read). adkd therefore uses anomalib's ``Kolektor`` split, a
+public unsupervised protocol with code, so that numbers compare with anomalib's: every defective image is a
 test image, and the defect-free ones are split 80/20 into training and test images by a fixed
 permutation (seed 42, independent of the run's seed), drawn as scikit-learn's
 ``train_test_split(train_size=0.8, random_state=42)`` draws it over the defect-free images in path
@@ -14,7 +14,9 @@ versions, so the split does not depend on the installed scikit-learn.
 Where anomalib and the authors read the dataset differently, adkd follows the authors: their loader
 (vicoslab/mixed-segdec-net-comind2021, ``data/input_ksdd.py``) leaves out ``kos21/Part7``, and so does
 adkd. It is left out after the split, so every other image is where anomalib puts it. An image is
-defective when its ``_label.bmp`` mask has a non-zero pixel (both readers agree).
+defective when its ``_label.bmp`` mask has a non-zero pixel (both readers agree). The download is the
+release with pixel-wise masks (``KolektorSDD.zip``, anomalib's); that loader's download script fetches
+the variant with box annotations (``kolektorsddboxes``), laid out alike, which adkd reads as well.
 """
 
 from __future__ import annotations
