@@ -141,8 +141,10 @@ class AnomalyDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def labelled_validation(self) -> list[Record] | None:
-        """A validation split of the dataset's own with normal and anomalous images, if it has one.
-        Without one, validation holds out ``val_fraction`` of the normal training images."""
+        """A validation split of the dataset's own, if it has one: normal images (the loss is tracked
+        and the thresholds are set on them), and anomalous ones where it has them (scored as
+        ``val/labelled_<metric>``). Without one, validation holds out ``val_fraction`` of the normal
+        training images."""
         return None
 
     # -- shared machinery ---------------------------------------------------------------------

@@ -101,6 +101,12 @@ class PostProcessor(nn.Module):
         return (_around(anomaly_map, self.pixel_threshold, self.pixel_floor),
                 _around(pred_score, self.image_threshold, self.image_floor))  # fmt: skip
 
+    def in_threshold_units(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """The map rescaled so that the lowest validation value is 0 and the pixel threshold 1, not
+        clipped: a monotone rescaling (threshold-free metrics unchanged) that any method's map reads
+        the same in, and that keeps float16's precision where the threshold lies."""
+        return (anomaly_map - self.pixel_floor) / _span(self.pixel_threshold, self.pixel_floor)
+
 
 def _upper_quantile(values: torch.Tensor, share: float) -> float:
     """The value that ``share`` of ``values`` lie above (kthvalue: exact, and fine with the millions
@@ -109,6 +115,9 @@ def _upper_quantile(values: torch.Tensor, share: float) -> float:
     return float(values.float().kthvalue(k).values)
 
 
+def _span(threshold: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    return (threshold - floor).clamp_min(1e-6 * threshold.abs().clamp_min(1.0))  # a flat validation set
+
+
 def _around(x: torch.Tensor, threshold: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
-    span = (threshold - floor).clamp_min(1e-6 * threshold.abs().clamp_min(1.0))  # a flat validation set
-    return ((x - floor) / (2 * span)).clamp(0, 1)
+    return ((x - floor) / (2 * _span(threshold, floor))).clamp(0, 1)

@@ -1,0 +1,160 @@
+"""Tiny copies of benchmark datasets in their released layouts: the folder trees, file names,
+extensions and mask conventions of each release, with a few 16x16 images (both classes, masks
+marking a bright square). Readers are checked against reference readers on these trees
+(tests/test_readers.py); nothing here is downloaded.
+
+Each function writes one dataset under ``root`` and returns the dataset root a reader is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SIZE = 16
+
+
+class _Painter:
+    """Deterministic 16x16 images: a noisy gradient, and for a defect a bright square with its mask."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def image(self, path: Path, size: tuple[int, int] = (SIZE, SIZE), defect: bool = False,
+              grey: bool = False) -> np.ndarray:  # fmt: skip
+        """Write an image (format from the suffix) and return its defect mask (bool, H x W)."""
+        width, height = size
+        base = np.tile(np.linspace(60, 180, width), (height, 1)) + self.rng.normal(0, 8, (height, width))
+        mask = np.zeros((height, width), dtype=bool)
+        if defect:
+            y, x = self.rng.integers(1, height - 5), self.rng.integers(1, width - 5)
+            mask[y : y + 4, x : x + 4] = True
+            base[mask] = 250
+        pixels = np.clip(base, 0, 255).astype(np.uint8)
+        picture = Image.fromarray(pixels if grey else np.stack([pixels] * 3, axis=-1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(path, **({"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
+        return mask
+
+    @staticmethod
+    def mask(path: Path, mask: np.ndarray, value: int = 255) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * value).save(path)
+
+
+def mvtec_ad(root: Path) -> Path:
+    """MVTec AD, category ``bottle``: ``ground_truth/<defect>/<stem>_mask.png``."""
+    paint, cat = _Painter(1), root / "bottle"
+    for i in range(4):
+        paint.image(cat / "train" / "good" / f"{i:03d}.png")
+    for i in range(2):
+        paint.image(cat / "test" / "good" / f"{i:03d}.png")
+    for defect, count in (("broken_large", 2), ("contamination", 1)):
+        for i in range(count):
+            mask = paint.image(cat / "test" / defect / f"{i:03d}.png", defect=True)
+            paint.mask(cat / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
+    return root
+
+
+def mpdd(root: Path) -> Path:
+    """MPDD, category ``bracket_black``: the MVTec AD layout, defects ``hole`` and ``scratches``."""
+    paint, cat = _Painter(2), root / "bracket_black"
+    for i in range(3):
+        paint.image(cat / "train" / "good" / f"{i:03d}.png")
+    paint.image(cat / "test" / "good" / "000.png")
+    for defect, count in (("hole", 1), ("scratches", 2)):
+        for i in range(count):
+            mask = paint.image(cat / "test" / defect / f"{i:03d}.png", defect=True)
+            paint.mask(cat / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
+    return root
+
+
+def visa(root: Path) -> Path:
+    """VisA: ``split_csv/1cls.csv`` (object,split,label,image,mask), ``<object>/Data/Images/{Normal,
+    Anomaly}/*.JPG`` (normal images numbered with four digits, anomalous ones with three) and
+    ``<object>/Data/Masks/Anomaly/*.png``, whose non-zero values are defect ids (1, 2), not 255."""
+    paint = _Painter(3)
+    rows = ["object,split,label,image,mask"]
+    for obj, n_train, n_test_normal, n_anomaly in (("candle", 3, 2, 2), ("capsules", 1, 0, 1)):
+        images = Path(obj) / "Data" / "Images"
+        for i in range(n_train + n_test_normal):
+            relative = images / "Normal" / f"{i:04d}.JPG"
+            paint.image(root / relative)
+            rows.append(f"{obj},{'train' if i < n_train else 'test'},normal,{relative.as_posix()},")
+        for i in range(n_anomaly):
+            relative = images / "Anomaly" / f"{i:03d}.JPG"
+            mask_relative = Path(obj) / "Data" / "Masks" / "Anomaly" / f"{i:03d}.png"
+            mask = paint.image(root / relative, defect=True)
+            paint.mask(root / mask_relative, mask, value=1 + i)
+            rows.append(f"{obj},test,anomaly,{relative.as_posix()},{mask_relative.as_posix()}")
+    (root / "split_csv").mkdir(parents=True, exist_ok=True)
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def ksdd2(root: Path) -> Path:
+    """KolektorSDD2: ``train/`` and ``test/`` of ``<id>.png`` with ``<id>_GT.png`` (all-zero for a
+    defect-free image); defective images in both folders (the supervised protocol trains on some)."""
+    paint = _Painter(4)
+    for split, first, defective in (("train", 10000, (1,)), ("test", 20000, (0, 2))):
+        for i in range(4):
+            name = str(first + i)
+            mask = paint.image(root / split / f"{name}.png", defect=i in defective)
+            paint.mask(root / split / f"{name}_GT.png", mask)
+    return root
+
+
+KSDD_DEFECTIVE = ("kos01/Part3", "kos02/Part5", "kos21/Part1")
+
+
+def ksdd(root: Path) -> Path:
+    """KolektorSDD: ``kosNN/PartN.jpg`` (greyscale) with ``PartN_label.bmp`` for every image (all-zero
+    when defect-free), eight parts a commutator; ``kos21`` holds the ``Part7`` its authors leave out."""
+    paint = _Painter(5)
+    for folder in ("kos01", "kos02", "kos21"):
+        for part in range(8):
+            name = f"{folder}/Part{part}"
+            mask = paint.image(root / f"{name}.jpg", defect=name in KSDD_DEFECTIVE, grey=True)
+            paint.mask(root / f"{name}_label.bmp", mask)
+    return root
+
+
+BTAD_EXTENSIONS = {"01": (".bmp", ".png"), "02": (".png", ".png"), "03": (".bmp", ".bmp")}  # (images, masks)
+
+
+def btad(root: Path) -> Path:
+    """BTAD: ``<product>/{train/ok, test/ok, test/ko, ground_truth/ko}``; masks ``.bmp`` for 03 and
+    ``.png`` for 01 and 02, as the release has them."""
+    paint = _Painter(6)
+    for product, (image_ext, mask_ext) in BTAD_EXTENSIONS.items():
+        for i in range(3):
+            paint.image(root / product / "train" / "ok" / f"{i:04d}{image_ext}")
+        paint.image(root / product / "test" / "ok" / f"0000{image_ext}")
+        for i in range(2):
+            mask = paint.image(root / product / "test" / "ko" / f"{i:04d}{image_ext}", defect=True)
+            paint.mask(root / product / "ground_truth" / "ko" / f"{i:04d}{mask_ext}", mask)
+    return root
+
+
+def mvtec_ad2(root: Path, categories: tuple[str, ...] = ("can",)) -> Path:
+    """MVTec AD 2: ``train/good``, ``validation/good``, ``test_public/{good,bad}`` with
+    ``test_public/ground_truth/bad/<stem>_mask.png``, and the unlabelled ``test_private/NNN_regular.png``
+    and ``test_private_mixed/NNN_mixed.png`` (one of them not square: maps go back at each image's size)."""
+    paint = _Painter(7)
+    for category in categories:
+        cat = root / category
+        for i in range(3):
+            paint.image(cat / "train" / "good" / f"{i:03d}_regular.png")
+        for i in range(2):
+            paint.image(cat / "validation" / "good" / f"{i:03d}_regular.png")
+        paint.image(cat / "test_public" / "good" / "000_regular.png")
+        for i in range(2):
+            mask = paint.image(cat / "test_public" / "bad" / f"{i:03d}_regular.png", defect=True)
+            paint.mask(cat / "test_public" / "ground_truth" / "bad" / f"{i:03d}_regular_mask.png", mask)
+        for i in range(2):
+            paint.image(cat / "test_private" / f"{i:03d}_regular.png", defect=i == 1)
+        paint.image(cat / "test_private_mixed" / "000_mixed.png")
+        paint.image(cat / "test_private_mixed" / "001_mixed.png", size=(24, 16), defect=True)
+    return root

@@ -1,0 +1,289 @@
+"""Every benchmark reader against a reference reader, on tiny copies of the released layouts
+(tests/replicas.py): anomalib 2.7's dataset classes where anomalib reads the dataset, the authors'
+own loader's rules for KolektorSDD2. A record is (image path, label, mask path of an anomalous
+image, defect type); masks anomalib gives normal images (all-zero files, or files that do not exist)
+are not compared, since adkd gives normal images none. Where adkd departs from the reference on
+purpose, the test says how and checks the departure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adkd.data.records import Record
+from tests import replicas
+
+
+def ours(records: list[Record]) -> list[tuple]:
+    return sorted((str(r.image_path), r.gt_label, str(r.mask_path) if r.gt_label else None, r.defect) for r in records)
+
+
+def theirs(samples, defect=lambda label: label) -> list[tuple]:  # noqa: ANN001
+    """anomalib's samples DataFrame as records; ``defect`` maps its label column to adkd's defect type."""
+    return sorted(
+        (str(Path(row.image_path)), int(row.label_index), str(Path(row.mask_path)) if row.label_index else None,
+         defect(row.label))
+        for row in samples.itertuples()
+    )  # fmt: skip
+
+
+def held_out_union(datamodule) -> None:  # noqa: ANN001
+    """adkd's one departure shared by these readers: validation images held out of the training
+    split (``val_fraction``). Together they are the training split, and no image is in both."""
+    records = datamodule.checked_records()  # also runs the data check over every file
+    fit, val = set(records["train"]), set(records["val"])
+    assert fit | val == set(datamodule.records("train")) and not fit & val and val
+
+
+def test_mvtec_ad_reads_as_anomalib(tmp_path):
+    from anomalib.data.datasets.image.mvtecad import MVTecADDataset
+
+    from adkd.data.folder import MVTecADDataModule
+
+    root = replicas.mvtec_ad(tmp_path)
+    dm = MVTecADDataModule(root=str(root), category="bottle", val_fraction=0.3)
+    for split, (n, n_anomalous) in (("train", (4, 0)), ("test", (5, 3))):
+        reference = theirs(MVTecADDataset(root=root, category="bottle", split=split).samples)
+        assert ours(dm.records(split)) == reference
+        assert (len(reference), sum(r[1] for r in reference)) == (n, n_anomalous)
+    held_out_union(dm)
+
+
+def test_mpdd_reads_as_anomalib(tmp_path):
+    from anomalib.data.datasets.image.mpdd import MPDDDataset
+
+    from adkd.data.mpdd import MPDDDataModule
+
+    root = replicas.mpdd(tmp_path)
+    dm = MPDDDataModule(root=str(root), category="bracket_black", val_fraction=0.3)
+    for split, n in (("train", 3), ("test", 4)):
+        reference = theirs(MPDDDataset(root=root, category="bracket_black", split=split).samples)
+        assert ours(dm.records(split)) == reference and len(reference) == n
+    assert {r.defect for r in dm.records("test")} == {"good", "hole", "scratches"}
+    held_out_union(dm)
+
+
+def test_visa_reads_the_split_file_as_anomalib_resorts_it(tmp_path):
+    """anomalib copies VisA into an MVTec AD layout (visa_pytorch/, masks rewritten as 0/255, defect
+    type "bad"); adkd reads the release in place (defect type "anomaly", masks as released, any
+    non-zero value anomalous). Compared by file name, and mask pixels by what each reads."""
+    from anomalib.data.datamodules.image.visa import Visa
+    from anomalib.data.datasets.image.visa import VisaDataset
+
+    from adkd.data.dataset import read_mask
+    from adkd.data.visa import VisADataModule
+
+    root = replicas.visa(tmp_path / "visa")
+    Visa(root=root, category="candle").prepare_data()  # anomalib's re-sorting of the released files
+    dm = VisADataModule(root=str(root), category="candle", val_fraction=0.3)
+
+    def by_name(rows: list[tuple]) -> list[tuple]:
+        return sorted((Path(i).name, label, Path(m).name if m else None, d) for i, label, m, d in rows)
+
+    for split, n in (("train", 3), ("test", 4)):
+        samples = VisaDataset(root=root / "visa_pytorch", category="candle", split=split).samples
+        reference = theirs(samples, defect=lambda label: "anomaly" if label == "bad" else label)
+        assert by_name(ours(dm.records(split))) == by_name(reference) and len(reference) == n
+    anomalous = [r for r in dm.records("test") if r.gt_label]
+    copies = {Path(p).name: Path(p) for p in samples.mask_path if p}
+    assert {np.unique(np.asarray(Image.open(r.mask_path))).max() for r in anomalous} == {1, 2}  # defect ids
+    for record in anomalous:
+        their_mask = np.asarray(Image.open(copies[record.mask_path.name]).convert("L")) > 0
+        assert np.array_equal(read_mask(record.mask_path, (16, 16)), their_mask) and their_mask.any()
+    held_out_union(dm)
+
+
+def authors_ksdd2(root: Path, kind: str) -> list[tuple]:
+    """KolektorSDD2 as the authors' loader reads it (vicoslab/mixed-segdec-net-comind2021,
+    ``data/input_ksdd2.py``): each sample ``<part>`` of a split is ``<root>/<split>/<part>.png`` with
+    ``<part>_GT.png``, positive when the mask read as greyscale has a pixel above 0. Their split files
+    (pickles of the parts, by number of segmented positives) list every image of the folder, which
+    is what is listed here."""
+    import cv2
+
+    rows = []
+    for mask in sorted((root / kind).glob("*_GT.png")):
+        image = mask.with_name(mask.name.replace("_GT.png", ".png"))
+        positive = bool(cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE).max() > 0)
+        rows.append((str(image), int(positive), str(mask) if positive else None, "defect" if positive else "good"))
+    return rows
+
+
+def test_ksdd2_reads_as_its_authors_loader(tmp_path):
+    """The unsupervised protocol trains on the training folder's negatives only; the authors'
+    supervised loader also trains on its positives (here 10001)."""
+    from adkd.data.ksdd2 import KolektorSDD2DataModule
+
+    root = replicas.ksdd2(tmp_path)
+    dm = KolektorSDD2DataModule(root=str(root), val_fraction=0.3)
+    train, test = authors_ksdd2(root, "train"), authors_ksdd2(root, "test")
+    assert ours(dm.records("test")) == test and [r[1] for r in test] == [1, 0, 1, 0]
+    assert ours(dm.records("train")) == [r for r in train if r[1] == 0] and len(train) == 4
+    assert [Path(r[0]).stem for r in train if r[1]] == ["10001"]
+    held_out_union(dm)
+
+
+def test_ksdd_split_is_anomalibs_less_the_image_its_authors_leave_out(tmp_path):
+    from anomalib.data.datasets.image.kolektor import KolektorDataset
+
+    from adkd.data.ksdd import KolektorSDDDataModule
+
+    root = replicas.ksdd(tmp_path)
+    dm = KolektorSDDDataModule(root=str(root), val_fraction=0.3)
+    left_out = str(root / "kos21" / "Part7.jpg")
+    named = {"Good": "good", "Bad": "defect"}
+    for split in ("train", "test"):
+        reference = theirs(KolektorDataset(root=root, split=split).samples, defect=named.get)
+        assert ours(dm.records(split)) == [r for r in reference if r[0] != left_out]
+    everything = ours(dm.records("train") + dm.records("test"))
+    assert len(everything) == 23 and left_out not in {r[0] for r in everything}  # 24 images, one left out
+    assert sorted(Path(r[0]).parent.name + "/" + Path(r[0]).stem for r in everything if r[1]) == sorted(
+        replicas.KSDD_DEFECTIVE
+    )
+    assert {r[1] for r in ours(dm.records("train"))} == {0}
+    assert ours(KolektorSDDDataModule(root=str(root)).records("test")) == ours(dm.records("test"))  # fixed split
+    held_out_union(dm)
+
+
+def test_ksdd_split_draws_as_scikit_learn(tmp_path):
+    """adkd draws anomalib's split without scikit-learn: the same permutation, for any count."""
+    from sklearn.model_selection import train_test_split
+
+    from adkd.data.ksdd import unsupervised_split
+
+    for n in (5, 21, 347):
+        records = [Record(tmp_path / f"{i:04d}.jpg", 0) for i in range(n)]
+        train, test = unsupervised_split(records)
+        their_train, their_test = train_test_split(records, train_size=0.8, random_state=42)
+        assert train == sorted(their_train, key=lambda r: str(r.image_path))
+        assert test == sorted(their_test, key=lambda r: str(r.image_path))
+
+
+@pytest.mark.parametrize("product", ["01", "02", "03"])
+def test_btad_reads_the_release_and_anomalibs_converted_copy(tmp_path, product):
+    """On the release, anomalib names ``<stem>.png`` masks for every product, and 03's are ``.bmp``:
+    adkd names the file that exists. On the copy anomalib makes after downloading (every ``.bmp``
+    rewritten as ``.png``), both read the same."""
+    from anomalib.data.datasets.image.btech import BTechDataset
+
+    from adkd.data.btad import BTADDataModule
+
+    root = replicas.btad(tmp_path / "btad")
+    named = {"ok": "good", "ko": "ko"}
+    for split in ("train", "test"):
+        rows = ours(BTADDataModule(root=str(root), category=product).records(split))
+        reference = theirs(BTechDataset(root=root, category=product, split=split).samples, defect=named.get)
+        assert [(i, label, d) for i, label, _, d in rows] == [(i, label, d) for i, label, _, d in reference]
+        assert all(Path(m).is_file() for _, label, m, _ in rows if label)
+        if product == "03" and split == "test":
+            assert {Path(m).suffix for _, _, m, _ in reference if m} == {".png"}  # anomalib's: no such files
+            assert {Path(m).suffix for _, _, m, _ in rows if m} == {".bmp"}
+        else:
+            assert rows == reference
+    assert [label for _, label, _, _ in rows] == [1, 1, 0]  # test/ko/0000, 0001, test/ok/0000
+
+    for bmp in (root / product).rglob("*.bmp"):  # what anomalib's BTech.prepare_data does after a download
+        Image.open(bmp).save(bmp.with_suffix(".png"))
+        bmp.unlink()
+    dm = BTADDataModule(root=str(root), category=product, val_fraction=0.3)
+    for split in ("train", "test"):
+        reference = theirs(BTechDataset(root=root, category=product, split=split).samples, defect=named.get)
+        assert ours(dm.records(split)) == reference
+    held_out_union(dm)
+
+
+def test_mvtec_ad2_reads_as_anomalib_with_its_own_validation_split(tmp_path):
+    """Validation is the dataset's ``validation/good`` (anomalib's "val" split), not held out of the
+    training images: adkd trains on every training image."""
+    from anomalib.data.datasets.image.mvtecad2 import MVTecAD2Dataset
+
+    from adkd.data.mvtec_ad2 import MVTecAD2DataModule
+
+    root = replicas.mvtec_ad2(tmp_path)
+    dm = MVTecAD2DataModule(root=str(root), category="can")
+    for split, ours_split, n in (("train", "train", 3), ("val", "validation", 2), ("test", "test", 3)):
+        reference = theirs(MVTecAD2Dataset(root=root, category="can", split=split).samples)
+        assert ours(dm.records(ours_split)) == reference and len(reference) == n
+    for split in ("test_private", "test_private_mixed"):
+        kind = split.removeprefix("test_")
+        samples = MVTecAD2Dataset(root=root, category="can", split="test", test_type=kind).samples
+        assert sorted(map(str, dm.private_images(split))) == sorted(str(Path(p)) for p in samples.image_path)
+        assert set(samples.label_index) == {-1}  # no labels: the server scores them
+    records = dm.checked_records()
+    assert records["train"] == dm.records("train")
+    assert records["val"] == records["calibration"] == dm.records("validation")
+    assert records["test"] == dm.records("test")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "category", "write"),
+    [("ksdd", "ksdd", replicas.ksdd), ("mvtec_ad2", "can", replicas.mvtec_ad2), ("btad", "03", replicas.btad),
+     ("mpdd", "bracket_black", replicas.mpdd)],
+)  # fmt: skip
+def test_each_dataset_config_reads_its_replica(tmp_path, dataset, category, write):
+    from hydra.utils import instantiate
+
+    from adkd.config import compose
+
+    root = write(tmp_path / "data")
+    cfg = compose([f"dataset={dataset}", f"dataset.root={root}", f"category={category}"], tmp_path / "run")
+    datamodule = instantiate(cfg.dataset)
+    records = datamodule.checked_records()
+    assert datamodule.name == dataset and datamodule.category == category
+    assert records["train"] and {r.gt_label for r in records["test"]} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("module", "cls", "category", "where"),
+    [("ksdd", "KolektorSDDDataModule", "ksdd", "vicos.si/resources/kolektorsdd"),
+     ("mvtec_ad2", "MVTecAD2DataModule", "can", "mvtec-ad-2"),
+     ("btad", "BTADDataModule", "02", "btad.zip"),
+     ("mpdd", "MPDDDataModule", "tubes", "sharepoint.com")],
+)  # fmt: skip
+def test_missing_dataset_and_wrong_category_say_what_to_do(tmp_path, module, cls, category, where):
+    import importlib
+
+    from adkd.errors import ConfigError, DatasetNotFoundError
+
+    datamodule = getattr(importlib.import_module(f"adkd.data.{module}"), cls)
+    with pytest.raises(DatasetNotFoundError) as err:
+        datamodule(root=str(tmp_path / "nowhere"), category=category)
+    message = str(err.value)
+    assert str(tmp_path / "nowhere") in message and "Expected layout" in message and where in message
+    with pytest.raises(ConfigError, match=f"Unknown category 'nope' for dataset {datamodule.name}. Valid categories: "):
+        datamodule(root=str(tmp_path), category="nope")
+
+
+def test_mpdd_download_is_refused_with_where_to_get_it(tmp_path):
+    from adkd.data.mpdd import MPDDDataModule
+    from adkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot be downloaded by adkd.*OneDrive"):
+        MPDDDataModule(root=str(tmp_path), download=True)
+
+
+def test_downloads_use_anomalibs_archives_and_keep_the_released_layout(tmp_path, monkeypatch):
+    """The URL and checksum are anomalib's; BTAD's archive folder is lifted so that the products sit
+    in the root, with their files as released (no .bmp to .png conversion)."""
+    import anomalib.data.utils.download as anomalib_download
+
+    from adkd.data.download import download, download_info
+
+    assert download_info("ksdd").url == "https://go.vicos.si/kolektorsdd"
+    assert download_info("btad").url.endswith("btad/btad.zip")
+    assert download_info("mvtec_ad2").url.endswith("mvtec_ad_2.tar.gz")
+
+    def fake_download_and_extract(root: Path, info) -> None:  # noqa: ANN001 - the archive as it unpacks
+        assert info is download_info("btad")
+        replicas.btad(root / "BTech_Dataset_transformed")
+
+    monkeypatch.setattr(anomalib_download, "download_and_extract", fake_download_and_extract)
+    download("btad", tmp_path / "btad")
+    assert sorted(p.name for p in (tmp_path / "btad").iterdir()) == ["01", "02", "03"]
+    assert (tmp_path / "btad" / "03" / "ground_truth" / "ko" / "0000.bmp").is_file()
+    with pytest.raises(ValueError, match="No download is known for dataset 'mpdd'"):
+        download("mpdd", tmp_path / "mpdd")
