@@ -212,3 +212,14 @@ def test_aupro_equals_the_mvtec_evaluation_algorithm_at_a_test_sets_size():
     out = metrics.compute()
     assert out["pixel_aupro"] == pytest.approx(reference_aupro(maps, masks, 0.3), abs=1e-4)
     assert out["pixel_aupro_005"] == pytest.approx(reference_aupro(maps, masks, 0.05), abs=1e-4)
+
+
+def test_the_segmentation_threshold_rules():
+    from adkd.metrics.segmentation import segmentation_threshold
+
+    maps = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(2, 1, 1, 2)  # mean 2.5, std (over all pixels) sqrt(1.25)
+    assert segmentation_threshold(maps, "mean_std", 3.0, fpr_threshold=9.0) == pytest.approx(2.5 + 3 * 1.25**0.5)
+    assert segmentation_threshold(maps, "mean_std", 0.0, fpr_threshold=9.0) == pytest.approx(2.5)
+    assert segmentation_threshold(maps, "fpr", 3.0, fpr_threshold=3.75) == 3.75
+    with pytest.raises(ValueError, match="segmentation.rule"):
+        segmentation_threshold(maps, "otsu", 3.0, fpr_threshold=1.0)
