@@ -201,14 +201,19 @@ class Calibrate(L.Callback):
     does not favour methods trained on synthetic anomalies; and the F1-optimal image threshold on
     it is logged, which ``mode: f1`` uses.
 
+    Where the dataset asks for a segmentation F1 (``segmentation_rule``, see
+    :mod:`adkd.metrics.segmentation`), the same normal validation maps set its threshold, handed on
+    as ``val/segmentation_threshold``.
+
     Runs when training ends (``on_train_end``), so that the evaluation finds these metrics at
     ``on_fit_end`` and the last checkpoint, written after every callback, holds the thresholds."""
 
-    def __init__(self, fpr: float = 0.01, image: float | None = None, pixel: float | None = None,
-                 mode: str = "fpr") -> None:  # fmt: skip
+    def __init__(self, fpr: float = 0.01, image: float | None = None, pixel: float | None = None, mode: str = "fpr",
+                 segmentation_rule: str | None = None, segmentation_k: float = 3.0) -> None:  # fmt: skip
         if mode not in ("fpr", "f1"):
             raise ValueError(f"threshold.mode must be 'fpr' or 'f1', got {mode!r}")
         self.fpr, self.image, self.pixel, self.mode = fpr, image, pixel, mode
+        self.segmentation_rule, self.segmentation_k = segmentation_rule, segmentation_k
 
     @torch.no_grad()
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -244,6 +249,8 @@ class Calibrate(L.Callback):
                 log.info("Thresholds from %d normal validation images at FPR %g: image %.6g, pixel %.6g",
                          int(normal.sum()), self.fpr, float(post.image_threshold),
                          float(post.pixel_threshold))  # fmt: skip
+                if self.segmentation_rule is not None and datamodule.has_masks:
+                    self._segmentation_threshold(trainer, maps[normal], float(post.pixel_threshold))
             if labels.any() and normal.any():
                 best, f1 = f1_optimal_threshold(scores, labels)
                 use = self.mode == "f1" and image is None
@@ -258,6 +265,14 @@ class Calibrate(L.Callback):
             log.warning("No normal validation images (dataset.val_fraction is 0?): no thresholds; "
                         "set threshold.image and threshold.pixel by hand")  # fmt: skip
         post.set_thresholds(image, self.pixel)
+
+    def _segmentation_threshold(self, trainer: L.Trainer, normal_maps: torch.Tensor, pixel_threshold: float) -> None:
+        from adkd.metrics.segmentation import segmentation_threshold
+
+        threshold = segmentation_threshold(normal_maps, self.segmentation_rule, self.segmentation_k, pixel_threshold)
+        rule = f"mean + {self.segmentation_k:g} std" if self.segmentation_rule == "mean_std" else f"FPR {self.fpr:g}"
+        log.info("Segmentation threshold (%s of the normal validation pixels): %.6g", rule, threshold)
+        _hand_on(trainer, {"val/segmentation_threshold": threshold})
 
 
 class SyntheticValidation(L.Callback):

@@ -31,6 +31,7 @@ class Evaluation(L.Callback):
         self.num_figures = num_figures
         self.run = dict(run or {})
         self.validation: dict | None = None
+        self.segmentation_threshold: float | None = None  # from the validation images, where the dataset asks
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from adkd.metrics.collection import METRIC_NAMES
@@ -38,6 +39,8 @@ class Evaluation(L.Callback):
         found = {k[4:]: float(v) for k, v in trainer.callback_metrics.items()
                  if k.startswith("val/") and k[4:].removeprefix("labelled_") in METRIC_NAMES}  # fmt: skip
         self.validation = found or None
+        threshold = trainer.callback_metrics.get("val/segmentation_threshold")  # adkd.callbacks.Calibrate
+        self.segmentation_threshold = None if threshold is None else float(threshold)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
@@ -81,6 +84,8 @@ class Evaluation(L.Callback):
         post = pl_module.post
         if post.calibrated:
             metrics.update(self.metrics.at_threshold(float(post.image_threshold)))
+        if self.segmentation_threshold is not None:
+            metrics["pixel_seg_f1"] = self.metrics.segmentation_f1(self.segmentation_threshold)
         metrics["inference_ms_per_image"] = 1000 * self.seconds / max(self.images, 1)
         for name, value in metrics.items():
             if value is not None:
@@ -105,6 +110,7 @@ class Evaluation(L.Callback):
                 "fpr": run.get("threshold_fpr"),
                 "image": _number(post.image_threshold),
                 "pixel": _number(post.pixel_threshold),
+                "segmentation": self.segmentation_threshold,  # pixel_seg_f1's (adkd.metrics.segmentation)
             },  # fmt: skip
             "metrics": metrics,
             "validation": self.validation,

@@ -368,3 +368,34 @@ def test_the_output_root_comes_from_the_paths_config(tiny_mvtec, tmp_path):
     res = cli("adkd.run", *tiny_overrides(tiny_mvtec, "method=stfpm", "debug=fdr"), elsewhere, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(list((tmp_path / "elsewhere" / "runs" / "stfpm" / "folder" / "widget").iterdir())) == 1
+
+
+def test_the_segmentation_threshold_travels_from_calibration_to_the_evaluation():
+    from types import SimpleNamespace
+
+    import torch
+
+    from adkd.callbacks import Calibrate
+    from adkd.evaluation import Evaluation
+
+    trainer = SimpleNamespace(callback_metrics={}, loggers=[], global_step=0)
+    maps = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2)
+    Calibrate(segmentation_rule="mean_std", segmentation_k=2.0)._segmentation_threshold(trainer, maps, 9.0)
+    evaluation = Evaluation("unused")
+    evaluation.on_fit_end(trainer, None)
+    assert evaluation.segmentation_threshold == pytest.approx(2.5 + 2 * 1.25**0.5)
+    assert Evaluation("unused").segmentation_threshold is None  # no rule: no segmentation F1
+
+
+@pytest.mark.slow
+def test_a_dataset_that_asks_for_the_segmentation_f1_gets_it_at_a_validation_threshold(tiny_mvtec, tmp_path):
+    from adkd.config import validate
+    from adkd.errors import ConfigError
+    from adkd.run import run
+
+    results = run(compose(tiny_overrides(tiny_mvtec, "method=stfpm", "segmentation.rule=fpr"), tmp_path))
+    thresholds, metrics = results["thresholds"], results["metrics"]
+    assert thresholds["segmentation"] == thresholds["pixel"]  # rule fpr: the calibrated pixel threshold, handed on
+    assert 0.0 <= metrics["pixel_seg_f1"] <= 1.0
+    with pytest.raises(ConfigError, match="segmentation.rule"):
+        validate(compose(tiny_overrides(tiny_mvtec, "segmentation.rule=otsu"), tmp_path))

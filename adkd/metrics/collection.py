@@ -8,13 +8,17 @@ import numpy as np
 import torch
 from torch import nn
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryPrecisionRecallCurve
+from torchmetrics.utilities.data import dim_zero_cat
 
 from adkd.metrics.aupro import AUPRO
 from adkd.metrics.f1max import F1Max
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
-PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_f1max")
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_aupro_005", "pixel_f1max")
+# AU-PRO's FPR limits: MVTec AD's 0.3 and MVTec AD 2's 0.05, both from one stored set of maps.
+AUPRO_LIMITS = {"pixel_aupro": 0.3, "pixel_aupro_005": 0.05}
 THRESHOLD_METRICS = ("image_f1", "image_precision", "image_recall", "image_fpr")  # at the calibrated threshold
+SEGMENTATION_METRICS = ("pixel_seg_f1",)  # at the segmentation threshold (see AnomalyMetrics.segmentation_f1)
 METRIC_NAMES = (*IMAGE_METRICS, *PIXEL_METRICS)
 
 log = logging.getLogger(__name__)
@@ -30,7 +34,7 @@ class AnomalyMetrics(nn.Module):
     0 for these, which would read as a failed detector and drag a table's mean down).
     """
 
-    def __init__(self, pixel: bool = True, fpr_limit: float = 0.3) -> None:
+    def __init__(self, pixel: bool = True) -> None:
         super().__init__()
         self.pixel = pixel
         # Scores as they are (normalization=None): torchmetrics' default passes a batch through a
@@ -44,7 +48,7 @@ class AnomalyMetrics(nn.Module):
             {
                 "pixel_auroc": BinaryAUROC(**exact),
                 "pixel_ap": BinaryAveragePrecision(**exact),
-                "pixel_aupro": AUPRO(fpr_limit=fpr_limit),
+                "pixel_aupro": AUPRO(),  # both limits of AUPRO_LIMITS (AUPRO.areas)
                 "pixel_f1max": F1Max(**exact),
             }
             if pixel
@@ -84,12 +88,32 @@ class AnomalyMetrics(nn.Module):
         for level, metrics in (("image", self.image), ("pixel", self.pixel_metrics)):
             normal, anomalous = self.counts[level]
             for name, metric in metrics.items():
+                names = list(AUPRO_LIMITS) if name == "pixel_aupro" else [name]
                 undefined = anomalous == 0 or (name.endswith("auroc") and normal == 0)
                 if undefined:
                     missing = "anomalous" if anomalous == 0 else "normal"
-                    log.warning("%s is undefined: the test split has no %s %ss", name, missing, level)
-                out[name] = None if undefined else float(metric.compute())
+                    log.warning("%s is undefined: the test split has no %s %ss", " and ".join(names), missing, level)
+                    values = [None] * len(names)
+                elif name == "pixel_aupro":
+                    values = metric.areas(AUPRO_LIMITS.values())
+                else:
+                    values = [float(metric.compute())]
+                out.update(zip(names, values, strict=True))
         return out
+
+    def segmentation_f1(self, threshold: float) -> float | None:
+        """Pixel F1 of the maps binarised at ``threshold`` (a pixel above it is anomalous), over the
+        pixels of every image together: MVTec AD 2's SegF1 (Heckler-Kram et al., 2025) when the
+        threshold comes from the normal validation images (:class:`adkd.callbacks.Calibrate`,
+        ``segmentation.rule``). None where the test split has no anomalous pixel."""
+        if not self.pixel or self.counts["pixel"][1] == 0:
+            return None
+        state = self.pixel_metrics["pixel_f1max"]  # every pixel's score and label, as they are
+        predicted = dim_zero_cat(state.preds) > threshold
+        labels = dim_zero_cat(state.target).bool()
+        tp, fp = int((predicted & labels).sum()), int((predicted & ~labels).sum())
+        fn = int((~predicted & labels).sum())
+        return 2 * tp / (2 * tp + fp + fn)
 
     def at_threshold(self, threshold: float) -> dict[str, float | None]:
         """Image F1, precision, recall and false-positive rate when score > ``threshold`` means

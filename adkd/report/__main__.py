@@ -1,6 +1,7 @@
 """`python -m adkd.report <run or multirun folder> [--metrics image_auroc,pixel_aupro]`: results.md and
 results.csv (a row per category, a column per method and metric) and curves/ (every run's test
-curves per category, one line per run)."""
+curves per category, one line per run). `--paper <name>`: paper_<name>.md and .csv instead, the
+paper's table with ours beside its published numbers (adkd.report.paper)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,27 @@ import argparse
 import sys
 from pathlib import Path
 
+from adkd.report.paper import paper_names
 from adkd.report.tables import DEFAULT_METRICS, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adkd.report", description=__doc__)
     parser.add_argument("folder", type=Path, help="a run or multirun output folder")
-    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated metric names")
+    parser.add_argument("--metrics", default=None,
+                        help="comma-separated metric names (default: those the datasets' papers report, "
+                             f"else {','.join(DEFAULT_METRICS)})")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="where to write results.md/csv (default: folder)")
+    parser.add_argument("--paper", choices=paper_names(), default=None,
+                        help="a paper's published numbers beside ours: paper_<name>.md/csv")  # fmt: skip
     parser.add_argument("--no-curves", dest="curves", action="store_false",
                         help="skip curves/ (every run's image ROC and PR, and pixel PR, per category)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.paper:
+        return _paper(args)
     try:
-        md_path, csv_path, md = write_report(args.folder, tuple(args.metrics.split(",")), args.out)
+        metrics = tuple(args.metrics.split(",")) if args.metrics else None
+        md_path, csv_path, md = write_report(args.folder, metrics, args.out)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -32,6 +41,19 @@ def main(argv: list[str] | None = None) -> int:
         curves = write_curves(args.folder, md_path.parent)
         if curves:
             print(f"         {len(curves)} curves in {md_path.parent / 'curves'}")
+    return 0
+
+
+def _paper(args: argparse.Namespace) -> int:
+    from adkd.report.paper import write_paper
+
+    try:
+        md_path, csv_path, md = write_paper(args.folder, args.paper, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(md)
+    print(f"Written: {md_path}\n         {csv_path}")
     return 0
 
 

@@ -14,11 +14,26 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from adkd.metrics.collection import IMAGE_METRICS, PIXEL_METRICS, THRESHOLD_METRICS
+from adkd.metrics.collection import IMAGE_METRICS, PIXEL_METRICS, SEGMENTATION_METRICS, THRESHOLD_METRICS
 from adkd.runs import read_status
 
-DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")
+DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")  # a dataset not in DATASET_METRICS
+# What each benchmark's papers report, by the dataset's name (its conf/dataset/<name>.yaml): a table
+# of runs on it shows these unless --metrics says otherwise; several datasets, their union in order.
+DATASET_METRICS = {
+    "mvtec": ("image_auroc", "pixel_auroc", "pixel_aupro"),  # MVTec AD: RD4AD, PatchCore, RD++, ...
+    "visa": ("image_auroc", "pixel_auroc", "pixel_aupro"),
+    "btad": ("image_auroc", "pixel_auroc", "pixel_aupro"),
+    "mpdd": ("image_auroc", "pixel_auroc", "pixel_aupro"),
+    "mvtec_ad2": ("pixel_aupro_005", "pixel_seg_f1"),  # MVTec AD 2's leaderboard: AU-PRO to FPR 0.05, SegF1
+    "ksdd": ("image_auroc", "pixel_auroc", "pixel_ap"),  # KolektorSDD(2): pixel AP (ADPS, DRAEM)
+    "ksdd2": ("image_auroc", "pixel_auroc", "pixel_ap"),
+    "elpv": ("image_auroc", "image_ap", "image_f1max"),  # image labels only
+    "textures": DEFAULT_METRICS,
+    "cells": DEFAULT_METRICS,
+}
 TIME_METRICS = ("inference_ms_per_image",)
+KNOWN_METRICS = (*IMAGE_METRICS, *PIXEL_METRICS, *SEGMENTATION_METRICS, *THRESHOLD_METRICS, *TIME_METRICS)
 # Settings that never split a column: rows are categories, cells average seeds, and the rest
 # changes where a run runs or how it is logged, not what it computes.
 NOT_A_VARIANT = ("category", "seed", "method", "label", "dataset.root", "logger", "experiment_name", "resume",
@@ -83,16 +98,20 @@ def column_names(results: list[dict]) -> list[str]:
     return names
 
 
-def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (category, then column/metric cells; last row the mean over categories).
+def default_metrics(results: list[dict]) -> tuple[str, ...]:
+    """The metrics the papers of the runs' datasets report (:data:`DATASET_METRICS`), their union in
+    the order the datasets first appear; :data:`DEFAULT_METRICS` for a dataset not listed."""
+    chosen: list[str] = []
+    for dataset in dict.fromkeys(str(r.get("dataset")) for r in results):
+        chosen += [m for m in DATASET_METRICS.get(dataset, DEFAULT_METRICS) if m not in chosen]
+    return tuple(chosen) or DEFAULT_METRICS
 
-    Runs that share category and column (other seeds) are averaged. A metric a run could not
-    define (None) is left out of its cell's average; a cell with none defined reads "n/a", and so
-    does a mean over categories with any "n/a" cell: undefined values never enter a mean."""
-    known = set(IMAGE_METRICS) | set(PIXEL_METRICS) | set(THRESHOLD_METRICS) | set(TIME_METRICS)
-    unknown = set(metrics) - known
-    if unknown:
-        raise ValueError(f"Unknown metrics {sorted(unknown)}; known: {sorted(known)}")
+
+def cells_by_column(results: list[dict]) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
+    """(columns, categories, cells): every run's column (:func:`column_names`) and category in job
+    order, and per (category, column) each metric averaged over the runs there (other seeds). A
+    metric a run could not define (None) is left out of its cell's average; None where no run of
+    the cell defined it."""
     runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
     columns_seen, categories = [], []
     for r, name in zip(results, column_names(results), strict=True):
@@ -105,6 +124,23 @@ def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS)
         for k in {k for m in ms for k in m}:
             values = [m[k] for m in ms if m.get(k) is not None]
             cells[cell][k] = sum(values) / len(values) if values else None
+    return columns_seen, categories, cells
+
+
+def check_metrics(metrics: tuple[str, ...]) -> None:
+    unknown = set(metrics) - set(KNOWN_METRICS)
+    if unknown:
+        raise ValueError(f"Unknown metrics {sorted(unknown)}; known: {sorted(KNOWN_METRICS)}")
+
+
+def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (category, then column/metric cells; last row the mean over categories).
+
+    Runs that share category and column (other seeds) are averaged (:func:`cells_by_column`); a
+    cell with no defined value reads "n/a", and so does a mean over categories with any "n/a"
+    cell: undefined values never enter a mean."""
+    check_metrics(metrics)
+    columns_seen, categories, cells = cells_by_column(results)
     columns = [(m, k) for m in columns_seen for k in metrics if any(k in cells[(c, m)] for c in categories)]
     header = ["category"] + [f"{m} {k}" for m, k in columns]
     rows = [[c] + [_fmt(k, cells[(c, m)], k in cells[(c, m)]) for m, k in columns] for c in categories]
@@ -134,11 +170,9 @@ def to_markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(
-    folder: Path, metrics: tuple[str, ...] = DEFAULT_METRICS, out: Path | None = None
-) -> tuple[Path, Path, str]:
-    """Write ``results.md`` and ``results.csv`` for the runs below ``folder``; returns their paths
-    and the Markdown text."""
+def finished_runs(folder: Path) -> tuple[list[dict], list[str]]:
+    """The results below ``folder`` and the runs without results; a clear error when there is no
+    folder or no finished run."""
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"{folder} is not a folder" if Path(folder).exists() else f"{folder} does not exist")
     results = collect(folder)
@@ -146,8 +180,18 @@ def write_report(
     if not results:
         listed = "\n  ".join(["", *missing]) if missing else ""
         raise FileNotFoundError(f"No finished run (metrics.json) below {folder}.{listed}")
+    return results, missing
+
+
+def write_report(
+    folder: Path, metrics: tuple[str, ...] | None = None, out: Path | None = None
+) -> tuple[Path, Path, str]:
+    """Write ``results.md`` and ``results.csv`` for the runs below ``folder``; returns their paths
+    and the Markdown text. ``metrics``: None for those the datasets' papers report
+    (:func:`default_metrics`)."""
+    results, missing = finished_runs(folder)
     datasets = sorted({str(r.get("dataset")) for r in results})
-    header, rows = build_table(results, metrics)
+    header, rows = build_table(results, metrics or default_metrics(results))
     out = Path(out or folder)
     out.mkdir(parents=True, exist_ok=True)
     seeds = sorted({r.get("seed") for r in results if r.get("seed") is not None})

@@ -1,0 +1,145 @@
+"""`python -m adkd.report <sweep> --paper <name>` on toy sweeps (run folders holding only metrics.json),
+the published numbers it reads, and which metrics a dataset's table shows by default."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from adkd.report.__main__ import main
+from adkd.report.paper import MEAN, paper_names, published
+from adkd.report.tables import KNOWN_METRICS, default_metrics
+
+MVTEC = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw", "tile",
+         "toothbrush", "transistor", "wood", "zipper"]  # fmt: skip
+
+
+def sweep(folder: Path, runs: list[dict]) -> Path:
+    """A multirun folder: one numbered job per run, each with its metrics.json."""
+    for job, run in enumerate(runs):
+        (folder / str(job)).mkdir(parents=True)
+        result = {"seed": 0, "overrides": [], **run}
+        (folder / str(job) / "metrics.json").write_text(json.dumps(result))
+    return folder
+
+
+def run(method: str, category: str, dataset: str = "mvtec", label: str | None = None, **metrics: float | None) -> dict:
+    return {"method": method, "label": label or method, "dataset": dataset, "category": category, "metrics": metrics}
+
+
+def table_rows(md: str) -> dict[str, list[str]]:
+    """The Markdown table's rows by their first cell."""
+    rows = [line.strip("| ").split(" | ") for line in md.splitlines() if line.startswith("| ")]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_dhkd_table_in_its_layout_with_ours_published_and_difference(tmp_path):
+    sweep(tmp_path, [
+        run("dhkd", "grid", image_auroc=0.990, pixel_auroc=0.975),
+        run("dhkd", "tile", image_auroc=0.97, pixel_auroc=None),
+        run("rd4ad", "grid", image_auroc=0.995),
+        run("dhkd", "grid", dataset="folder", image_auroc=0.1),  # another dataset: not in the table
+    ])  # fmt: skip
+    assert main([str(tmp_path), "--paper", "dhkd"]) == 0
+    md = (tmp_path / "paper_dhkd.md").read_text()
+    rows = table_rows(md)
+    # the README's category order, its spellings mapped ("Mental nut" -> metal_nut), then the means
+    assert list(rows)[1:] == ["grid", "leather", "tile", "carpet", "wood", "bottle", "capsule", "pill", "transistor",
+                              "zipper", "cable", "hazelnut", "metal_nut", "screw", "toothbrush", "mean",
+                              "mean (printed)"]  # fmt: skip
+    header = rows["category"]
+    assert header == ["draem (no run) image_auroc", "stfpm (no run) image_auroc", "rd4ad image_auroc",
+                      "rd4ad pixel_auroc", "dhkd image_auroc", "dhkd pixel_auroc"]  # fmt: skip
+    cell = dict(zip(header, rows["grid"], strict=True))
+    assert cell["dhkd image_auroc"] == "99.0 / 99.8 (-0.8)"  # DHKD README: Grid, Ours, 99.8
+    assert cell["dhkd pixel_auroc"] == "97.5 / 98.1 (-0.6)"
+    assert cell["rd4ad image_auroc"] == "99.5 / 100.0 (-0.5)"  # Rkd, Grid: 100
+    assert cell["rd4ad pixel_auroc"] == "- / 99.3"  # the run did not report pixel AUROC
+    assert cell["stfpm (no run) image_auroc"] == "no run / 100.0"
+    tile = dict(zip(header, rows["tile"], strict=True))
+    assert tile["dhkd pixel_auroc"] == "n/a / 97.4" and tile["dhkd image_auroc"] == "97.0 / 99.3 (-2.3)"
+    mean = dict(zip(header, rows["mean"], strict=True))
+    assert mean["dhkd image_auroc"] == "98.0 / 99.5 (-1.5) [2 of 15]"  # grid and tile: (99.8 + 99.3) / 2
+    assert mean["dhkd pixel_auroc"] == "97.5 / 98.1 (-0.6) [1 of 15]"  # tile's n/a stays out
+    assert dict(zip(header, rows["mean (printed)"], strict=True))["rd4ad image_auroc"] == "98.2"  # as printed
+    with (tmp_path / "paper_dhkd.csv").open() as f:
+        written = {(r["category"], r["method"], r["metric"]): r for r in csv.DictReader(f)}
+    grid = written[("grid", "dhkd", "image_auroc")]
+    assert (float(grid["ours"]), float(grid["published"])) == (99.0, 99.8)
+    assert float(grid["difference"]) == pytest.approx(-0.8)
+    assert "row 'Grid', column 'Ours'" in grid["source"]
+    assert written[("metal_nut", "rd4ad", "image_auroc")]["run"] == "no run"
+
+
+def test_the_mean_is_recomputed_from_the_rows_not_taken_as_printed(tmp_path):
+    rows = [p for p in published() if (p.paper, p.method, p.metric) == ("dhkd", "rd4ad", "image_auroc")]
+    runs = [run("rd4ad", p.category, image_auroc=(p.value + 1) / 100) for p in rows if p.category != MEAN]
+    assert main([str(sweep(tmp_path, runs)), "--paper", "dhkd"]) == 0
+    rows = table_rows((tmp_path / "paper_dhkd.md").read_text())
+    mean = dict(zip(rows["category"], rows["mean"], strict=True))["rd4ad image_auroc"]
+    assert mean == "99.5 / 98.5 (+1.0)"  # the 15 rows average 98.47; printed: 98.2
+    assert dict(zip(rows["category"], rows["mean (printed)"], strict=True))["rd4ad image_auroc"] == "98.2"
+
+
+def test_a_paper_with_means_only_compares_our_mean_and_says_over_what(tmp_path):
+    sweep(tmp_path, [
+        run("rd4ad", "grid", image_auroc=0.99, pixel_aupro=0.92, pixel_auroc=None),
+        run("rd4ad", "tile", image_auroc=0.97, pixel_aupro=0.90, pixel_auroc=None),
+        run("rd4ad", "grid", label="rd4ad-ablation", image_auroc=0.5),  # its own label: not the paper's method
+    ])  # fmt: skip
+    assert main([str(tmp_path), "--paper", "rd4ad"]) == 0
+    rows = table_rows((tmp_path / "paper_rd4ad.md").read_text())
+    assert rows["category"] == ["rd4ad image_auroc", "rd4ad pixel_auroc", "rd4ad pixel_aupro"]
+    assert rows["mean"] == ["98.0 / 98.5 (-0.5) [2 categories]", "n/a / 97.8 [2 categories]",
+                            "91.0 / 93.9 (-2.9) [2 categories]"]  # fmt: skip
+
+
+def test_a_variant_is_matched_by_its_label_and_a_missing_paper_is_refused(tmp_path, capsys):
+    sweep(tmp_path, [run("efficientad", "grid", image_auroc=0.985),
+                     run("efficientad", "grid", label="efficientad_m", image_auroc=0.995)])  # fmt: skip
+    assert main([str(tmp_path), "--paper", "efficientad"]) == 0
+    rows = table_rows((tmp_path / "paper_efficientad.md").read_text())
+    assert rows["mean"] == ["98.5 / 98.8 (-0.3) [1 category]", "99.5 / 99.1 (+0.4) [1 category]"]
+    assert main([str(tmp_path / "nowhere"), "--paper", "adps"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_adps_on_kolektorsdd2_is_a_category_row(tmp_path):
+    sweep(tmp_path, [run("adps", "ksdd2", dataset="ksdd2", pixel_ap=0.70)])
+    assert main([str(tmp_path), "--paper", "adps", "--out", str(tmp_path / "tables")]) == 0
+    md = (tmp_path / "tables" / "paper_adps.md").read_text()
+    assert "| ksdd2 | 70.0 / 72.5 (-2.5) |" in md and "| mean | no run / 77.4 |" in md
+
+
+def test_every_published_number_has_a_source_a_known_metric_and_a_percentage():
+    numbers = published()
+    assert set(paper_names()) == {"dhkd", "patchcore", "rd4ad", "rdpp", "destseg", "draem", "efficientad", "adps"}
+    assert all(p.source and p.metric in KNOWN_METRICS and 0 < p.value <= 100 for p in numbers)
+    assert all(p.category in [*MVTEC, MEAN] for p in numbers if p.dataset == "mvtec")
+    keys = [(p.paper, p.dataset, p.category, p.method, p.metric) for p in numbers]
+    assert len(keys) == len(set(keys))  # one number per cell
+    # DHKD's two README tables, every cell of the shared copy (15 categories + Average)
+    dhkd = [p for p in numbers if p.paper == "dhkd"]
+    assert len(dhkd) == 16 * 9 + 16 * 8
+    assert {p.value for p in dhkd if (p.category, p.method, p.metric) == ("metal_nut", "dhkd", "pixel_auroc")} == {99.5}
+    patchcore = {(p.category, p.metric): p.value for p in numbers if p.paper == "patchcore"}
+    assert patchcore[("transistor", "pixel_aupro")] == 83.24 and patchcore[("mean", "image_auroc")] == 99.16
+
+
+def test_a_datasets_table_shows_the_metrics_its_papers_report():
+    assert default_metrics([{"dataset": "mvtec"}]) == ("image_auroc", "pixel_auroc", "pixel_aupro")
+    assert default_metrics([{"dataset": "mvtec_ad2"}]) == ("pixel_aupro_005", "pixel_seg_f1")
+    assert default_metrics([{"dataset": "ksdd2"}, {"dataset": "mvtec"}]) == (
+        "image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")  # fmt: skip
+    assert default_metrics([{"dataset": "folder"}]) == ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")
+
+
+def test_the_report_picks_the_datasets_metrics_unless_told(tmp_path):
+    metrics = {"image_auroc": 0.9, "pixel_aupro_005": 0.41, "pixel_seg_f1": 0.33}
+    sweep(tmp_path, [run("rd4ad", "vial", dataset="mvtec_ad2", **metrics)])
+    assert main([str(tmp_path), "--no-curves"]) == 0
+    md = (tmp_path / "results.md").read_text()
+    assert "| category | rd4ad pixel_aupro_005 | rd4ad pixel_seg_f1 |" in md and "| vial | 41.0 | 33.0 |" in md
+    assert main([str(tmp_path), "--no-curves", "--metrics", "image_auroc"]) == 0
+    assert "| vial | 90.0 |" in (tmp_path / "results.md").read_text()
