@@ -129,6 +129,8 @@ def test_a_run_on_mvtec_ad2_then_its_submission(tmp_path, capsys):
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["metrics"]["image_auroc"] is not None and metrics["thresholds"]["pixel"] is not None
     assert not any(key.startswith("labelled_") for key in metrics["validation"])  # validation/good: normal only
+    assert metrics["thresholds"]["segmentation"] is not None  # the dataset's config asks for SegF1
+    assert 0 <= metrics["metrics"]["pixel_seg_f1"] <= 1
     out = tmp_path / "submission"
     assert main([str(folder), "--out", str(out), "--archive"]) == 1  # 1 of 8 categories: not packed
     printed = capsys.readouterr()
