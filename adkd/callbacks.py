@@ -143,7 +143,9 @@ class StopOnDivergence(L.Callback):
     """Ends the run with a clear error at the end of the first epoch whose mean training loss is
     NaN or infinite, before that epoch's checkpoint is written (checkpoint callbacks run last):
     last.ckpt keeps the previous epoch's finite weights, and no metrics are computed from NaN maps.
-    Checked once an epoch, on the logged mean, so that no training step waits for the GPU."""
+    Checked once an epoch, on the logged mean, so that no training step waits for the GPU.
+    (Lightning's own checks do not fit: EarlyStopping's ``check_finite`` needs early stopping and
+    stops quietly; ``detect_anomaly`` slows every step.)"""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loss = trainer.callback_metrics.get("train/loss")

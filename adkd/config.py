@@ -54,7 +54,7 @@ RULES: tuple[tuple[str, bool, Callable[[object], bool], str], ...] = (
     ("threshold.mode", False, lambda v: v in ("fpr", "f1"), "fpr or f1"),
     ("threshold.image", True, _FLOAT, "null or a number, in the method's score units"),
     ("threshold.pixel", True, _FLOAT, "null or a number, in the method's map units"),
-    ("dataset.val_fraction", False, lambda v: _FLOAT(v) and 0 <= v < 1, "a share of the training images, 0 to below 1"),
+    ("dataset.val_fraction", True, lambda v: _FLOAT(v) and 0 <= v < 1, "a share of the training images, 0 to below 1"),
     ("dataset.num_workers", False, lambda v: _INT(v) and v >= 0, "a whole number, 0 or more"),
 )
 

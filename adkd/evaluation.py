@@ -1,6 +1,7 @@
 """Test-time evaluation as one callback (configured in conf/run.yaml): the metrics (threshold-free,
-and at the calibrated threshold), inference time, per-image scores, figures, ``metrics.json``,
-the W&B summary and the printed summary. The Python API and the CLI write the same run folder.
+and at the calibrated threshold), inference time, per-image scores, figures, plots
+(:mod:`adkd.report.plots`), ``metrics.json``, the W&B summary and the printed summary. The Python
+API and the CLI write the same run folder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import lightning as L
 import torch
 
 from adkd.metrics import AnomalyMetrics
+from adkd.report.plots import WorstCases
 
 
 class Evaluation(L.Callback):
@@ -43,6 +45,7 @@ class Evaluation(L.Callback):
         self.metrics = AnomalyMetrics(pixel=self.pixel)
         self.figures: list[dict] = []
         self.predictions: list[dict] = []
+        self.worst = WorstCases(self.num_figures // 2)
         self.seconds, self.images = 0.0, 0
 
     def on_test_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: ANN001
@@ -57,21 +60,21 @@ class Evaluation(L.Callback):
         self.seconds += time.perf_counter() - self._start
         self.images += len(pred_score)
         self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
-        rows = zip(batch["image_path"], batch["gt_label"].tolist(), pred_score.tolist(), strict=True)
+        labels, scores = batch["gt_label"].tolist(), pred_score.tolist()  # one copy to the host a batch
+        rows = zip(batch["image_path"], labels, scores, strict=True)
         self.predictions += [{"image_path": p, "gt_label": int(y), "pred_score": float(s)} for p, y, s in rows]
-        self._keep_figures(batch, anomaly_map, pred_score)
+        self._keep_figures(batch, anomaly_map, pred_score, labels, scores)
 
-    def _keep_figures(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
-        """Keep up to ``num_figures`` samples, half anomalous and half normal where possible."""
-        for i, label in enumerate(batch["gt_label"].tolist()):
+    def _keep_figures(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor, labels: list[int],
+                      scores: list[float]) -> None:  # fmt: skip
+        """Keep up to ``num_figures`` samples, half anomalous and half normal where possible, and
+        offer every sample to the worst false alarms and escapes (``num_figures // 2`` of each)."""
+        for i, label in enumerate(labels):
+            self.worst.offer(scores[i], label, lambda i=i: _sample(batch, anomaly_map, pred_score, i))
             same = sum(f["gt_label"] == label for f in self.figures)
             if same >= (self.num_figures + 1) // 2 or len(self.figures) >= self.num_figures:
                 continue
-            self.figures.append({
-                "image": batch["image"][i].cpu(), "anomaly_map": anomaly_map[i, 0].cpu(),
-                "gt_mask": batch["gt_mask"][i, 0].cpu(), "gt_label": label,
-                "pred_score": float(pred_score[i]), "image_path": batch["image_path"][i],
-            })  # fmt: skip
+            self.figures.append(_sample(batch, anomaly_map, pred_score, i))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = self.metrics.compute()
@@ -115,39 +118,55 @@ class Evaluation(L.Callback):
             writer.writeheader()
             writer.writerows(self.predictions)
         figures = self._save_figures(trainer.lightning_module, self.output_dir / "figures")
+        from adkd.report.plots import write_plots
+
+        plots = write_plots(self.output_dir / "plots", self.predictions, trainer.lightning_module.post, self.worst,
+                            self.metrics.pixel_pr_curve(), results["metrics"].get("pixel_ap"))  # fmt: skip
         from lightning.pytorch.loggers import WandbLogger
 
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="test/figures", images=[str(p) for p in figures])
+                if figures:
+                    logger.log_image(key="test/figures", images=[str(p) for p in figures])
+                for key, paths in _plot_keys(plots).items():
+                    logger.log_image(key=key, images=[str(p) for p in paths])
                 summary = {f"test/{k}": v for k, v in results["metrics"].items() if v is not None}
                 logger.experiment.summary.update(summary)
         print(summary_text(results, self.output_dir), flush=True)
 
-
     def _save_figures(self, pl_module: L.LightningModule, folder: Path) -> list[Path]:
         """One overlay per kept sample (adkd.report.panels, as predict draws them), with the
         ground truth outlined."""
-        from adkd.report.panels import overlay
+        from adkd.report.plots import draw_sample
 
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        post = pl_module.post
         for i, s in enumerate(self.figures):
-            device = post.image_threshold.device
-            normalized_map, normalized = post.normalize(s["anomaly_map"][None].to(device),
-                                                        torch.tensor([s["pred_score"]], device=device))  # fmt: skip
             kind = "anomalous" if s["gt_label"] else "normal"
             path = Path(s["image_path"])
-            title = f"{kind}: {path.parent.name}/{path.name}, score {s['pred_score']:.4g}"
-            calibrated = bool(torch.isfinite(normalized).all())
-            if calibrated:
-                title += f" (normalised {float(normalized):.2f})"
             paths.append(folder / f"{i:02d}_{kind}.png")
-            overlay(s["image"].clamp(0, 1).permute(1, 2, 0).numpy(),
-                    normalized_map[0].cpu().numpy() if calibrated else None, title, paths[-1],
-                    alarm=calibrated and float(normalized) > 0.5, truth=s["gt_mask"].numpy() > 0.5)  # fmt: skip
+            draw_sample(pl_module.post, s, f"{kind}: {path.parent.name}/{path.name}, score {s['pred_score']:.4g}",
+                        paths[-1])  # fmt: skip
         return paths
+
+
+def _sample(batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor, i: int) -> dict:
+    """The ``i``-th image of a batch with its map and mask, on the CPU, for drawing after the test."""
+    return {
+        "image": batch["image"][i].cpu(), "anomaly_map": anomaly_map[i, 0].cpu(),
+        "gt_mask": batch["gt_mask"][i, 0].cpu(), "gt_label": int(batch["gt_label"][i]),
+        "pred_score": float(pred_score[i]), "image_path": batch["image_path"][i],
+    }  # fmt: skip
+
+
+def _plot_keys(plots: list[Path]) -> dict[str, list[Path]]:
+    """W&B keys: one per curve (``test/plots/image_roc``), one per kind of worst image (``test/worst_fp``)."""
+    keys: dict[str, list[Path]] = {}
+    for path in plots:
+        stem = path.stem
+        key = f"test/{stem.rsplit('_', 1)[0]}" if stem.startswith("worst_") else f"test/plots/{stem}"
+        keys.setdefault(key, []).append(path)
+    return keys
 
 
 def summary_text(results: dict, output_dir: Path) -> str:

@@ -1,4 +1,4 @@
-"""`python -m adkd.export <run folder or .ckpt> [--format onnx|torchscript] [--out FILE]`.
+"""`python -m adkd.export <run folder or .ckpt> [--format onnx|torchscript|openvino] [--out FILE]`.
 
 Writes a model that takes a batch of resized RGB images in [0, 1] (any batch size) and returns
 the smoothed anomaly map, the image score and both normalised around the threshold (0.5), with
@@ -9,7 +9,8 @@ value; default 1e-4, or the looser ``export_tolerance`` a network declares, with
 export fails and prints the differences (the normalised outputs are reported too).
 
 ONNX goes through torch's dynamo exporter (opset 18), which handles DHKD's FFT filter and
-normalizing flow and ADPS's patch split; TorchScript through tracing.
+normalizing flow and ADPS's patch split; TorchScript through tracing; OpenVINO from the ONNX
+export, in fp32, fp16 or int8 (``--precision``; :mod:`adkd.openvino_export`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from adkd.errors import UserError
+from adkd import operating_point
+from adkd.errors import UserError, user_error_in
 from adkd.inference import OUTPUTS, Deployable, OnnxModel, checkpoint_path, file_digest, for_export, load_model
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -48,7 +50,9 @@ def parity_images(config: dict, n: int = 8) -> tuple[torch.Tensor, str]:
         datamodule.setup("test")  # no prepare_data: an export never downloads or generates data
         images = torch.stack([datamodule.test_set[i]["image"] for i in range(min(n, len(datamodule.test_set)))])
         return images, f"{len(images)} test images of {config.get('dataset_name')}/{datamodule.category}"
-    except UserError:
+    except Exception as err:  # noqa: BLE001 - Hydra wraps what a datamodule raises
+        if user_error_in(err) is None:
+            raise
         return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)), f"{n} random images"
 
 
@@ -116,13 +120,16 @@ def export(
 
 def metadata(config: dict, model) -> dict[str, str]:  # noqa: ANN001
     """What travels with an exported model: its input size, its thresholds, and the checkpoint it
-    was made from (digest, epoch, step), so that a later checkpoint is never served by an older export."""
+    was made from (digest, epoch, step) and the threshold choice it carries
+    (:mod:`adkd.operating_point`), so that a later checkpoint or choice is never served by an older export."""
     origin = config["checkpoint"]
     return {"image_size": str(config["image_size"]), "method": str(config.get("method_name")),
             "image_threshold": str(float(model.post.image_threshold)),
             "pixel_threshold": str(float(model.post.pixel_threshold)),
+            "image_floor": str(float(model.post.image_floor)), "pixel_floor": str(float(model.post.pixel_floor)),
             "checkpoint_sha256": file_digest(Path(origin["path"])), "checkpoint_epoch": str(origin["epoch"]),
-            "checkpoint_step": str(origin["global_step"])}  # fmt: skip
+            "checkpoint_step": str(origin["global_step"]),
+            "threshold_choice": operating_point.fingerprint(Path(origin["path"]))}  # fmt: skip
 
 
 def unfinished(config: dict) -> str:
@@ -136,13 +143,24 @@ def unfinished(config: dict) -> str:
             "(finish the run with its command and resume=true)")
 
 
-def stale_export(model_path: Path, checkpoint: Path) -> str | None:
-    """Why an ONNX export does not come from ``checkpoint`` as it is now (None if it does)."""
+def _properties(model_path: Path) -> dict[str, str]:
+    """An export's adkd metadata: an ONNX file's metadata_props, an OpenVINO IR's rt_info."""
+    if model_path.suffix == ".xml":
+        import openvino as ov
+
+        from adkd.inference import openvino_metadata
+
+        return openvino_metadata(ov.Core().read_model(str(model_path)))
     import onnx
 
+    return {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
+
+
+def stale_export(model_path: Path, checkpoint: Path) -> str | None:
+    """Why an ONNX or OpenVINO export does not come from ``checkpoint`` as it is now (None if it does)."""
     try:
-        props = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
-    except Exception:  # noqa: BLE001 - unreadable: OnnxModel says so when it loads it
+        props = _properties(model_path)
+    except Exception:  # noqa: BLE001 - unreadable: the engine says so when it loads it
         return None
     made_from = props.get("checkpoint_sha256")
     if made_from is None:
@@ -150,7 +168,22 @@ def stale_export(model_path: Path, checkpoint: Path) -> str | None:
     if made_from != file_digest(checkpoint):
         return (f"{model_path} was exported from another checkpoint (epoch {props.get('checkpoint_epoch')}, step "
                 f"{props.get('checkpoint_step')}) than {checkpoint}")
+    if props.get("threshold_choice", "") != operating_point.fingerprint(checkpoint):
+        return f"{model_path} was exported before the threshold in {operating_point.sidecar_path(checkpoint)} " \
+            "was chosen"
     return None
+
+
+def current_onnx(source: Path) -> Path:
+    """The run's ONNX export (``export/model.onnx``), exported again first where it is missing or
+    does not come from the checkpoint and threshold choice as they are now."""
+    checkpoint = checkpoint_path(source)
+    path = default_path(source, "onnx")
+    why = stale_export(path, checkpoint) if path.is_file() else f"{path} does not exist yet"
+    if why:
+        print(f"Exporting {checkpoint} to ONNX: {why}.", file=sys.stderr)
+        export(source, "onnx", path)
+    return path
 
 
 def write_onnx(deployable: torch.nn.Module, example: torch.Tensor, out: Path, properties: dict[str, str]) -> None:
@@ -175,13 +208,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adkd.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("model", type=Path, help="a run folder (with checkpoints/last.ckpt) or a .ckpt file")
-    parser.add_argument("--format", choices=sorted(SUFFIX), default="onnx")
-    parser.add_argument("--out", type=Path, default=None, help="default: <run folder>/export/model.onnx|.pt")
+    parser.add_argument("--format", choices=[*sorted(SUFFIX), "openvino"], default="onnx")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                        help="openvino only: fp32, fp16, or int8 (NNCF, calibrated on the training images and checked "
+                        "on the test split's AUROC)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, help="default: <run folder>/export/model.onnx|.pt|.xml")
     parser.add_argument("--tolerance", type=float, default=None,
-                        help="largest relative difference accepted (default 1e-4, or the method's own)")  # fmt: skip
+                        help="largest relative difference accepted (default 1e-4, or the method's own; OpenVINO "
+                        "fp16: 1e-2)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        path, _ = export(args.model, args.format, args.out, args.tolerance)
+        if args.format == "openvino":
+            from adkd.openvino_export import export_openvino
+
+            path, _ = export_openvino(args.model, args.precision, args.out, tolerance=args.tolerance)
+        elif args.precision != "fp32":
+            raise UserError(f"--precision {args.precision} is for --format openvino; {args.format} exports fp32.")
+        else:
+            path, _ = export(args.model, args.format, args.out, args.tolerance)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -57,7 +57,8 @@ def checkpoint_path(source: Path) -> Path:
 def load_model(source: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     """The trained LightningModule of a run folder or checkpoint, in inference mode, and its run
     config (with ``checkpoint``: the file, its epoch and step). The stored config is
-    checked by :mod:`adkd.trust` before anything is built from it."""
+    checked by :mod:`adkd.trust` before anything is built from it. An image threshold chosen
+    after training (:mod:`adkd.operating_point`) replaces the calibrated one."""
     from hydra.utils import instantiate
 
     from adkd import trust
@@ -79,6 +80,13 @@ def load_model(source: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
         ) from err
     origin = {"path": str(path), "epoch": int(checkpoint.get("epoch", -1)),
               "global_step": int(checkpoint.get("global_step", -1))}  # fmt: skip
+    from adkd import operating_point
+
+    choice = operating_point.chosen(path)
+    if choice is not None:  # the engineer's choice (adkd.serve) over the calibrated one
+        origin["calibrated_image_threshold"] = float(model.post.image_threshold)
+        origin["chosen_threshold"] = str(operating_point.sidecar_path(path))
+        model.post.set_thresholds(image=choice)
     return model.to(device).prepare_for_inference(), {**config, "checkpoint": origin}
 
 
@@ -155,11 +163,61 @@ class OnnxModel:
         if "image_size" not in self.metadata:
             raise CheckpointError(f"{path} carries no adkd metadata (image_size): was it exported by adkd.export?")
         self.image_size = trust.image_size(self.metadata["image_size"], path)
-        self.image_threshold = trust.threshold(self.metadata.get("image_threshold", "nan"), "image_threshold", path)
+        for key in ("image_threshold", "pixel_threshold", "image_floor", "pixel_floor"):  # None where absent
+            setattr(self, key, trust.threshold(self.metadata.get(key, "nan"), key, path))
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.session.run(None, {"images": images.detach().cpu().float().contiguous().numpy()})
         return tuple(torch.from_numpy(o) for o in outputs)
+
+
+class OpenVinoModel:
+    """An OpenVINO IR (``adkd.export --format openvino``) on the CPU, called like :class:`Deployable`.
+
+    It computes in the precision it was exported for (``precision`` in its metadata): float32 for
+    fp32 and int8 (the layers NNCF left in float), float16 where the CPU supports it for fp16; never
+    OpenVINO's CPU default (bf16 where the CPU has it). Its metadata is checked as ONNX's is."""
+
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        import openvino as ov
+
+        from adkd import trust
+
+        if device != "cpu":
+            raise ConfigError(f"--device {device} with --engine openvino: adkd runs OpenVINO on the CPU; "
+                              "use --device cpu.")
+        if path.suffix != ".xml" or not path.with_suffix(".bin").is_file():
+            raise CheckpointError(f"{path}: an OpenVINO model is an .xml file with its .bin beside it.")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as err:  # noqa: BLE001 - not an IR, a broken one
+            raise CheckpointError(f"Cannot load {path} with OpenVINO: {str(err).splitlines()[0][:200]}") from err
+        self.metadata = openvino_metadata(model)
+        if "image_size" not in self.metadata:
+            raise CheckpointError(f"{path} carries no adkd metadata (image_size): was it exported by adkd.export?")
+        self.image_size = trust.image_size(self.metadata["image_size"], path)
+        for key in ("image_threshold", "pixel_threshold", "image_floor", "pixel_floor"):
+            setattr(self, key, trust.threshold(self.metadata.get(key, "nan"), key, path))
+        self.precision = self.metadata.get("precision", "fp32")
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self.compute = "f16" if self.precision == "fp16" and "FP16" in capabilities else "f32"
+        settings = {"INFERENCE_PRECISION_HINT": self.compute, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        self.compiled = core.compile_model(model, "CPU", settings)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        results = self.compiled(images.detach().cpu().float().contiguous().numpy())
+        return tuple(torch.from_numpy(results[output]) for output in self.compiled.outputs)
+
+
+def openvino_metadata(model) -> dict[str, str]:  # noqa: ANN001
+    """The adkd metadata an OpenVINO model carries in its rt_info (as :func:`adkd.export.metadata` wrote it)."""
+    return {key: str(model.get_rt_info(["adkd", key]).astype(str)) for key in _OV_KEYS
+            if model.has_rt_info(["adkd", key])}  # fmt: skip
+
+
+_OV_KEYS = ("image_size", "method", "image_threshold", "pixel_threshold", "image_floor", "pixel_floor",
+            "checkpoint_sha256", "checkpoint_epoch", "checkpoint_step", "threshold_choice", "precision")
 
 
 def _check_external_data(path: Path) -> None:

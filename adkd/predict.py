@@ -168,8 +168,10 @@ def _engine(args: argparse.Namespace):  # noqa: ANN202
     the model has no threshold (a run that never finished)."""
     from adkd.export import unfinished
 
-    if args.engine == "onnx" or args.model.suffix == ".onnx":
-        return _onnx_engine(args)
+    if args.engine != "torch" or args.model.suffix in (".onnx", ".xml"):
+        return _exported_engine(args)
+    if args.precision != "fp32":
+        raise UserError(f"--precision {args.precision} is for --engine openvino; the torch engine runs fp32.")
     from adkd.inference import Deployable, load_model
 
     module, config = load_model(args.model, args.device)
@@ -183,29 +185,32 @@ def _engine(args: argparse.Namespace):  # noqa: ANN202
     return (lambda images: deployable(images.to(args.device))), config["image_size"], threshold
 
 
-def _onnx_engine(args: argparse.Namespace):  # noqa: ANN202
-    """The run's ONNX export, exported again when it does not come from the run's checkpoint as it
-    is now; a bare .onnx beside a run's newer checkpoint is refused."""
-    from adkd.export import default_path, export, stale_export
-    from adkd.inference import OnnxModel, checkpoint_path
+def exported_model(source: Path, engine: str, precision: str = "fp32", device: str = "cpu"):  # noqa: ANN201
+    """The run's export for ``engine`` (onnx, openvino), exported again when it does not come from
+    the run's checkpoint and threshold as they are now; an export file given alone (.onnx, .xml) is
+    refused when its run folder holds a newer checkpoint."""
+    from adkd.export import current_onnx, stale_export
+    from adkd.inference import OnnxModel, OpenVinoModel
+    from adkd.openvino_export import current_openvino
 
+    if source.suffix in (".onnx", ".xml"):
+        run_checkpoint = source.parent.parent / "checkpoints" / "last.ckpt"  # <run>/export/model.onnx
+        fresh = source.parent.name != "export" or not run_checkpoint.is_file()
+        why = None if fresh else stale_export(source, run_checkpoint)
+        if why:
+            raise UserError(f"{why}: export it again (python -m adkd.export {source.parent.parent} --format {engine}), "
+                            f"or give the run folder with --engine {engine}, which does.")  # fmt: skip
+        path = source
+    else:
+        path = current_onnx(source) if engine == "onnx" else current_openvino(source, precision)
+    return (OnnxModel if engine == "onnx" else OpenVinoModel)(path, device), path
+
+
+def _exported_engine(args: argparse.Namespace):  # noqa: ANN202
     if args.threshold is not None:
         raise UserError("--threshold applies to the torch engine; an exported model carries its thresholds.")
-    if args.model.suffix == ".onnx":
-        path = args.model
-        run_checkpoint = path.parent.parent / "checkpoints" / "last.ckpt"  # <run>/export/model.onnx
-        why = stale_export(path, run_checkpoint) if path.parent.name == "export" and run_checkpoint.is_file() else None
-        if why:
-            raise UserError(f"{why}: export it again (python -m adkd.export {path.parent.parent}), or give the "
-                            "run folder with --engine onnx, which does.")  # fmt: skip
-    else:
-        checkpoint = checkpoint_path(args.model)
-        path = default_path(args.model, "onnx")
-        why = stale_export(path, checkpoint) if path.is_file() else f"{path} does not exist yet"
-        if why:
-            print(f"Exporting {checkpoint} to ONNX: {why}.", file=sys.stderr)
-            export(args.model, "onnx", path)
-    model = OnnxModel(path, args.device)
+    engine = {".onnx": "onnx", ".xml": "openvino"}.get(args.model.suffix, args.engine)
+    model, path = exported_model(args.model, engine, args.precision, args.device)
     if model.image_threshold is None:
         print(f"warning: {path} has no threshold (its run never finished training): scores only, no decisions"
               + (", no masks." if args.masks else "."), file=sys.stderr)  # fmt: skip
@@ -262,7 +267,7 @@ def _check_device(device: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adkd.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("model", type=Path, help="a run folder (checkpoints/last.ckpt), a .ckpt, or an exported .onnx")
+    parser.add_argument("model", type=Path, help="a run folder, a .ckpt, or an .onnx or .xml export")
     parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: ./predictions)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -270,11 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=_not_negative, default=0, help="data loader processes")
     parser.add_argument(
         "--engine",
-        choices=["torch", "onnx"],
+        choices=["torch", "onnx", "openvino"],
         default="torch",
-        help="onnx: the run's export/model.onnx under ONNX Runtime (exported again if missing or older than the "
-        "checkpoint)",
+        help="onnx: the run's export/model.onnx under ONNX Runtime; openvino: its OpenVINO IR on the CPU (either "
+        "exported again if missing or older than the checkpoint)",
     )
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                        help="with --engine openvino: the export's precision")  # fmt: skip
     parser.add_argument("--threshold", type=float, default=None, help="image threshold, in the method's score units")
     parser.add_argument("--masks", action="store_true", help="also write the predicted regions as binary PNGs")
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the overlay figures")

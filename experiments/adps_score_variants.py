@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from hydra.utils import instantiate
-    from torchmetrics.functional.classification import binary_auroc
+    from sklearn.metrics import roc_auc_score  # the scores as they are (torchmetrics would squash them)
 
     from adkd.inference import load_model
     from adkd.trust import dataset_config
@@ -61,7 +61,7 @@ def main() -> None:
                     scores.setdefault(name, []).append(value)
                 labels.append(batch["gt_label"])
         labels = torch.cat(labels)
-        shown = ", ".join(f"{k} {100 * float(binary_auroc(torch.cat(v), labels)):.1f}" for k, v in scores.items())
+        shown = ", ".join(f"{k} {100 * roc_auc_score(labels, torch.cat(v)):.1f}" for k, v in scores.items())
         print(f"{split} image AUROC ({len(labels)} images): {shown}")
 
 

@@ -3,12 +3,14 @@
 Each model turns a batch of [0, 1] images into smoothed anomaly maps and image scores. On a
 CUDA machine the default is the papers' setting (WRN-50-2, 256 px) at batch 1 (latency) and
 batch 32 (throughput), in fp32 and under AMP, with anomalib's ReverseDistillation and Stfpm
-measured in the same rounds. On the CPU: MobileNetV2, batch 8, fp32.
+measured in the same rounds. On the CPU: ResNet-18, batch 8, fp32, every method also exported to
+ONNX and timed under ONNX Runtime (--onnx) and OpenVINO in fp32 and int8 (--openvino), with
+anomalib's ReverseDistillation and Stfpm in torch and through anomalib's own OpenVINO export (at
+OpenVINO's default precision, which is bf16 on CPUs that have it, and in f32).
 
 python experiments/bench.py [--backbone B] [--image-size 256] [--batches 1 32] [--precisions fp32 amp]
                             [--rounds 7] [--device cpu|cuda] [--anomalib | --no-anomalib] [--onnx | --no-onnx]
-
-On the CPU each method is also exported to ONNX and timed under ONNX Runtime (--onnx).
+                            [--openvino | --no-openvino]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 from adkd.export import write_onnx
-from adkd.inference import Deployable, OnnxModel, for_export
+from adkd.inference import Deployable, OnnxModel, OpenVinoModel, for_export
 from adkd.methods.registry import build_method, method_names
 
 BASELINE = "rd4ad"
@@ -38,20 +40,66 @@ def anomalib_models(backbone: str, image_size: int) -> dict:
 
     layers = ["layer1", "layer2", "layer3"]
     rd = ReverseDistillationModel(backbone, (image_size, image_size), layers, AnomalyMapGenerationMode.ADD, False)
-    # STFPMModel always asks timm for pretrained teacher weights (a download); speed needs none.
+    with stfpm_without_download():
+        st = stfpm.STFPMModel(layers, backbone)
+    return {"anomalib-rd": rd, "anomalib-stfpm": st}
+
+
+@contextlib.contextmanager
+def stfpm_without_download():  # noqa: ANN201
+    """anomalib's STFPMModel always asks timm for pretrained teacher weights (a download); speed needs none."""
+    from anomalib.models.image.stfpm import torch_model as stfpm
+
     original = stfpm.TimmFeatureExtractor
     stfpm.TimmFeatureExtractor = lambda *a, **kw: original(*a, **{**kw, "pre_trained": False})
     try:
-        st = stfpm.STFPMModel(layers, backbone)
+        yield
     finally:
         stfpm.TimmFeatureExtractor = original
-    return {"anomalib-rd": rd, "anomalib-stfpm": st}
+
+
+class AnomalibOpenVino:
+    """anomalib's own OpenVINO export (``to_openvino``: its pre- and post-processing inside) of one
+    of its models, compiled as its OpenVINOInferencer compiles it (``hint=None``: OpenVINO's CPU
+    defaults, bf16 where the CPU has it) or in f32, with as many threads as adkd's engines."""
+
+    def __init__(self, model, image_size: int, folder: Path, hint: str | None) -> None:  # noqa: ANN001
+        import openvino as ov
+
+        core = ov.Core()
+        xml = folder / type(model).__name__ / "weights" / "openvino" / "model.xml"
+        if not xml.is_file():
+            model.to_openvino(folder / type(model).__name__, input_size=(image_size, image_size))
+        settings = {"INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        if hint:
+            settings["INFERENCE_PRECISION_HINT"] = hint
+        self.compiled = core.compile_model(str(xml), "CPU", settings)
+        self.hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
+    def __call__(self, images: torch.Tensor):  # noqa: ANN204
+        results = self.compiled(images.contiguous().numpy())
+        return results[0], results[1]
+
+
+def anomalib_openvino(backbone: str, image_size: int, folder: Path) -> dict:
+    """anomalib's ReverseDistillation and Stfpm (random weights) through anomalib's OpenVINO export,
+    at its default precision and in f32."""
+    from anomalib.models import ReverseDistillation, Stfpm
+
+    models = {}
+    with stfpm_without_download():
+        stfpm = Stfpm(backbone=backbone)
+    for short, model in (("rd", ReverseDistillation(backbone=backbone, pre_trained=False)), ("stfpm", stfpm)):
+        for hint in (None, "f32"):
+            engine = AnomalibOpenVino(model, image_size, folder, hint)
+            models[f"anomalib-{short} openvino {engine.hint}" + (" (default)" if hint is None else "")] = engine
+    return models
 
 
 def predictor(model):  # noqa: ANN001, ANN201
     """images -> outputs, for an adkd module (its Deployable: what predict and export run), an
-    exported model under ONNX Runtime, or an anomalib torch model."""
-    if isinstance(model, OnnxModel):
+    exported model under ONNX Runtime or OpenVINO, or an anomalib torch model."""
+    if isinstance(model, OnnxModel | OpenVinoModel | AnomalibOpenVino):
         return model
     if hasattr(model, "predict_maps"):
         return torch.no_grad()(Deployable(model))
@@ -97,41 +145,76 @@ def build(args: argparse.Namespace) -> dict:
     """Every registered method (random weights: speed only) as its yaml builds it."""
     models = {}
     examples = torch.rand(8, 3, args.image_size, args.image_size)
-    for name in method_names():
+    for name in args.methods:
         model = build_method(name, f"backbone={args.backbone}", "backbone.pretrained=false",
                              f"image_size={args.image_size}")  # fmt: skip
         model.fit_example(examples)  # PatchCore: a memory bank of these images' patches
-        models[name] = model.to(args.device).prepare_for_inference()
+        model = model.to(args.device).prepare_for_inference()
+        with torch.no_grad():  # thresholds, as a finished run has (exported graphs hold them)
+            anomaly_map, score = model.predict_maps(examples.to(args.device))
+        model.post.calibrate(score.cpu(), anomaly_map.cpu(), 0.01)
+        models[name] = model
+    folder = Path(tempfile.mkdtemp(prefix="adkd-bench-"))
     if args.onnx:
-        folder = Path(tempfile.mkdtemp(prefix="adkd-bench-"))
-        for name in method_names():
+        for name in args.methods:
             path = folder / f"{name}.onnx"
             deployable = for_export(copy.deepcopy(Deployable(models[name].to(memory_format=torch.contiguous_format))))
             example = torch.rand(2, 3, args.image_size, args.image_size, device=args.device)
             write_onnx(deployable, example, path, {"image_size": str(args.image_size)})
             models[name].to(memory_format=torch.channels_last)
             models[f"{name} onnxruntime"] = OnnxModel(path, args.device)
+            if args.openvino:
+                models.update(openvino_engines(name, path, args.image_size, folder))
     if args.anomalib:
         for name, model in anomalib_models(args.backbone, args.image_size).items():
             models[name] = model.to(args.device).eval().to(memory_format=torch.channels_last)
+        if args.openvino:
+            models.update(anomalib_openvino(args.backbone, args.image_size, folder))
     return models
+
+
+def openvino_engines(name: str, onnx: Path, image_size: int, folder: Path) -> dict:
+    """A method's ONNX export as OpenVINO fp32 and int8 (calibrated on 16 random images: the
+    speed of int8 does not depend on what it was calibrated on; its accuracy is export's check)."""
+    import openvino as ov
+
+    from adkd.openvino_export import quantize, save_ir
+
+    engines = {}
+    generator = torch.Generator().manual_seed(0)
+    calibration = [torch.rand(3, image_size, image_size, generator=generator) for _ in range(16)]
+    for precision in ("fp32", "int8"):
+        network = ov.convert_model(str(onnx))
+        if precision == "int8":
+            network = quantize(network, calibration)
+        path = folder / f"{name}_{precision}.xml"
+        save_ir(network, path, {"image_size": str(image_size)}, precision)
+        engines[f"{name} openvino {precision}"] = OpenVinoModel(path)
+    return engines
 
 
 def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="wide_resnet50_2" if cuda else "mobilenet_v2")
+    parser.add_argument("--backbone", default="wide_resnet50_2" if cuda else "resnet18")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32] if cuda else [8])
     precisions = ["fp32", "amp"] if cuda else ["fp32"]
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "amp"], default=precisions)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--anomalib", action=argparse.BooleanOptionalAction, default=cuda,
+    parser.add_argument("--anomalib", action=argparse.BooleanOptionalAction, default=True,
                         help="also time anomalib's ReverseDistillation and Stfpm (ResNet backbones)")  # fmt: skip
     parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=not cuda,
                         help="also time each method exported to ONNX, under ONNX Runtime")  # fmt: skip
+    parser.add_argument("--openvino", action=argparse.BooleanOptionalAction, default=not cuda,
+                        help="also time each ONNX export under OpenVINO (fp32, int8), and anomalib's own OpenVINO "
+                        "exports beside them (with --anomalib)")  # fmt: skip
+    parser.add_argument("--methods", nargs="+", choices=method_names(), default=method_names(),
+                        help=f"which methods (default: all; {BASELINE}, the ratios' baseline, always)")  # fmt: skip
     args = parser.parse_args()
+    args.methods = list(dict.fromkeys([BASELINE, *args.methods]))
+    args.openvino = args.openvino and args.device == "cpu" and args.onnx
     torch.backends.cudnn.benchmark = True
     models = build(args)
     cpu = f"cpu, {torch.get_num_threads()} threads"
@@ -154,9 +237,25 @@ def main() -> None:
     print(f"(x: ratio to adkd's {BASELINE} in the same column)")
     if args.onnx:
         print("ONNX Runtime / torch eager, per method and column:")
-        for name in method_names():
+        for name in args.methods:
             ratios = [ort / eager for ort, eager in zip(times[f"{name} onnxruntime"], times[name], strict=True)]
             print(f"  {name:<10}" + "".join(f"{r:16.2f}" for r in ratios))
+    if args.openvino:
+        print("OpenVINO int8 / OpenVINO fp32, per method and column (target: at most 0.6):")
+        for name in args.methods:
+            int8, fp32 = times[f"{name} openvino int8"], times[f"{name} openvino fp32"]
+            ratios = [a / b for a, b in zip(int8, fp32, strict=True)]
+            print(f"  {name:<10}" + "".join(f"{r:16.2f}" for r in ratios))
+    anomalib_ov = [n for n in times if n.startswith("anomalib-") and "openvino" in n]
+    if anomalib_ov:
+        print("adkd's fastest engine / anomalib's OpenVINO export, same architecture (target: at most 0.5):")
+        for ours, theirs in (("rd4ad", "anomalib-rd"), ("stfpm", "anomalib-stfpm")):
+            engines = [n for n in times if n == ours or n.startswith(f"{ours} ")]
+            for column in range(len(times[ours])):
+                best = min(engines, key=lambda n: times[n][column])
+                for their in (n for n in anomalib_ov if n.startswith(f"{theirs} ")):
+                    ratio = times[best][column] / times[their][column]
+                    print(f"  {best} / {their}: {ratio:.2f}")
 
 
 if __name__ == "__main__":

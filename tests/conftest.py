@@ -43,8 +43,44 @@ def tiny_mvtec(tmp_path_factory) -> Path:
     return root
 
 
+def smallest_image(method: str) -> int:
+    """The fixture's 32 px, or the smallest image size the method's network works at
+    (``min_image_size``: DRAEM's 64); the fixture is resized up to it."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "method" / f"{method}.yaml"
+    network = OmegaConf.load(conf).method.network._target_
+    return max(32, getattr(get_class(network), "min_image_size", 32))
+
+
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
     return [
         "dataset=folder", f"dataset.root={root}", "category=widget", "image_size=32", "batch_size=4",
         "max_epochs=1", "backbone.pretrained=false", "logger=none", "num_figures=2", *extra,
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_mvtec, tmp_path_factory) -> Path:
+    """An RD4AD run on ``tiny_mvtec`` (one epoch), finished: thresholds, test predictions. Tests that
+    change it (a chosen threshold) work on a copy."""
+    from adkd.config import compose
+    from adkd.run import run
+
+    folder = tmp_path_factory.mktemp("run")
+    run(compose(tiny_overrides(tiny_mvtec, "method=rd4ad"), folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def exported_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of ``trained_run`` with its ONNX export (``export/model.onnx``; the slow part of every
+    export test, made once). Tests that change it work on a copy."""
+    import shutil
+
+    from adkd.export import export
+
+    folder = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("exported") / "run"))
+    export(folder, "onnx")
+    return folder

@@ -131,13 +131,15 @@ def test_evaluate_validation_without_labelled_anomalies_says_what_it_needs(tiny_
 
 
 def test_textures_generation_is_deterministic(tmp_path):
-    kwargs = dict(category="gravel", crop_size=64, n_train=3, n_test_good=2, n_test_defect=4)
+    kwargs = dict(category="gravel", crop_size=64, n_train=3, n_test_good=2, n_test_defect=4, n_val=2)
     a = TexturesDataModule(root=str(tmp_path / "a"), **kwargs)
     b = TexturesDataModule(root=str(tmp_path / "b"), **kwargs)
     a.prepare_data()
     b.prepare_data()
     files_a = sorted(p.relative_to(a.path) for p in a.path.rglob("*.png"))
-    assert len(files_a) == 3 + 2 + 4 + 4  # images and masks
+    assert len(files_a) == 3 + 2 + 4 + 4 + 2  # images, masks, validation images
+    records = a.checked_records()  # validation: val/good, not held out of the training crops
+    assert len(records["train"]) == 3 and [r.image_path.parent.parent.name for r in records["val"]] == ["val"] * 2
     for rel in files_a:
         assert (a.path / rel).read_bytes() == (b.path / rel).read_bytes()
     test = a.records("test")
@@ -194,6 +196,12 @@ def test_synthetic_anomalies_come_from_the_loader(tiny_mvtec):
     assert 0 <= batch["image"].min() and batch["image"].max() <= 1
     first, second = dm.val_set[0], dm.val_set[0]  # validation anomalies are the same every epoch
     assert torch.equal(first["image"], second["image"]) and torch.equal(first["gt_mask"], second["gt_mask"])
+    assert "clean" not in batch  # only a synthesizer with keep_clean hands on the image before its anomaly
+    dm.set_synthesizer(AnomalySynthesizer(probability=1.0, keep_clean=True))
+    batch = next(iter(dm.train_dataloader()))
+    inside = batch["gt_mask"].bool().expand_as(batch["image"])
+    assert torch.equal(batch["clean"][~inside], batch["image"][~inside])  # the same image outside the anomaly
+    assert not torch.equal(batch["clean"][inside], batch["image"][inside])
 
 
 def test_a_decompression_bomb_sized_header_is_refused_by_name(tiny_mvtec, monkeypatch):

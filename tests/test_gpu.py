@@ -14,7 +14,7 @@ import torch
 
 from adkd.config import compose
 from adkd.methods.registry import method_names
-from tests.conftest import tiny_overrides
+from tests.conftest import smallest_image, tiny_overrides
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,7 +28,8 @@ def test_each_method_trains_under_amp_with_finite_losses(method, precision, tiny
     from adkd.run import run
 
     overrides = tiny_overrides(tiny_mvtec, f"method={method}", "trainer=gpu", f"trainer.precision={precision}",
-                               "logger=csv", "max_epochs=2", "dataset.num_workers=0")  # fmt: skip
+                               "logger=csv", "max_epochs=2", "dataset.num_workers=0",
+                               f"image_size={smallest_image(method)}")  # fmt: skip
     cfg = compose(overrides, tmp_path)
     run(cfg)
     rows = list(csv.DictReader((tmp_path / "logs" / "metrics.csv").open()))

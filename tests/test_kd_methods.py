@@ -1,4 +1,4 @@
-"""The KD methods added beside the papers' comparators (RD++, DeSTSeg), against what their official code builds
+"""The KD methods added beside the papers' comparators (RD++, DeSTSeg, DRAEM), against what their official code builds
 (parameter counts and output shapes at 256 px, on the meta device: no weights, no compute) and
 their losses against hand-computed cases."""
 
@@ -86,3 +86,51 @@ def test_destseg_losses_by_hand():
     right = torch.full((1, 1, 4, 4), -20.0)
     right[..., :2, :] = 20.0
     assert float(segmentation_loss(right, mask)["l1"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_draem_builds_what_the_official_code_builds():
+    from adkd.methods.draem.network import DRAEMNetwork
+
+    with torch.device("meta"):
+        net = DRAEMNetwork()
+        reconstruction, logits = net(torch.empty(2, 3, 256, 256))
+    # the official code's ReconstructiveSubNetwork(3, 3, 128) and DiscriminativeSubNetwork(6, 2, 64)
+    # (anomalib's DraemModel counts the same)
+    assert (count(net.reconstructive), count(net.discriminative)) == (69_048_579, 28_374_146)
+    assert reconstruction.shape == (2, 3, 256, 256) and logits.shape == (2, 2, 256, 256)
+
+
+def test_draem_refuses_images_too_small_for_its_autoencoder(tmp_path):
+    from adkd.errors import ConfigError
+    from adkd.methods.draem.network import DRAEMNetwork
+
+    with pytest.raises(ConfigError, match=r"image_size=32 is too small for DRAEM: .* image_size >= 64"):
+        DRAEMNetwork(32, 16, image_size=32)
+
+
+def test_draem_ssim_is_the_gaussian_window_ssim():
+    from skimage.metrics import structural_similarity
+
+    from adkd.methods.draem.loss import ssim_loss, ssim_map
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 48, 48)
+    y = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    # inside the border (where zero padding reaches no window), scikit-image's Gaussian SSIM
+    reference = structural_similarity(x[0, 0].numpy(), y[0, 0].numpy(), gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False, data_range=1.0)  # fmt: skip
+    assert float(ssim_map(x, y)[..., 5:-5, 5:-5].mean()) == pytest.approx(reference, abs=1e-5)
+    # constant images: (2ab + C1) / (a^2 + b^2 + C1)
+    a, b = (torch.full((1, 1, 32, 32), v, dtype=torch.float64) for v in (0.2, 0.6))
+    assert float(ssim_map(a, b)[..., 5:-5, 5:-5].mean()) == pytest.approx((0.24 + 1e-4) / (0.4 + 1e-4), abs=1e-6)
+    assert float(ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_draem_scores_the_maximum_of_the_maps_21_pixel_means():
+    from adkd.methods.postprocess import PostProcessor
+
+    raw = torch.zeros(1, 1, 64, 64)
+    raw[..., 10:13, 40:43] = 1.0  # 9 hot pixels: the best 21 x 21 window holds all 9
+    assert float(PostProcessor(map_sigma=0, score_box=21)(raw)[1]) == pytest.approx(9 / 441)
+    with pytest.raises(ValueError, match="odd side"):
+        PostProcessor(score_box=20)

@@ -132,3 +132,23 @@ def test_the_top_share_score_is_the_mean_of_the_top_pixels_and_traces_for_export
     assert post(raw)[1].tolist() == [97.0, 97.0]
     traced = torch.jit.trace(post, raw)  # as export traces it (the pixel count must stay a number)
     assert traced(raw.flip(-1))[1].tolist() == [97.0, 97.0]
+
+
+def test_scores_are_ranked_as_they_are_whatever_each_batch_holds():
+    """torchmetrics' default sigmoid, applied to a batch only when it leaves [0, 1], would rank these
+    two batches on two scales and tie 30 and 40 at 1.0: AUROC 0.75 and AP 0.583 instead of 0.5 and 0.5."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from adkd.metrics import AnomalyMetrics
+
+    batches = [(torch.tensor([0.2, 0.9]), torch.tensor([0, 1])),
+               (torch.tensor([1.5, 30.0, 40.0]), torch.tensor([0, 1, 0]))]  # fmt: skip
+    metrics = AnomalyMetrics(pixel=True)
+    for scores, labels in batches:
+        maps = scores[:, None, None, None].expand(-1, 1, 2, 2)
+        metrics.update(scores, labels, maps, labels[:, None, None, None].expand(-1, 1, 2, 2))
+    scores, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    out = metrics.compute()
+    assert out["image_auroc"] == pytest.approx(roc_auc_score(labels, scores)) == pytest.approx(0.5)
+    assert out["image_ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
+    assert out["pixel_auroc"] == pytest.approx(0.5) and out["pixel_ap"] == pytest.approx(out["image_ap"], abs=1e-6)

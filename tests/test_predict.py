@@ -7,16 +7,7 @@ import pytest
 
 from adkd.config import compose
 from adkd.methods.registry import method_names
-from tests.conftest import tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_mvtec, tmp_path_factory):
-    from adkd.run import run
-
-    folder = tmp_path_factory.mktemp("run")
-    run(compose(tiny_overrides(tiny_mvtec, "method=rd4ad"), folder))
-    return folder
+from tests.conftest import smallest_image, tiny_overrides
 
 
 def test_predict_reproduces_the_test_scores_and_decides_at_the_threshold(trained_run, tiny_mvtec, tmp_path, capsys):
@@ -66,17 +57,22 @@ def _export_and_predict(run_folder, images, fmt, tmp_path):
     return path
 
 
-def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(trained_run, tiny_mvtec, tmp_path, capsys):
-    from adkd.inference import OnnxModel
-    from adkd.predict import main
-
-    path = _export_and_predict(trained_run, tiny_mvtec, "onnx", tmp_path)
-    model = OnnxModel(path)
-    assert model.image_size == 32 and model.image_threshold is not None
+def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(exported_run, tiny_mvtec, tmp_path, capsys):
     import torch
 
-    outputs = model(torch.rand(5, 3, 32, 32))  # a batch size the export never saw
+    from adkd.inference import Deployable, OnnxModel, load_model
+    from adkd.predict import main
+
+    trained_run, path = exported_run, exported_run / "export" / "model.onnx"  # adkd.export's own check passed
+    model = OnnxModel(path)
+    assert model.image_size == 32 and model.image_threshold is not None
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # a batch size it never saw
+    outputs = model(images)
     assert [tuple(o.shape) for o in outputs] == [(5, 1, 32, 32), (5,), (5, 1, 32, 32), (5,)]
+    with torch.no_grad():
+        reference = Deployable(load_model(trained_run)[0]).eval()(images)
+    for got, expected in zip(outputs[:2], reference[:2], strict=True):
+        assert torch.allclose(got, expected, atol=1e-4 * max(1.0, float(expected.abs().max())))
     out = tmp_path / "onnx_out"
     assert main([str(path), str(tiny_mvtec / "widget" / "test"), "--engine", "onnx", "--out", str(out)]) == 0
     torch_rows = tmp_path / "torch_out"
@@ -91,7 +87,8 @@ def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(trained_run, 
 def test_every_method_exports_with_parity(method, tiny_mvtec, tmp_path):
     from adkd.run import run
 
-    run(compose(tiny_overrides(tiny_mvtec, f"method={method}"), tmp_path / "run"))
+    size = f"image_size={smallest_image(method)}"  # the fixture's 32 px, or the method's smallest
+    run(compose(tiny_overrides(tiny_mvtec, f"method={method}", size), tmp_path / "run"))
     for fmt in ("onnx", "torchscript"):
         _export_and_predict(tmp_path / "run", tiny_mvtec, fmt, tmp_path)
 

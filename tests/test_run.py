@@ -12,7 +12,7 @@ import pytest
 
 from adkd.config import compose
 from adkd.methods.registry import method_names
-from tests.conftest import tiny_overrides
+from tests.conftest import smallest_image, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,11 +34,12 @@ def finds_the_square(results: dict) -> bool:
 def floor_run(method: str, root: Path, out: Path, *extra: str) -> dict:
     """A method as its yaml builds it, with its small-data recipe (budget=demo: 10 epochs, or the
     method's ``recipe.small.max_epochs``) and the offline ImageNet weights of mobilenet_v2, on the
-    32 px fixture: a few seconds each."""
+    32 px fixture (resized up for a method that needs larger images): a few seconds each."""
     from adkd.run import run
 
     overrides = [o for o in tiny_overrides(root) if o != "max_epochs=1"]  # the budget's epochs
-    return run(compose([*overrides, f"method={method}", "budget=demo", "backbone.pretrained=true", *extra], out))
+    size = f"image_size={smallest_image(method)}"  # the fixture's 32 px, or the method's smallest
+    return run(compose([*overrides, f"method={method}", "budget=demo", "backbone.pretrained=true", size, *extra], out))
 
 
 @pytest.mark.parametrize("method", method_names())
@@ -53,6 +54,8 @@ def test_every_method_finds_the_square_and_writes_its_run_folder(method, tiny_mv
     assert all(0.0 <= metrics[k] <= 1.0 for k in metrics if k != "inference_ms_per_image" and metrics[k] is not None)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["00_normal.png", "01_anomalous.png"]
+    curves = ["image_pr.png", "image_roc.png", "pixel_pr.csv", "pixel_pr.png", "score_histogram.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [*curves, "worst_fn_00.png", "worst_fp_00.png"]
     validation = results["validation"]  # the validation images with synthetic anomalies, not the test split
     assert 0.0 <= validation["pixel_ap"] <= 1.0 and 0.0 <= validation["image_auroc"] <= 1.0
 
@@ -133,6 +136,7 @@ def test_image_only_dataset_reports_image_metrics_only(tmp_path):
     assert set(results["metrics"]) == {"image_auroc", "image_ap", "image_f1max", "inference_ms_per_image",
                                        "image_f1", "image_precision", "image_recall", "image_fpr"}  # fmt: skip
     assert results["pixel_metrics"] is False
+    assert not (tmp_path / "plots" / "pixel_pr.png").exists() and (tmp_path / "plots" / "image_pr.png").is_file()
 
 
 def test_cli_missing_dataset_and_wrong_category(tmp_path):
@@ -172,7 +176,10 @@ def test_wandb_logs_offline_without_an_account(tiny_mvtec, tmp_path, monkeypatch
     run(compose(tiny_overrides(tiny_mvtec, "logger=wandb", "experiment_name=unit"), tmp_path))
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1  # ready for `wandb sync`
-    assert len(list((runs[0] / "files" / "media" / "images").rglob("*.png"))) == 2  # the figures
+    images = runs[0] / "files" / "media" / "images"
+    logged = sorted(p.relative_to(images).as_posix().rsplit("_", 2)[0] for p in images.rglob("*.png"))  # key_step_hash
+    curves = [f"test/plots/{name}" for name in ("image_pr", "image_roc", "pixel_pr", "score_histogram")]
+    assert logged == ["test/figures", "test/figures", *curves, "test/worst_fn", "test/worst_fp"]
     records, deadline = b"", time.time() + 30
     while b"test/pixel_aupro" not in records and time.time() < deadline:  # W&B's service writes the file after finish
         records = next(runs[0].glob("run-*.wandb")).read_bytes()

@@ -35,7 +35,9 @@ class CellsDataModule(TexturesDataModule):
     default_category = "mono"
 
     def __init__(self, root: str | None = None, **kwargs) -> None:
-        super().__init__(root=root or "~/.cache/adkd/cells", **kwargs)
+        # Validation: val_fraction of the training cells, other cells of the same production, never
+        # trained on (the textures need a val/ of their own: their crops overlap).
+        super().__init__(root=root or "~/.cache/adkd/cells", n_val=0, **kwargs)
 
     def prepare_data(self) -> None:
         params = dict(version=FORMAT_VERSION, source="elpv", category=self.category, **self.generation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -26,13 +27,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: Path) -> Image.Image:
+def read_image(path: Path | BinaryIO, name: str | None = None) -> Image.Image:
+    """8-bit RGB, EXIF rotation applied, from a file or a stream (``name``: what errors call it)."""
     try:
         with Image.open(path) as img:
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageReadError(f"Cannot read image {path}: {err}. Replace or remove the file.") from err
+    except UnidentifiedImageError as err:
+        raise ImageReadError(f"Cannot read image {name or path}: not an image format PIL can decode. "
+                             "Replace or remove the file.") from err  # fmt: skip
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageReadError(f"Cannot read image {name or path}: {err}. Replace or remove the file.") from err
 
 
 def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -62,7 +67,8 @@ class AnomalyDataset(Dataset):
     adds a synthetic anomaly (methods that train on them, e.g. ADPS, set it for fit). It runs
     per sample here, in the loader's workers, so the accelerator never waits on it; with
     ``fixed_synthesis`` sample i always gets the same anomaly (validation losses comparable
-    across epochs). Such samples also hold ``clean``, the image before its anomaly.
+    across epochs). Such samples also hold ``clean``, the image before its anomaly, where the
+    synthesizer's ``keep_clean`` asks for it.
     """
 
     def __init__(self, records: list[Record], image_size: int, cache: bool = False) -> None:
@@ -104,9 +110,10 @@ class AnomalyDataset(Dataset):
         sample = {"gt_label": self.records[index].gt_label, "image_path": str(self.records[index].image_path)}
         if self.synthesizer is not None:
             seed = index if self.fixed_synthesis else seed
-            clean = image
+            if getattr(self.synthesizer, "keep_clean", False):
+                sample["clean"] = image
             image, mask = self.synthesizer(image) if seed is None else self._synthesize(image, seed)
-            sample.update(gt_label=int(mask.any()), synthetic=True, clean=clean)
+            sample.update(gt_label=int(mask.any()), synthetic=True)
         return {"image": image, "gt_mask": mask, **sample}
 
     def _synthesize(self, image: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,7 +45,9 @@ class AnomalySynthesizer(nn.Module):
     ``probability``: share of images that get an anomaly (the rest stay normal, mask empty).
     ``blend``: range of the anomaly's weight in the blend; (0.2, 1.0) is DRAEM's beta ~ U(0, 0.8)
     with image = (1 - M) x + (1 - beta) M a + beta M x. Random draws come from torch's generator,
-    so runs are reproducible under the run's seed.
+    so runs are reproducible under the run's seed. ``keep_clean``: adkd's datasets also hand on
+    each image before its anomaly (``clean``), for methods that learn from both (DeSTSeg); off,
+    the loaders carry no second image.
     """
 
     def __init__(
@@ -54,8 +56,10 @@ class AnomalySynthesizer(nn.Module):
         probability: float = 0.5,
         blend: tuple[float, float] = (0.2, 1.0),
         rotation: tuple[float, float] = (-90.0, 90.0),
+        keep_clean: bool = False,
     ) -> None:
         super().__init__()
+        self.keep_clean = keep_clean
         from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 
         folder = Path(source).expanduser() if source else bundled_anomaly_source()
@@ -77,10 +81,10 @@ class AnomalySynthesizer(nn.Module):
 
 
 def anomalous_batch(batch: dict, synthesizer: AnomalySynthesizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images with synthetic anomalies, their masks, the images before them) for a training batch:
-    the ones adkd's datamodules add in their loaders, or, for a batch from any other loader, made
-    here by ``synthesizer`` on the batch's device."""
+    """(images with synthetic anomalies, their masks, the images before them: None unless the
+    synthesizer keeps them) for a training batch: the ones adkd's datamodules add in their loaders,
+    or, for a batch from any other loader, made here by ``synthesizer`` on the batch's device."""
     if batch.get("synthetic") is not None:
-        return batch["image"], batch["gt_mask"], batch["clean"]
+        return batch["image"], batch["gt_mask"], batch.get("clean")
     images, masks = synthesizer(batch["image"])
     return images, masks, batch["image"]

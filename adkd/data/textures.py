@@ -6,6 +6,14 @@ there like any folder dataset. Training crops come from the top of each 512x512 
 test crops from the bottom band, so no test pixel was seen in training. The defects are drawn
 by a different generator family than the Perlin/texture-blend anomalies some methods (ADPS)
 train on, so those methods are not tested on their own training distribution.
+
+The validation images (``val/good``: what the loss is tracked on and the thresholds are set on)
+are further crops of the bottom band, like the test's normal images and never trained on. Held
+out from the training crops instead (as ``val_fraction`` does elsewhere), they overlapped pixels
+the model had trained on and scored lower than any unseen normal image: thresholds set on them
+flagged 20-65% of the good test images. The band is 192 rows high, so validation and test crops
+share pixels; no image is in both. A line's own validation images should likewise be good parts
+never trained on, from the production the model will score.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ log = logging.getLogger(__name__)
 
 TEXTURES = ("brick", "grass", "gravel")
 DEFECTS = ("scratch", "crack", "stain", "pit")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: val/good from the test band
 
 
 def _defect_generator(kind: str, crop: int):
@@ -61,10 +69,11 @@ def _crops(image: np.ndarray, rows: tuple[int, int], crop: int, n: int, rng: ran
     return out
 
 
-def generate(folder: Path, category: str, crop_size: int, n_train: int, n_test_good: int, n_test_defect: int) -> None:
-    """Write one texture category in the MVTec AD layout into ``folder``."""
+def generate(folder: Path, category: str, crop_size: int, n_train: int, n_test_good: int, n_test_defect: int,
+             n_val: int) -> None:  # fmt: skip
+    """Write one texture category in the MVTec AD layout (with ``val/good``) into ``folder``."""
     params = dict(version=FORMAT_VERSION, category=category, crop_size=crop_size, n_train=n_train,
-                  n_test_good=n_test_good, n_test_defect=n_test_defect)  # fmt: skip
+                  n_test_good=n_test_good, n_test_defect=n_test_defect, n_val=n_val)  # fmt: skip
     if is_generated(folder, params):
         return
     log.info("Generating the %s texture set into %s (once)", category, folder)
@@ -76,7 +85,8 @@ def generate(folder: Path, category: str, crop_size: int, n_train: int, n_test_g
         raise ValueError(f"crop_size {crop_size} is too large for the {image.shape[0] - split_row}-row test band")
     train = _crops(image, (0, split_row), crop_size, n_train, rng)
     test = _crops(image, (split_row, image.shape[0]), crop_size, n_test_good + n_test_defect, rng)
-    write_with_defects(folder, params, train, test[:n_test_good], test[n_test_good:], seed)
+    val = _crops(image, (split_row, image.shape[0]), crop_size, n_val, rng)  # drawn last: train and test as before
+    write_with_defects(folder, params, train, test[:n_test_good], test[n_test_good:], seed, val)
 
 
 def is_generated(folder: Path, params: dict) -> bool:
@@ -85,11 +95,12 @@ def is_generated(folder: Path, params: dict) -> bool:
 
 
 def write_with_defects(
-    folder: Path, params: dict, train: list[np.ndarray], good: list[np.ndarray], to_defect: list[np.ndarray], seed: int
-) -> None:
-    """Write ``train`` and ``good`` as they are and ``to_defect`` with one procedural defect each
-    (the kinds in turn) and its mask, in the MVTec AD layout; ``params.json`` last, so an
-    interrupted generation is redone."""
+    folder: Path, params: dict, train: list[np.ndarray], good: list[np.ndarray], to_defect: list[np.ndarray], seed: int,
+    val: list[np.ndarray] | None = None,
+) -> None:  # fmt: skip
+    """Write ``train``, ``good`` (and ``val`` into ``val/good``) as they are and ``to_defect`` with
+    one procedural defect each (the kinds in turn) and its mask, in the MVTec AD layout;
+    ``params.json`` last, so an interrupted generation is redone."""
     random.seed(seed)  # defect_synthesis draws from the global generators
     np.random.seed(seed)
 
@@ -101,6 +112,8 @@ def write_with_defects(
         save(image, folder / "train" / "good" / f"{i:03d}.png")
     for i, image in enumerate(good):
         save(image, folder / "test" / "good" / f"{i:03d}.png")
+    for i, image in enumerate(val or []):
+        save(image, folder / "val" / "good" / f"{i:03d}.png")
     generators = {kind: _defect_generator(kind, good[0].shape[0] if good else train[0].shape[0]) for kind in DEFECTS}
     for i, image in enumerate(to_defect):
         kind = DEFECTS[i % len(DEFECTS)]
@@ -129,10 +142,11 @@ class TexturesDataModule(FolderDataModule):
         n_train: int = 160,
         n_test_good: int = 40,
         n_test_defect: int = 60,
+        n_val: int = 16,
         **kwargs,
     ) -> None:
         self.generation = dict(
-            crop_size=crop_size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect
+            crop_size=crop_size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect, n_val=n_val
         )
         super().__init__(root=root or "~/.cache/adkd/textures", category=category, **kwargs)
 

@@ -6,6 +6,7 @@ benchmark alike; its thresholds are buffers, so they travel inside every checkpo
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 from torch import nn
 
@@ -25,7 +26,8 @@ def gaussian_blur(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
 class PostProcessor(nn.Module):
     """Raw map (B,1,H,W) -> smoothed map and image score (max, mean, or mean of the top ``topk``
     share of pixels), in float32 even under AMP. The score is taken from the map smoothed with
-    ``score_sigma`` (default: the map's ``sigma``): ADPS keeps its map sharp and scores max(G(M)).
+    ``score_sigma`` (default: the map's ``sigma``): ADPS keeps its map sharp and scores max(G(M));
+    and then, where ``score_box`` is set, averaged over score_box x score_box windows (DRAEM).
 
     Thresholds: set by :meth:`calibrate` from normal validation images, so that a share ``fpr``
     of normal images (and of normal pixels) lies above them: no anomalous images are needed, and
@@ -35,9 +37,17 @@ class PostProcessor(nn.Module):
     """
 
     def __init__(
-        self, map_sigma: float = 4.0, score: str = "max", topk: float = 0.01, score_sigma: float | None = None
+        self,
+        map_sigma: float = 4.0,
+        score: str = "max",
+        topk: float = 0.01,
+        score_sigma: float | None = None,
+        score_box: int = 0,
     ) -> None:
         super().__init__()
+        if score_box and score_box % 2 == 0:
+            raise ValueError(f"score_box is the odd side of a mean filter (DRAEM: 21), or 0; got {score_box}")
+        self.score_box = int(score_box)
         sigma = map_sigma
         if score not in ("max", "mean", "topk"):
             raise ValueError(f"score must be 'max', 'mean' or 'topk', got {score!r}")
@@ -56,6 +66,8 @@ class PostProcessor(nn.Module):
         with torch.autocast(raw_map.device.type, enabled=False):
             anomaly_map = gaussian_blur(raw_map.float(), self.sigma)
             scored = anomaly_map if self.score_sigma == self.sigma else gaussian_blur(raw_map.float(), self.score_sigma)
+            if self.score_box > 1:  # DRAEM: the score is the max of the map's local means (zero padding counted)
+                scored = F.avg_pool2d(scored, self.score_box, 1, self.score_box // 2)
             flat = scored.flatten(1)
             if self.score == "max":
                 pred_score = flat.amax(1)

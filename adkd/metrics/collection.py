@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from torch import nn
-from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryPrecisionRecallCurve
 
 from adkd.metrics.aupro import AUPRO
 from adkd.metrics.f1max import F1Max
@@ -32,15 +33,19 @@ class AnomalyMetrics(nn.Module):
     def __init__(self, pixel: bool = True, fpr_limit: float = 0.3) -> None:
         super().__init__()
         self.pixel = pixel
-        self.image = nn.ModuleDict(
-            {"image_auroc": BinaryAUROC(), "image_ap": BinaryAveragePrecision(), "image_f1max": F1Max()}
-        )
+        # Scores as they are (normalization=None): torchmetrics' default passes a batch through a
+        # sigmoid when any of its values lies outside [0, 1], batch by batch, so a test split whose
+        # batches fall on both sides is ranked on two scales (and float32's sigmoid ties every value
+        # above about 17 at 1.0). Measured and pinned in tests/test_metrics.py.
+        exact = {"normalization": None}
+        self.image = nn.ModuleDict({"image_auroc": BinaryAUROC(**exact), "image_ap": BinaryAveragePrecision(**exact),
+                                    "image_f1max": F1Max(**exact)})  # fmt: skip
         self.pixel_metrics = nn.ModuleDict(
             {
-                "pixel_auroc": BinaryAUROC(),
-                "pixel_ap": BinaryAveragePrecision(),
+                "pixel_auroc": BinaryAUROC(**exact),
+                "pixel_ap": BinaryAveragePrecision(**exact),
                 "pixel_aupro": AUPRO(fpr_limit=fpr_limit),
-                "pixel_f1max": F1Max(),
+                "pixel_f1max": F1Max(**exact),
             }
             if pixel
             else {}
@@ -99,3 +104,26 @@ class AnomalyMetrics(nn.Module):
 
         return {"image_f1": ratio(2 * tp, 2 * tp + fp + fn), "image_precision": ratio(tp, tp + fp),
                 "image_recall": ratio(tp, tp + fn), "image_fpr": ratio(fp, fp + tn)}  # fmt: skip
+
+    def pixel_pr_curve(self, max_points: int | None = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The exact pixel precision-recall curve behind ``pixel_ap`` and ``pixel_f1max``, from the
+        F1-max metric's own state (every pixel's score and label, as they are), so its
+        non-interpolated AP (the sum over recall steps of precision) is ``pixel_ap``. None where
+        ``pixel_ap`` is undefined.
+
+        (precision, recall, thresholds) in torchmetrics' order: thresholds increasing, recall falling
+        from 1 to the end point (1, 0); the first point flags every pixel, so its precision is the
+        share of anomalous pixels. ``max_points``: thinned for drawing to about that many points,
+        half evenly spaced along the curve and half evenly in recall, both ends kept (None: every point).
+        """
+        if not self.pixel or self.counts["pixel"][1] == 0:
+            return None
+        curve = BinaryPrecisionRecallCurve.compute(self.pixel_metrics["pixel_f1max"])  # F1Max's parent's curve
+        precision, recall, thresholds = (t.numpy() for t in curve)
+        last = len(recall) - 1
+        if max_points is None or last < max_points:
+            return precision, recall, thresholds
+        half = max(max_points // 2, 2)
+        by_recall = last - np.searchsorted(recall[::-1], np.linspace(0, 1, half))  # recall falls along the curve
+        keep = np.unique(np.r_[np.linspace(0, last, half).round().astype(int), by_recall.clip(0, last)])
+        return precision[keep], recall[keep], thresholds[keep[:-1]]

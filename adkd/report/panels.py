@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -51,13 +52,14 @@ def overlay(
     image: np.ndarray,
     normalized_map: np.ndarray | None,
     title: str,
-    path: Path,
+    path: Path | BinaryIO,
     alarm: bool = False,
     truth: np.ndarray | None = None,
 ) -> None:
     """Write the three panels for one image. ``image`` (H, W, 3) in [0, 1]; ``normalized_map``
     (H, W) with 0.5 at the threshold (None or NaN: the model has no threshold, no outline drawn);
-    ``truth``: the ground-truth mask (H, W), outlined in green, where it is known."""
+    ``truth``: the ground-truth mask (H, W), outlined in green, where it is known. ``path``: a file,
+    or a binary stream the PNG is written to."""
     height, width = image.shape[:2]
     scale = max(1, -(-PANEL // max(height, width)))
     size = (width * scale, height * scale)
@@ -94,5 +96,6 @@ def overlay(
     labels = ("image", "anomaly map (0.5 = threshold)", "predicted region" + (" / truth" if truth is not None else ""))
     for i, label in enumerate(labels):
         draw.text((i * (size[0] + gap) + 2, HEADER + size[1] + 2), label, fill="black", font=_font(10))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, compress_level=1)  # fast; overlays are looked at, not archived
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, format="PNG", compress_level=1)  # fast; overlays are looked at, not archived

@@ -34,7 +34,13 @@ def _natural_key(path: Path) -> list:
 def collect(folder: Path) -> list[dict]:
     """Every ``metrics.json`` below ``folder`` (one per run of a multirun), in job order, so the
     table's rows and columns follow the order of the command line."""
-    return [json.loads(p.read_text()) for p in sorted(Path(folder).rglob("metrics.json"), key=_natural_key)]
+    return [result for _, result in collect_runs(folder)]
+
+
+def collect_runs(folder: Path) -> list[tuple[Path, dict]]:
+    """(run folder, its metrics.json) for every finished run below ``folder``, in job order."""
+    paths = sorted(Path(folder).rglob("metrics.json"), key=_natural_key)
+    return [(p.parent, json.loads(p.read_text())) for p in paths]
 
 
 def unfinished(folder: Path) -> list[str]:
@@ -64,7 +70,7 @@ def _settings(result: dict) -> dict[str, str]:
     return settings
 
 
-def _column_names(results: list[dict]) -> list[str]:
+def column_names(results: list[dict]) -> list[str]:
     """One name per run: its label (or method), plus the settings in which runs of that label differ."""
     settings = [_settings(r) for r in results]
     labels = [r.get("label") or r["method"] for r in results]
@@ -89,7 +95,7 @@ def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS)
         raise ValueError(f"Unknown metrics {sorted(unknown)}; known: {sorted(known)}")
     runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
     columns_seen, categories = [], []
-    for r, name in zip(results, _column_names(results), strict=True):
+    for r, name in zip(results, column_names(results), strict=True):
         category = str(r.get("category") or "-")
         columns_seen += [name] if name not in columns_seen else []
         categories += [category] if category not in categories else []

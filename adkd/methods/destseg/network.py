@@ -27,6 +27,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from adkd.backbones import FeatureExtractor
+from adkd.methods.rd4ad.network import kaiming_init  # the official initialisation, as RD4AD's
 
 
 def basic_blocks(c_in: int, c_out: int, blocks: int = 2) -> nn.Sequential:
@@ -41,14 +42,6 @@ def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, dilation: int = 1) -> n
     return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=pad, dilation=dilation, bias=False),
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))  # fmt: skip
 
-
-def kaiming_init(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class ASPP(nn.Module):
