@@ -159,7 +159,8 @@ class EfficientADNetwork(nn.Module):
         if image_size is not None and image_size < self.min_image_size:
             raise ConfigError(
                 f"EfficientAD needs image_size >= {self.min_image_size} (its autoencoder's encoder reduces "
-                f"the image 32-fold, then applies an 8x8 convolution); got image_size={image_size}."
+                f"the image 32-fold, then applies an 8x8 convolution); got image_size={image_size}. Add "
+                f"image_size=256 (the paper's) to the command: python -m adkd.run method=efficientad image_size=256"
             )
         self.out_channels = out_channels
         self.padding = padding
