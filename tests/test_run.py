@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from adkd.config import compose
-from adkd.methods.registry import method_names
-from tests.conftest import smallest_image, tiny_overrides
+from tests.conftest import method_params, smallest_image, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,7 @@ def floor_run(method: str, root: Path, out: Path, *extra: str) -> dict:
     return run(compose([*overrides, f"method={method}", "budget=demo", "backbone.pretrained=true", size, *extra], out))
 
 
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", method_params())
 def test_every_method_finds_the_square_and_writes_its_run_folder(method, tiny_mvtec, tmp_path):
     results = floor_run(method, tiny_mvtec, tmp_path)
     assert results["method"] == method and results["category"] == "widget"

@@ -55,9 +55,9 @@ def _long(size: str) -> str:
     return {"s": "small", "m": "medium"}[size]
 
 
-def downloaded_teacher(size: str, cache: Path = CACHE) -> Path:
-    """The published teacher file of PDN ``size`` (s or m), downloaded once into ``cache``."""
-    folder = cache.expanduser()
+def downloaded_teacher(size: str, cache: Path | None = None) -> Path:
+    """The published teacher file of PDN ``size`` (s or m), downloaded once into ``cache`` (``CACHE``)."""
+    folder = (cache or CACHE).expanduser()
     path = folder / "efficientad_pretrained_weights" / f"pretrained_teacher_{_long(size)}.pth"
     if path.is_file():
         return path
