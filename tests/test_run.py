@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adkd.config import compose
-from tests.conftest import method_params, smallest_image, tiny_overrides
+from tests.conftest import SLOW_IMAGE_SIZE, method_params, smallest_image, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +37,8 @@ def floor_run(method: str, root: Path, out: Path, *extra: str) -> dict:
     from adkd.run import run
 
     overrides = [o for o in tiny_overrides(root) if o != "max_epochs=1"]  # the budget's epochs
+    if smallest_image(method) >= SLOW_IMAGE_SIZE:  # EfficientAD: its recipe's batch 1 (at 256 px, 4 s a step)
+        overrides = [o for o in overrides if o != "batch_size=4"]
     size = f"image_size={smallest_image(method)}"  # the fixture's 32 px, or the method's smallest
     return run(compose([*overrides, f"method={method}", "budget=demo", "backbone.pretrained=true", size, *extra], out))
 

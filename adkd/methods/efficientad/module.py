@@ -166,7 +166,7 @@ class EfficientAD(AnomalyModule):
     def on_validation_epoch_start(self) -> None:
         self._val_maps = []
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch["image"]
         net, c = self.network, self.network.out_channels
         teacher, student, ae = net.teacher_features(images), net.student(images), net.ae(images)
@@ -177,6 +177,7 @@ class EfficientAD(AnomalyModule):
             (squared_distance(teacher, student[:, :c]).cpu(), squared_distance(ae, student[:, c:]).cpu())
         )
         self._log_losses(losses, "val", len(images))
+        return losses
 
     def on_validation_epoch_end(self) -> None:
         if self._val_maps and not self.trainer.sanity_checking:
