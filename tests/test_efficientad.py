@@ -248,11 +248,10 @@ def test_teacher_files_load_by_order_with_shapes_checked(names, tmp_path) -> Non
         read_teacher_file(tmp_path / "module.pth")
 
 
-def test_the_teacher_download_is_cached_and_fails_fast_offline(tmp_path, monkeypatch) -> None:
+def test_the_teacher_download_is_cached_checked_and_fails_fast_offline(tmp_path, monkeypatch) -> None:
     import time
+    import zipfile
     from urllib.error import URLError
-
-    import anomalib.data.utils.download as downloads
 
     from adkd.errors import BackboneWeightsError
     from adkd.methods.efficientad import teacher
@@ -267,19 +266,29 @@ def test_the_teacher_download_is_cached_and_fails_fast_offline(tmp_path, monkeyp
     monkeypatch.delenv("ADKD_OFFLINE")
     calls = []
 
-    def no_network(root, info):  # noqa: ANN001, ANN202 - what urlretrieve raises without a network
-        calls.append(info.url)
+    def no_network(url, path):  # noqa: ANN001, ANN202 - what urlretrieve raises without a network
+        calls.append(url)
         raise URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(downloads, "download_and_extract", no_network)
+    monkeypatch.setattr(teacher, "urlretrieve", no_network)
     with pytest.raises(BackboneWeightsError, match=r"(?s)Could not download EfficientAD's teacher.*Ways out"):
         teacher.resolve_teacher("download", "s")
     assert calls == [teacher.WEIGHTS_URL]
+
+    def another_file(url, path):  # noqa: ANN001, ANN202 - an archive that is not the published one
+        calls.append(url)
+        with zipfile.ZipFile(path, "w") as zipped:
+            zipped.writestr("efficientad_pretrained_weights/pretrained_teacher_small.pth", b"x")
+
+    monkeypatch.setattr(teacher, "urlretrieve", another_file)
+    with pytest.raises(BackboneWeightsError, match="not the published one"):
+        teacher.resolve_teacher("download", "s")
+    assert not list(tmp_path.rglob("*.pth")) and not list(tmp_path.rglob("*.zip"))  # nothing unchecked is kept
     cached = tmp_path / "efficientad_pretrained_weights" / "pretrained_teacher_small.pth"
     cached.parent.mkdir()
     torch.save(_pdn_state("s", "anomalib"), cached)
     assert list(teacher.resolve_teacher("download", "s")) == list(_pdn_state("s", "anomalib"))  # no second download
-    assert calls == [teacher.WEIGHTS_URL] and teacher.resolve_teacher(None, "s") is None
+    assert len(calls) == 2 and teacher.resolve_teacher(None, "s") is None
 
 
 def test_penalty_images_are_the_papers_crops_and_bad_folders_say_what_to_do(tmp_path) -> None:

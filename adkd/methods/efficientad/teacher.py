@@ -15,11 +15,14 @@ model's teacher is in its checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
 import socket
+import zipfile
 from pathlib import Path
+from urllib.request import urlretrieve
 
 import torch
 from torch import nn
@@ -63,19 +66,27 @@ def downloaded_teacher(size: str, cache: Path | None = None) -> Path:
         return path
     if os.environ.get("ADKD_OFFLINE") == "1":
         raise BackboneWeightsError(f"Offline (ADKD_OFFLINE=1) and no downloaded teacher at {path}.\n" + ways_out(size))
-    from anomalib.data.utils.download import DownloadInfo, download_and_extract
-
     folder.mkdir(parents=True, exist_ok=True)
+    archive = folder / "efficientad_pretrained_weights.zip"
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         log.info("EfficientAD: downloading the pretrained teachers from %s into %s", WEIGHTS_URL, folder)
-        download_and_extract(folder, DownloadInfo("efficientad_pretrained_weights", WEIGHTS_URL, WEIGHTS_SHA256))
+        urlretrieve(WEIGHTS_URL, archive)  # noqa: S310 - a fixed https URL
     except Exception as err:  # noqa: BLE001 - any network/IO failure becomes one actionable error
         first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
         raise BackboneWeightsError(f"Could not download EfficientAD's teacher: {first}\n" + ways_out(size)) from err
     finally:
         socket.setdefaulttimeout(previous)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    if digest != WEIGHTS_SHA256:
+        archive.unlink()
+        raise BackboneWeightsError(f"The downloaded {archive.name} is not the published one (sha256 {digest[:12]}..., "
+                                   f"expected {WEIGHTS_SHA256[:12]}...): removed.\n" + ways_out(size))  # fmt: skip
+    with zipfile.ZipFile(archive) as zipped:
+        names = [n for n in zipped.namelist() if n.endswith(".pth") and ".." not in n and not n.startswith("/")]
+        zipped.extractall(folder, members=names)
+    archive.unlink()
     if not path.is_file():
         raise BackboneWeightsError(f"The downloaded archive holds no {path.name} (in {folder}).\n" + ways_out(size))
     return path
