@@ -43,8 +43,10 @@ class EfficientAD(AnomalyModule):
     inside the networks, which this shares): anomalib takes the quantiles of the maps after their
     zero padding and resizing to the image (the zeros and the interpolated pixels count among the
     values, which lowers both quantiles), the official code and the paper on the PDN's own output
-    (56 x 56 at 256 px), as here; anomalib draws one augmentation for the whole batch, the official
-    code one per image, as here (the same at batch 1).
+    (56 x 56 at 256 px), as here; anomalib pads each map with zeros before scaling it (its 4-pixel
+    border then reads -0.1 q_a / (q_b - q_a), below every normal pixel), the official code pads the
+    combined, scaled map (a border of 0), as here; anomalib draws one augmentation for the whole
+    batch, the official code one per image, as here (the same at batch 1).
 
     Ours: the quantiles are set at every validation pass (adkd's validation split, held out of the
     training images, never the test split), so the last one, after the last step, sets the
