@@ -2,11 +2,12 @@
 
 Each model turns a batch of [0, 1] images into smoothed anomaly maps and image scores. On a
 CUDA machine the default is the papers' setting (WRN-50-2, 256 px) at batch 1 (latency) and
-batch 32 (throughput), in fp32 and under AMP, with anomalib's ReverseDistillation and Stfpm
-measured in the same rounds. On the CPU: ResNet-18, batch 8, fp32, every method also exported to
-ONNX and timed under ONNX Runtime (--onnx) and OpenVINO in fp32 and int8 (--openvino), with
-anomalib's ReverseDistillation and Stfpm in torch and through anomalib's own OpenVINO export (at
-OpenVINO's default precision, which is bf16 on CPUs that have it, and in f32).
+batch 32 (throughput), in fp32 and under AMP, with anomalib's ReverseDistillation and Stfpm (and,
+from 256 px, EfficientAd-S beside adkd's EfficientAD-S) measured in the same rounds. On the CPU:
+ResNet-18, batch 8, fp32, every method also exported to ONNX and timed under ONNX Runtime (--onnx)
+and OpenVINO in fp32 and int8 (--openvino), with anomalib's ReverseDistillation and Stfpm in torch
+and through anomalib's own OpenVINO export (at OpenVINO's default precision, which is bf16 on CPUs
+that have it, and in f32).
 
 python experiments/bench.py [--backbone B] [--image-size 256] [--batches 1 32] [--precisions fp32 amp]
                             [--rounds 7] [--device cpu|cuda] [--anomalib | --no-anomalib] [--onnx | --no-onnx]
@@ -33,7 +34,9 @@ BASELINE = "rd4ad"
 
 
 def anomalib_models(backbone: str, image_size: int) -> dict:
-    """anomalib's ReverseDistillation and Stfpm networks (random weights: speed only)."""
+    """anomalib's ReverseDistillation and Stfpm networks, and from 256 px its EfficientAd-S (which
+    needs them; no backbone: its own PDN), all with random weights: speed only."""
+    from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
     from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode
     from anomalib.models.image.reverse_distillation.torch_model import ReverseDistillationModel
     from anomalib.models.image.stfpm import torch_model as stfpm
@@ -42,7 +45,12 @@ def anomalib_models(backbone: str, image_size: int) -> dict:
     rd = ReverseDistillationModel(backbone, (image_size, image_size), layers, AnomalyMapGenerationMode.ADD, False)
     with stfpm_without_download():
         st = stfpm.STFPMModel(layers, backbone)
-    return {"anomalib-rd": rd, "anomalib-stfpm": st}
+    models = {"anomalib-rd": rd, "anomalib-stfpm": st}
+    if image_size >= 256:
+        efficientad = EfficientAdModel(teacher_out_channels=384, model_size="small", padding=False, pad_maps=True)
+        efficientad.takes_unit_images = True  # it normalises inside, as adkd's networks do
+        models["anomalib-efficientad-s"] = efficientad
+    return models
 
 
 @contextlib.contextmanager
@@ -103,9 +111,12 @@ def predictor(model):  # noqa: ANN001, ANN201
         return model
     if hasattr(model, "predict_maps"):
         return torch.no_grad()(Deployable(model))
-    # anomalib's models take ImageNet-normalised images (its pre-processor does that first).
+    # anomalib's models take ImageNet-normalised images (its pre-processor does that first), but
+    # EfficientAd, which normalises inside.
     mean = torch.tensor((0.485, 0.456, 0.406), device=next(model.parameters()).device).view(1, 3, 1, 1)
     std = torch.tensor((0.229, 0.224, 0.225), device=mean.device).view(1, 3, 1, 1)
+    if getattr(model, "takes_unit_images", False):
+        mean, std = torch.zeros_like(mean), torch.ones_like(std)
 
     @torch.no_grad()
     def run(images):  # noqa: ANN001, ANN202

@@ -1,6 +1,7 @@
 """Peer check: an adkd method against anomalib's implementation of it, on the same data.
 
-Pairs (--method): rd4ad vs ReverseDistillation, stfpm vs Stfpm, patchcore vs Patchcore.
+Pairs (--method): rd4ad vs ReverseDistillation, stfpm vs Stfpm, patchcore vs Patchcore, efficientad
+vs EfficientAd (below).
 Same data (adkd's datamodule), backbone, image size, batch size and epochs for both; each
 project's own network, loss, optimizer recipe, anomaly-map smoothing, image score and input
 normalisation (adkd's inside its backbone, anomalib's from its pre-processor: ImageNet's); one
@@ -17,6 +18,15 @@ built without, then given these):
 Repeated over --seeds (the teacher's init too, where it is random).
 
     python experiments/peer_check_anomalib.py --method stfpm --backbone mobilenet_v2 --category brick --seeds 0 1 2
+
+EfficientAD has no backbone: ``--weights`` is the teacher PDN file both sides load (a download, or
+``python -m adkd.methods.efficientad.distill``'s), ``--steps`` the training steps at batch 1 (both
+sides: Adam 1e-4, weight decay 1e-5, x0.1 at 95%), ``--size`` s or m; the penalty images are the
+same loader's for both (``--penalty-images``: a folder or ``bundled``; anomalib's own
+transform: twice the size, grey at 0.3, the centre crop). anomalib's side is its ``EfficientAdModel``
+with its Lightning module's teacher statistics and validation quantiles (on adkd's validation split):
+
+    python experiments/peer_check_anomalib.py --method efficientad --weights teacher_s.pth --image-size 256 --steps 300
 """
 
 from __future__ import annotations
@@ -105,7 +115,54 @@ def anomalib_patchcore(backbone: str, image_size: int, weights: str):  # noqa: A
     return model, None, None  # one pass stores the embeddings; the coreset follows
 
 
-ANOMALIB = {"rd4ad": anomalib_rd4ad, "stfpm": anomalib_stfpm, "patchcore": anomalib_patchcore}
+ANOMALIB = {"rd4ad": anomalib_rd4ad, "stfpm": anomalib_stfpm, "patchcore": anomalib_patchcore, "efficientad": None}
+
+
+class _Batch:
+    """adkd's batch (a dict) as anomalib's (attributes), for its Lightning module's helpers."""
+
+    def __init__(self, batch: dict) -> None:
+        self.image, self.gt_label = batch["image"], batch["gt_label"]
+
+
+def train_anomalib_efficientad(dm, size: str, weights: str, steps: int, penalty_images: str, seed: int) -> dict:  # noqa: ANN001
+    """anomalib's EfficientAd on adkd's data: its model and losses, its teacher statistics (over the
+    training images) and map quantiles (on the validation images), the teacher from ``weights``."""
+    from anomalib.models.image.efficient_ad.lightning_model import EfficientAd
+
+    from adkd.methods.efficientad.images import PenaltyImages, endless, image_folder
+    from adkd.methods.efficientad.teacher import load_teacher, resolve_teacher
+    from adkd.metrics import AnomalyMetrics
+
+    torch.manual_seed(seed)
+    module = EfficientAd(model_size="small" if size == "s" else "medium")
+    model = module.model
+    load_teacher(model.teacher, resolve_teacher(weights, size), weights, size)
+    model.mean_std.update(module.teacher_channel_mean_std([_Batch(b) for b in dm.train_dataloader()]))
+    folder = image_folder(penalty_images, "penalty images", "--penalty-images")  # anomalib's always has some
+    generator = torch.Generator().manual_seed(seed)
+    penalty = endless(torch.utils.data.DataLoader(PenaltyImages(folder, dm.image_size), batch_size=1,
+                                                  shuffle=True, generator=generator))  # fmt: skip
+    params = list(model.student.parameters()) + list(model.ae.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-5)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(0.95 * steps)), gamma=0.1)
+    model.train()
+    batches = endless(dm.train_dataloader())
+    for _ in range(steps):
+        images = next(batches)["image"]
+        loss_st, loss_ae, loss_stae = model(batch=images, batch_imagenet=next(penalty))
+        optimizer.zero_grad()
+        (loss_st + loss_ae + loss_stae).backward()
+        optimizer.step()
+        scheduler.step()
+    model.eval()
+    model.quantiles.update(module.map_norm_quantiles([_Batch(b) for b in dm.val_dataloader()]))
+    metrics = AnomalyMetrics(pixel=dm.has_masks)
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            out = model(batch["image"])  # normalises inside, as adkd's networks
+            metrics.update(out.pred_score.flatten(), batch["gt_label"], out.anomaly_map, batch["gt_mask"])
+    return metrics.compute()
 
 
 def train_anomalib(method: str, dm, backbone: str, image_size: int, epochs: int, weights: str, seed: int,  # noqa: ANN001
@@ -152,7 +209,14 @@ def main() -> None:
     parser.add_argument("--anomalib-only", action="store_true", help="train anomalib's side only")
     official = "stfpm: anomalib's Stfpm with the official code's loss scale and weight decay"
     parser.add_argument("--anomalib-official", action="store_true", help=official)
+    parser.add_argument("--steps", type=int, default=300, help="efficientad: training steps at batch 1")
+    parser.add_argument("--size", choices=("s", "m"), default="s", help="efficientad: the PDN")
+    parser.add_argument("--penalty-images", default="bundled", help="efficientad: a folder, or bundled")
     args = parser.parse_args()
+    if args.method == "efficientad" and not args.weights:
+        parser.error("--method efficientad needs --weights: the teacher PDN file (or 'download')")
+    if args.method == "efficientad" and args.penalty_images == "none":
+        parser.error("--penalty-images none: anomalib's EfficientAd always takes penalty images")
 
     import torchvision
 
@@ -177,6 +241,11 @@ def main() -> None:
                 f"backbone.weights={weights}", f"image_size={args.image_size}", f"batch_size={args.batch_size}",
                 f"max_epochs={args.epochs}", f"seed={seed}", "logger=none", f"method={args.method}", "num_figures=0",
             ]  # fmt: skip
+            if args.method == "efficientad":  # no backbone; the teacher file, the steps at batch 1
+                overrides = [o for o in overrides if not o.startswith("backbone.weights=")]
+                overrides += [f"method.teacher_weights={weights}", f"method.steps={args.steps}", "batch_size=1",
+                              "max_epochs=70000", f"method.size={args.size}",
+                              f"method.penalty_images={args.penalty_images}"]  # fmt: skip
             cfg = compose(overrides, f"{tmp}/run_{seed}")
             if not args.anomalib_only:
                 a = run(cfg)["metrics"]
@@ -197,7 +266,9 @@ def main() -> None:
 
     teacher = args.weights or ("ImageNet (shared)" if args.backbone == "mobilenet_v2" else "random (seeded, shared)")
     print(f"\n{args.method} vs anomalib on {args.dataset}/{args.category}, {args.backbone} weights {teacher}, "
-          f"{args.image_size} px, {args.epochs} epochs, seeds {args.seeds}")  # fmt: skip
+          f"{args.image_size} px, "
+          + (f"{args.steps} steps" if args.method == "efficientad" else f"{args.epochs} epochs")
+          + f", seeds {args.seeds}")  # fmt: skip
     print(f"{'metric':<14}{'adkd':>16}{'anomalib':>16}{'diff':>8}")
     for k in (k for k in keys if ours[k]):
         x, y = ours[k], theirs[k]
@@ -214,6 +285,8 @@ def _anomalib(args: argparse.Namespace, cfg, weights: str, seed: int) -> dict:  
     dm = instantiate(cfg.dataset)
     dm.prepare_data()
     dm.setup()
+    if args.method == "efficientad":
+        return train_anomalib_efficientad(dm, args.size, weights, args.steps, args.penalty_images, seed)
     return train_anomalib(args.method, dm, args.backbone, args.image_size, args.epochs, weights, seed,
                           args.anomalib_official)  # fmt: skip
 

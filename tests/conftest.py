@@ -54,6 +54,19 @@ def smallest_image(method: str) -> int:
     return max(32, getattr(get_class(network), "min_image_size", 32))
 
 
+SLOW_IMAGE_SIZE = 256  # a method that needs images this large runs its end-to-end cases under -m slow
+
+
+def method_params() -> list:
+    """Every registered method, for ``parametrize``; those whose smallest image is SLOW_IMAGE_SIZE
+    or more (EfficientAD's 256) marked slow: on two cores one training step of EfficientAD at 256 px
+    takes about 4 s, a floor run minutes. Their cheap checks are in their own test files."""
+    from adkd.methods.registry import method_names
+
+    slow = pytest.mark.slow
+    return [pytest.param(m, marks=slow) if smallest_image(m) >= SLOW_IMAGE_SIZE else m for m in method_names()]
+
+
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
     return [
         "dataset=folder", f"dataset.root={root}", "category=widget", "image_size=32", "batch_size=4",

@@ -7,6 +7,7 @@ from adkd.methods.rd4ad.loss import reverse_distillation_loss
 from adkd.methods.registry import build_method, method_names
 from adkd.methods.stfpm import STFPMNetwork
 from adkd.methods.stfpm.module import feature_pyramid_loss
+from tests.conftest import method_params, smallest_image
 
 
 def test_rd4ad_with_wide_resnet_has_the_papers_shapes():
@@ -83,12 +84,13 @@ def test_rd4ad_mirrors_basic_block_encoders_like_the_official_code():
     assert [s.shape for s in student] == [t.shape for t in teacher]
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", method_params())
 def test_inference_layout_leaves_the_maps_unchanged(name, tiny_mvtec, tmp_path):
     torch.manual_seed(0)
-    model = build_method(name, "backbone.pretrained=false", "image_size=64").eval()
-    model.fit_example(torch.rand(2, 3, 64, 64))
-    x = torch.randn(2, 3, 64, 64)
+    size = max(64, smallest_image(name))
+    model = build_method(name, "backbone.pretrained=false", f"image_size={size}").eval()
+    model.fit_example(torch.rand(2, 3, size, size))
+    x = torch.randn(2, 3, size, size)
     before, score_before = model.predict_maps(x)
     model.prepare_for_inference()
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -112,7 +114,7 @@ def test_what_trains_starts_in_training_mode(name):
     """Lightning does not call train() when fitting starts: a trainable module built in eval mode
     trains with its BatchNorm statistics frozen at their initial values (STFPM's and ADPS's
     students did, until this test)."""
-    model = build_method(name, "backbone.pretrained=false", "image_size=64")
+    model = build_method(name, "backbone.pretrained=false", f"image_size={max(64, smallest_image(name))}")
     def trains(m: torch.nn.Module) -> bool:
         return any(p.requires_grad for p in m.parameters(False))
 
