@@ -12,12 +12,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 @dataclass(frozen=True)
 class Record:
-    """One image of a dataset split. ``gt_label`` is 0 for normal, 1 for anomalous."""
+    """One image of a dataset split. ``gt_label`` is 0 for normal, 1 for anomalous. ``category``:
+    the category it belongs to (set by the datamodule; None for a folder dataset read from its root),
+    which tells a unified run's categories apart (:mod:`adkd.data.unified`)."""
 
     image_path: Path
     gt_label: int
     mask_path: Path | None = None
     defect: str = "good"
+    category: str | None = None
 
 
 def within(root: Path, relative: str, where: str) -> Path:
