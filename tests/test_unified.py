@@ -267,3 +267,30 @@ def test_every_method_trains_unified_and_validates_as_it_does_per_category(metho
     # too finds widget's squares less sharply (measured: PatchCore's pixel AUROC 0.90 on both, its
     # memory bank holding the noisy patches; DRAEM's image AUROC 0.875 on gadget).
     assert all(min(values) >= 0.8 for values in floor.values()), f"{method}: image and pixel AUROC {floor}"
+
+
+@pytest.mark.slow
+def test_a_categorys_export_carries_its_thresholds_and_says_whose(unified_run, two_categories, tmp_path, capsys):
+    import csv
+
+    import onnx
+
+    from adkd import export, predict
+
+    run_copy = Path(shutil.copytree(unified_run, tmp_path / "run"))
+    gadget = json.loads((run_copy / "metrics.json").read_text())["per_category"]["gadget"]["thresholds"]
+    assert export.main([str(run_copy), "--category", "gadget"]) == 0
+    path = run_copy / "export" / "gadget" / "model.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert meta["category"] == "gadget" and float(meta["image_threshold"]) == pytest.approx(gadget["image"])
+    images = str(two_categories / "gadget" / "test")
+    for engine in ("torch", "onnx"):  # the run folder's export of that category, not exported again
+        assert predict.main([str(run_copy), images, "--out", str(tmp_path / engine), "--no-figures", "--engine", engine,
+                             "--category", "gadget"]) == 0  # fmt: skip
+    assert "Exporting" not in capsys.readouterr().err
+    rows = {e: list(csv.DictReader((tmp_path / e / "predictions.csv").open())) for e in ("torch", "onnx")}
+    scores = {e: [float(r["pred_score"]) for r in rows[e]] for e in rows}
+    assert scores["onnx"] == pytest.approx(scores["torch"], rel=1e-4)
+    assert [r["decision"] for r in rows["onnx"]] == [r["decision"] for r in rows["torch"]]
+    assert predict.main([str(path), images, "--out", str(tmp_path / "w"), "--category", "widget"]) == 1
+    assert "carries the thresholds of category 'gadget', and --category asks for 'widget'" in capsys.readouterr().err
