@@ -53,7 +53,7 @@ class _Tally:
         """The threshold-free metrics, those at ``post``'s image threshold where it has one, the
         segmentation F1 at ``segmentation_threshold`` where the dataset asks for one, the time."""
         metrics = self.metrics.compute()
-        if post.calibrated:
+        if post.calibrated and self.predictions:
             metrics.update(self.metrics.at_threshold(float(post.image_threshold)))
         if segmentation_threshold is not None:
             metrics["pixel_seg_f1"] = self.metrics.segmentation_f1(segmentation_threshold)
@@ -104,6 +104,8 @@ class Evaluation(L.Callback):
         # A unified run's categories, each scored apart (with its own masks or none); else one tally.
         self.members = dict(getattr(datamodule, "members", None) or {})
         self.tallies: dict[str | None, _Tally] = {}
+        for category in self.members or [None]:  # in the categories' order, each reported even if never seen
+            self._tally(category)
         self.seconds, self.images = 0.0, 0
 
     def _tally(self, category: str | None) -> _Tally:
@@ -138,8 +140,7 @@ class Evaluation(L.Callback):
         milliseconds = 1000 * self.seconds / max(self.images, 1)
         post = pl_module.post
         if not self.members:
-            metrics = self.tallies[None].compute(post, milliseconds, self.segmentation_threshold) \
-                if None in self.tallies else {}
+            metrics = self.tallies[None].compute(post, milliseconds, self.segmentation_threshold)
             self._log(pl_module, metrics)
             self._write(trainer, self._describe(trainer, pl_module, metrics))
             return
