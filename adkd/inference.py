@@ -102,6 +102,16 @@ def load_model(source: Path, device: str = "cpu", category: str | None = None) -
     return model.to(device).prepare_for_inference(), {**config, "checkpoint": origin}
 
 
+def model_categories(source: Path) -> list[str]:
+    """The categories a unified model (trained with ``category=all``) holds thresholds for, in its
+    order; empty for a model of one category."""
+    from adkd import trust
+    from adkd.methods.base import CATEGORY_THRESHOLDS
+
+    path = checkpoint_path(source)
+    return list(trust.category_thresholds(read_checkpoint(path).get(CATEGORY_THRESHOLDS), path))
+
+
 def _for_category(model: nn.Module, config: dict, category: str | None, path: Path) -> tuple[dict, str | None]:
     """The run config as ``category``'s view of a unified run, with that category's thresholds in
     the model, and the category picked (None for a model of one category)."""

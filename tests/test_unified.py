@@ -294,3 +294,27 @@ def test_a_categorys_export_carries_its_thresholds_and_says_whose(unified_run, t
     assert [r["decision"] for r in rows["onnx"]] == [r["decision"] for r in rows["torch"]]
     assert predict.main([str(path), images, "--out", str(tmp_path / "w"), "--category", "widget"]) == 1
     assert "carries the thresholds of category 'gadget', and --category asks for 'widget'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_unified_mvtec_ad2_run_sets_each_categorys_segmentation_threshold_and_submits_all(tmp_path, capsys):
+    """A dataset with a fixed list (MVTec AD 2's 8 categories, on a replica of its release): its
+    own validation/good per category, the segmentation F1 at each category's own threshold, and a
+    server submission of every category from the one run."""
+    from adkd.mvtec_ad2_submission import main, problems
+    from adkd.run import run
+    from tests import replicas
+
+    categories = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts")
+    root = replicas.mvtec_ad2(tmp_path / "mvtec_ad2", categories)
+    overrides = [o for o in tiny_overrides(root, "method=rd4ad") if not o.startswith(("dataset=", "category="))]
+    folder = tmp_path / "run"
+    results = run(compose(["dataset=mvtec_ad2", "category=all", *overrides], folder))
+    assert list(results["per_category"]) == list(categories)
+    segmentation = {c: s["thresholds"]["segmentation"] for c, s in results["per_category"].items()}
+    assert all(t is not None for t in segmentation.values()) and len(set(segmentation.values())) == 8
+    assert results["thresholds"]["segmentation"] is None  # the model's own: none
+    assert all(0 <= s["metrics"]["pixel_seg_f1"] <= 1 for s in results["per_category"].values())
+    assert main([str(folder), "--out", str(tmp_path / "submission")]) == 0
+    assert "complete, all 8 categories" in capsys.readouterr().out
+    assert problems(tmp_path / "submission", root) == ([], [])
