@@ -205,6 +205,11 @@ class Calibrate(L.Callback):
     :mod:`adkd.metrics.segmentation`), the same normal validation maps set its threshold, handed on
     as ``val/segmentation_threshold``.
 
+    A unified run (``category=all``) gets thresholds per category, each from that category's own
+    validation images (its F1-optimal one from its own labelled ones), kept in the post-processor's
+    ``category_thresholds``, and its segmentation thresholds as ``val/<category>/segmentation_threshold``;
+    the labelled validation metrics are the union's.
+
     Runs when training ends (``on_train_end``), so that the evaluation finds these metrics at
     ``on_fit_end`` and the last checkpoint, written after every callback, holds the thresholds."""
 
@@ -226,13 +231,14 @@ class Calibrate(L.Callback):
         masks = datamodule.has_masks and all(r.mask_path or not r.gt_label for r in records)
         metrics = AnomalyMetrics(pixel=masks) if any(r.gt_label for r in records) else None
         pl_module.eval()
-        scores, maps, labels = [], [], []
+        scores, maps, labels, categories = [], [], [], []
         with trainer.precision_plugin.forward_context():
             for batch in datamodule.calibration_dataloader():
                 anomaly_map, pred_score = pl_module.predict_maps(batch["image"].to(pl_module.device))
                 scores.append(pred_score.float().cpu())
                 maps.append(anomaly_map.float().cpu())
                 labels.append(batch["gt_label"].cpu())
+                categories += batch.get("category") or [""] * len(pred_score)
                 if metrics is not None:
                     metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
         if metrics is not None:
@@ -240,39 +246,61 @@ class Calibrate(L.Callback):
             log.info("Validation on the dataset's labelled validation split (%d images): %s", len(records),
                      _shown(labelled))  # fmt: skip
             _hand_on(trainer, labelled)
-        post, image = pl_module.post, self.image
+        post = pl_module.post
         if scores:
             scores, maps, labels = torch.cat(scores), torch.cat(maps), torch.cat(labels).bool()
+        members = getattr(datamodule, "members", None)
+        if not members:
+            self._set(trainer, post, scores, maps, labels, bool(datamodule.has_masks))
+            return
+        # A unified run: each category's thresholds from its own validation images, none of the model's own.
+        for category, member in members.items():
+            chosen = torch.tensor([c == category for c in categories], dtype=torch.bool)
+            post.forget_thresholds()
+            mine = (scores[chosen], maps[chosen], labels[chosen]) if len(scores) else (scores, maps, labels)
+            self._set(trainer, post, *mine, bool(member.has_masks), category)
+            post.keep_for(category)
+        post.forget_thresholds()
+
+    def _set(self, trainer: L.Trainer, post, scores, maps, labels, masks: bool,  # noqa: ANN001
+             category: str | None = None) -> None:  # fmt: skip
+        """``post``'s thresholds from the validation images' ``scores`` and ``maps`` (and ``labels``:
+        anomalous ones where the split has them), or as fixed by hand; ``masks``: whether the
+        dataset has pixel masks (a segmentation threshold then); ``category``: whose they are."""
+        of, image = f" of {category}" if category else "", self.image
+        if len(scores):
             normal = ~labels
             if normal.any():
                 post.calibrate(scores[normal], maps[normal], self.fpr)
-                log.info("Thresholds from %d normal validation images at FPR %g: image %.6g, pixel %.6g",
+                log.info("Thresholds%s from %d normal validation images at FPR %g: image %.6g, pixel %.6g", of,
                          int(normal.sum()), self.fpr, float(post.image_threshold),
                          float(post.pixel_threshold))  # fmt: skip
-                if self.segmentation_rule is not None and datamodule.has_masks:
-                    self._segmentation_threshold(trainer, maps[normal], float(post.pixel_threshold))
+                if self.segmentation_rule is not None and masks:
+                    self._segmentation_threshold(trainer, maps[normal], float(post.pixel_threshold), category)
             if labels.any() and normal.any():
                 best, f1 = f1_optimal_threshold(scores, labels)
                 use = self.mode == "f1" and image is None
                 image = best if use else image
                 how = ", used (threshold.mode=f1)" if use else "; threshold.mode=f1 uses it"
-                log.info("F1-optimal image threshold on %d labelled validation images: %.6g (F1 %.3f)%s",
+                log.info("F1-optimal image threshold%s on %d labelled validation images: %.6g (F1 %.3f)%s", of,
                          len(labels), best, f1, how)  # fmt: skip
             elif self.mode == "f1":
-                log.warning("threshold.mode=f1 needs labelled anomalous validation images (a val/ folder): "
-                            "the threshold is set at FPR %g instead", self.fpr)  # fmt: skip
+                log.warning("threshold.mode=f1 needs labelled anomalous validation images (a val/ folder)%s: "
+                            "the threshold is set at FPR %g instead", of, self.fpr)  # fmt: skip
         if not post.calibrated and image is None:
-            log.warning("No normal validation images (dataset.val_fraction is 0?): no thresholds; "
-                        "set threshold.image and threshold.pixel by hand")  # fmt: skip
+            log.warning("No normal validation images%s (dataset.val_fraction is 0?): no thresholds; "
+                        "set threshold.image and threshold.pixel by hand", of)  # fmt: skip
         post.set_thresholds(image, self.pixel)
 
-    def _segmentation_threshold(self, trainer: L.Trainer, normal_maps: torch.Tensor, pixel_threshold: float) -> None:
+    def _segmentation_threshold(self, trainer: L.Trainer, normal_maps: torch.Tensor, pixel_threshold: float,
+                                category: str | None = None) -> None:  # fmt: skip
         from adkd.metrics.segmentation import segmentation_threshold
 
         threshold = segmentation_threshold(normal_maps, self.segmentation_rule, self.segmentation_k, pixel_threshold)
         rule = f"mean + {self.segmentation_k:g} std" if self.segmentation_rule == "mean_std" else f"FPR {self.fpr:g}"
-        log.info("Segmentation threshold (%s of the normal validation pixels): %.6g", rule, threshold)
-        _hand_on(trainer, {"val/segmentation_threshold": threshold})
+        of = f" of {category}" if category else ""
+        log.info("Segmentation threshold%s (%s of the normal validation pixels): %.6g", of, rule, threshold)
+        _hand_on(trainer, {f"val/{category + '/' if category else ''}segmentation_threshold": threshold})
 
 
 class SyntheticValidation(L.Callback):

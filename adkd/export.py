@@ -11,6 +11,10 @@ export fails and prints the differences (the normalised outputs are reported too
 ONNX goes through torch's dynamo exporter (opset 18), which handles DHKD's FFT filter and
 normalizing flow and ADPS's patch split; TorchScript through tracing; OpenVINO from the ONNX
 export, in fp32, fp16 or int8 (``--precision``; :mod:`adkd.openvino_export`).
+
+A unified run (``category=all``) holds a threshold per category, and an export carries one:
+``--category`` picks it, and the export goes to ``<run>/export/<category>/``, checked on that
+category's test images, with ``category`` in its metadata.
 """
 
 from __future__ import annotations
@@ -29,10 +33,25 @@ from adkd.inference import OUTPUTS, Deployable, OnnxModel, checkpoint_path, file
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
-def default_path(source: Path, fmt: str) -> Path:
-    """<run folder>/export/model.onnx (or next to a bare checkpoint)."""
+def default_path(source: Path, fmt: str, category: str | None = None) -> Path:
+    """<run folder>/export/model.onnx (or next to a bare checkpoint); a unified run's ``category``:
+    <run folder>/export/<category>/model.onnx."""
     run_folder = source if source.is_dir() else checkpoint_path(source).parent.parent
-    return run_folder / "export" / f"model{SUFFIX[fmt]}"
+    return run_folder / "export" / (category or "") / f"model{SUFFIX[fmt]}"
+
+
+def export_origin(model_path: Path) -> tuple[Path | None, str | None]:
+    """The checkpoint of the run folder an export file lies in (``<run>/export/model.onnx``, or a
+    unified run's ``<run>/export/<category>/model.onnx``) and that category; None where it lies elsewhere."""
+    parent = model_path.parent
+    if parent.name == "export":
+        run, category = parent.parent, None
+    elif parent.parent.name == "export":
+        run, category = parent.parent.parent, parent.name
+    else:
+        return None, None
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    return (checkpoint, category) if checkpoint.is_file() else (None, None)
 
 
 def parity_images(config: dict, n: int = 8) -> tuple[torch.Tensor, str]:
@@ -62,16 +81,18 @@ def parity_tolerance(model: torch.nn.Module) -> float:
 
 
 def export(
-    source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: float | None = None
-) -> tuple[Path, dict]:
-    """Export and check parity; returns the file and the largest differences per output."""
-    model, config = load_model(source)
+    source: Path, fmt: str = "onnx", out: Path | None = None, tolerance: float | None = None,
+    category: str | None = None,
+) -> tuple[Path, dict]:  # fmt: skip
+    """Export and check parity; returns the file and the largest differences per output.
+    ``category``: which of a unified model's categories (its thresholds) the export carries."""
+    model, config = load_model(source, category=category)
     tolerance = tolerance or parity_tolerance(model)
     if not model.post.calibrated:
         print(f"warning: {unfinished(config)}: the export's normalised outputs are NaN, and its users have no "
               "threshold.", file=sys.stderr)  # fmt: skip
     deployable = Deployable(model.to(memory_format=torch.contiguous_format)).eval()
-    out = Path(out or default_path(source, fmt))
+    out = Path(out or default_path(source, fmt, config["checkpoint"].get("category")))
     out.parent.mkdir(parents=True, exist_ok=True)
     images, described = parity_images(config)
     example = images[:2]
@@ -121,15 +142,18 @@ def export(
 def metadata(config: dict, model) -> dict[str, str]:  # noqa: ANN001
     """What travels with an exported model: its input size, its thresholds, and the checkpoint it
     was made from (digest, epoch, step) and the threshold choice it carries
-    (:mod:`adkd.operating_point`), so that a later checkpoint or choice is never served by an older export."""
+    (:mod:`adkd.operating_point`), so that a later checkpoint or choice is never served by an older export;
+    for a unified model, the category whose thresholds it carries ("" for a model of one category)."""
     origin = config["checkpoint"]
+    category = origin.get("category")
     return {"image_size": str(config["image_size"]), "method": str(config.get("method_name")),
             "image_threshold": str(float(model.post.image_threshold)),
             "pixel_threshold": str(float(model.post.pixel_threshold)),
             "image_floor": str(float(model.post.image_floor)), "pixel_floor": str(float(model.post.pixel_floor)),
             "checkpoint_sha256": file_digest(Path(origin["path"])), "checkpoint_epoch": str(origin["epoch"]),
             "checkpoint_step": str(origin["global_step"]),
-            "threshold_choice": operating_point.fingerprint(Path(origin["path"]))}  # fmt: skip
+            "threshold_choice": operating_point.fingerprint(Path(origin["path"]), category),
+            "category": category or ""}  # fmt: skip
 
 
 def unfinished(config: dict) -> str:
@@ -156,8 +180,9 @@ def _properties(model_path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
 
 
-def stale_export(model_path: Path, checkpoint: Path) -> str | None:
-    """Why an ONNX or OpenVINO export does not come from ``checkpoint`` as it is now (None if it does)."""
+def stale_export(model_path: Path, checkpoint: Path, category: str | None = None) -> str | None:
+    """Why an ONNX or OpenVINO export does not come from ``checkpoint`` as it is now (None if it does);
+    ``category``: the unified model's category it must carry."""
     try:
         props = _properties(model_path)
     except Exception:  # noqa: BLE001 - unreadable: the engine says so when it loads it
@@ -168,21 +193,24 @@ def stale_export(model_path: Path, checkpoint: Path) -> str | None:
     if made_from != file_digest(checkpoint):
         return (f"{model_path} was exported from another checkpoint (epoch {props.get('checkpoint_epoch')}, step "
                 f"{props.get('checkpoint_step')}) than {checkpoint}")
-    if props.get("threshold_choice", "") != operating_point.fingerprint(checkpoint):
-        return f"{model_path} was exported before the threshold in {operating_point.sidecar_path(checkpoint)} " \
-            "was chosen"
+    if props.get("category", "") != (category or ""):
+        return f"{model_path} carries the thresholds of category {props.get('category')!r}, not {category!r}"
+    if props.get("threshold_choice", "") != operating_point.fingerprint(checkpoint, category):
+        return f"{model_path} was exported before the threshold in " \
+            f"{operating_point.sidecar_path(checkpoint, category)} was chosen"
     return None
 
 
-def current_onnx(source: Path) -> Path:
-    """The run's ONNX export (``export/model.onnx``), exported again first where it is missing or
-    does not come from the checkpoint and threshold choice as they are now."""
+def current_onnx(source: Path, category: str | None = None) -> Path:
+    """The run's ONNX export (``export/model.onnx``; a unified run's ``category``:
+    ``export/<category>/model.onnx``), exported again first where it is missing or does not come
+    from the checkpoint and threshold choice as they are now."""
     checkpoint = checkpoint_path(source)
-    path = default_path(source, "onnx")
-    why = stale_export(path, checkpoint) if path.is_file() else f"{path} does not exist yet"
+    path = default_path(source, "onnx", category)
+    why = stale_export(path, checkpoint, category) if path.is_file() else f"{path} does not exist yet"
     if why:
         print(f"Exporting {checkpoint} to ONNX: {why}.", file=sys.stderr)
-        export(source, "onnx", path)
+        export(source, "onnx", path, category=category)
     return path
 
 
@@ -213,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="openvino only: fp32, fp16, or int8 (NNCF, calibrated on the training images and checked "
                         "on the test split's AUROC)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="default: <run folder>/export/model.onnx|.pt|.xml")
+    parser.add_argument("--category", default=None,
+                        help="a unified run's (category=all) category: the thresholds the export carries; "
+                        "default path <run folder>/export/<category>/")  # fmt: skip
     parser.add_argument("--tolerance", type=float, default=None,
                         help="largest relative difference accepted (default 1e-4, or the method's own; OpenVINO "
                         "fp16: 1e-2)")  # fmt: skip
@@ -221,11 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.format == "openvino":
             from adkd.openvino_export import export_openvino
 
-            path, _ = export_openvino(args.model, args.precision, args.out, tolerance=args.tolerance)
+            path, _ = export_openvino(args.model, args.precision, args.out, tolerance=args.tolerance,
+                                      category=args.category)  # fmt: skip
         elif args.precision != "fp32":
             raise UserError(f"--precision {args.precision} is for --format openvino; {args.format} exports fp32.")
         else:
-            path, _ = export(args.model, args.format, args.out, args.tolerance)
+            path, _ = export(args.model, args.format, args.out, args.tolerance, args.category)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -54,11 +54,17 @@ def checkpoint_path(source: Path) -> Path:
     return path
 
 
-def load_model(source: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
+def load_model(source: Path, device: str = "cpu", category: str | None = None) -> tuple[nn.Module, dict]:
     """The trained LightningModule of a run folder or checkpoint, in inference mode, and its run
     config (with ``checkpoint``: the file, its epoch and step). The stored config is
     checked by :mod:`adkd.trust` before anything is built from it. An image threshold chosen
-    after training (:mod:`adkd.operating_point`) replaces the calibrated one."""
+    after training (:mod:`adkd.operating_point`) replaces the calibrated one.
+
+    A unified model (``category=all``) holds thresholds per category and none of its own:
+    ``category`` picks the one it decides with, and is required (a CheckpointError lists them).
+    The config returned is then that category's view of the run (``category``, the dataset's
+    ``category``: the images export and serve check and show are that category's), and
+    ``checkpoint.category`` names it. A model of one category takes no ``category``."""
     from hydra.utils import instantiate
 
     from adkd import trust
@@ -78,16 +84,56 @@ def load_model(source: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
             f"Cannot rebuild the model of {path} from the config inside it ({type(cause).__name__}: "
             f"{str(cause).splitlines()[0][:200] if str(cause) else ''}). Was it written by another version of adkd?"
         ) from err
+    from adkd.methods.base import CATEGORY_THRESHOLDS
+
+    model.post.category_thresholds = trust.category_thresholds(checkpoint.get(CATEGORY_THRESHOLDS), path)
+    config, picked = _for_category(model, config, category, path)
     origin = {"path": str(path), "epoch": int(checkpoint.get("epoch", -1)),
               "global_step": int(checkpoint.get("global_step", -1))}  # fmt: skip
+    if picked:
+        origin["category"] = picked
     from adkd import operating_point
 
-    choice = operating_point.chosen(path)
+    choice = operating_point.chosen(path, category=picked)
     if choice is not None:  # the engineer's choice (adkd.serve) over the calibrated one
         origin["calibrated_image_threshold"] = float(model.post.image_threshold)
-        origin["chosen_threshold"] = str(operating_point.sidecar_path(path))
+        origin["chosen_threshold"] = str(operating_point.sidecar_path(path, picked))
         model.post.set_thresholds(image=choice)
     return model.to(device).prepare_for_inference(), {**config, "checkpoint": origin}
+
+
+def model_categories(source: Path) -> list[str]:
+    """The categories a unified model (trained with ``category=all``) holds thresholds for, in its
+    order; empty for a model of one category."""
+    from adkd import trust
+    from adkd.methods.base import CATEGORY_THRESHOLDS
+
+    path = checkpoint_path(source)
+    return list(trust.category_thresholds(read_checkpoint(path).get(CATEGORY_THRESHOLDS), path))
+
+
+def _for_category(model: nn.Module, config: dict, category: str | None, path: Path) -> tuple[dict, str | None]:
+    """The run config as ``category``'s view of a unified run, with that category's thresholds in
+    the model, and the category picked (None for a model of one category)."""
+    from adkd.data.base import ALL_CATEGORIES
+
+    kept, trained = model.post.category_thresholds, config.get("category")
+    if trained != ALL_CATEGORIES:
+        if category is not None:
+            raise CheckpointError(f"{path} is a model of category {trained!r} alone; --category picks a category of "
+                                  "a unified model (trained with category=all): leave it out.")  # fmt: skip
+        return config, None
+    if category is None:
+        which = f"the categories {', '.join(kept)}" if kept else "every category of its dataset"
+        raise CheckpointError(f"{path} is one model for {which} (trained with category=all), with thresholds for each "
+                              "category: give the category of the images with --category.")  # fmt: skip
+    if kept and category not in kept:
+        raise CheckpointError(f"{path} has no category {category!r}: it holds thresholds for {', '.join(kept)}.")
+    if kept:
+        model.post.use(category)
+    dataset = config.get("dataset")
+    view = {**config, "category": category}
+    return ({**view, "dataset": {**dataset, "category": category}} if isinstance(dataset, dict) else view), category
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -217,7 +263,7 @@ def openvino_metadata(model) -> dict[str, str]:  # noqa: ANN001
 
 
 _OV_KEYS = ("image_size", "method", "image_threshold", "pixel_threshold", "image_floor", "pixel_floor",
-            "checkpoint_sha256", "checkpoint_epoch", "checkpoint_step", "threshold_choice", "precision")
+            "checkpoint_sha256", "checkpoint_epoch", "checkpoint_step", "threshold_choice", "precision", "category")
 
 
 def _check_external_data(path: Path) -> None:

@@ -12,7 +12,8 @@ in the dataset's public code, verifies before it packs one):
       threshold-dependent metrics need it)
 
 with all 8 categories, one file per test image in each folder (``000_regular``..., ``000_mixed``...)
-and nothing else. Give one finished MVTec AD 2 run per category (several calls may fill one folder);
+and nothing else. Give one finished MVTec AD 2 run per category (several calls may fill one folder),
+or a unified run (``category=all``), which writes each of its categories with that category's thresholds;
 ``--archive`` packs the folder once it is complete, named and laid out as MVTec's checker packs it.
 
 Each map is the run's smoothed map resized (bilinear) to its image's own size, in units of the run's
@@ -141,7 +142,8 @@ def archive(out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adkd.mvtec_ad2_submission", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("runs", nargs="+", type=Path, help="finished MVTec AD 2 runs, one per category")
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="finished MVTec AD 2 runs, one per category, or a unified one (category=all)")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="the submission folder (created, or added to)")
     parser.add_argument("--root", type=Path, default=None, help="MVTec AD 2's folder (default: the run's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -152,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch < 1:
         parser.error(f"--batch must be 1 or more, got {args.batch}")
     try:
-        from adkd.inference import load_model
+        from adkd.inference import load_model, model_categories
 
         seen: dict[str, Path] = {}
-        for run in args.runs:
-            model, config = load_model(run, args.device)
+        for run, unified_category in [(r, c) for r in args.runs for c in model_categories(r) or [None]]:
+            model, config = load_model(run, args.device, unified_category)  # a unified run: each of its categories
             if config.get("dataset_name") != MVTecAD2DataModule.name:
                 raise UserError(f"{run} was trained on {config.get('dataset_name')!r}, not mvtec_ad2: give one "
                                 "MVTec AD 2 run per category.")  # fmt: skip

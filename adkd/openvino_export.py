@@ -34,17 +34,20 @@ FP16_TOLERANCE = 1e-2
 MAX_AUROC_DROP = 0.005
 
 
-def openvino_path(source: Path, precision: str = "fp32") -> Path:
-    """<run folder>/export/model.xml (model_fp16.xml, model_int8.xml)."""
+def openvino_path(source: Path, precision: str = "fp32", category: str | None = None) -> Path:
+    """<run folder>/export/model.xml (model_fp16.xml, model_int8.xml); in export/<category>/ for a
+    unified run's category."""
     from adkd.export import default_path
 
-    onnx = default_path(source, "onnx")
+    onnx = default_path(source, "onnx", category)
     return onnx.with_name("model.xml" if precision == "fp32" else f"model_{precision}.xml")
 
 
 def export_openvino(source: Path, precision: str = "fp32", out: Path | None = None, max_drop: float = MAX_AUROC_DROP,
-                    calibration_images: int = 300, tolerance: float | None = None) -> tuple[Path, dict]:  # fmt: skip
-    """Write the IR and check it; returns the file and what the check measured."""
+                    calibration_images: int = 300, tolerance: float | None = None,
+                    category: str | None = None) -> tuple[Path, dict]:  # fmt: skip
+    """Write the IR and check it; returns the file and what the check measured. ``category``: which
+    of a unified model's categories it carries the thresholds of (and is calibrated and checked on)."""
     import openvino as ov
 
     from adkd.export import current_onnx, metadata
@@ -52,14 +55,15 @@ def export_openvino(source: Path, precision: str = "fp32", out: Path | None = No
 
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: one of {', '.join(PRECISIONS)}.")
-    module, config = load_model(source)
+    module, config = load_model(source, category=category)
     if precision == "int8" and not module.post.calibrated:
         from adkd.export import unfinished
 
         raise UserError(f"OpenVINO int8 needs the run's thresholds (its graph normalises around them): "
                         f"{unfinished(config)}.")
-    onnx = current_onnx(source)
-    final = Path(out or openvino_path(source, precision))
+    category = config["checkpoint"].get("category")
+    onnx = current_onnx(source, category)
+    final = Path(out or openvino_path(source, precision, category))
     final.parent.mkdir(parents=True, exist_ok=True)
     # Written beside its place and moved there once checked: a model that fails its check leaves the
     # previous one as it was, and a process that has the previous one open keeps reading it.
@@ -205,16 +209,16 @@ def _check_auroc(source: Path, module, config: dict, out: Path, max_drop: float)
     return {"reference": reference, "int8": quantized}
 
 
-def current_openvino(source: Path, precision: str = "fp32") -> Path:
-    """The run's OpenVINO IR of ``precision``, exported again first where it is missing or does not
-    come from the checkpoint and threshold choice as they are now."""
+def current_openvino(source: Path, precision: str = "fp32", category: str | None = None) -> Path:
+    """The run's OpenVINO IR of ``precision`` (a unified run's ``category``'s), exported again first
+    where it is missing or does not come from the checkpoint and threshold choice as they are now."""
     from adkd.export import stale_export
     from adkd.inference import checkpoint_path
 
     checkpoint = checkpoint_path(source)
-    path = openvino_path(source, precision)
-    why = stale_export(path, checkpoint) if path.is_file() else f"{path} does not exist yet"
+    path = openvino_path(source, precision, category)
+    why = stale_export(path, checkpoint, category) if path.is_file() else f"{path} does not exist yet"
     if why:
         print(f"Exporting {checkpoint} to OpenVINO {precision}: {why}.", file=sys.stderr)
-        export_openvino(source, precision, path)
+        export_openvino(source, precision, path, category=category)
     return path

@@ -6,6 +6,9 @@ file names the checkpoint it was chosen for (its sha256); a checkpoint that has 
 resumed run) makes it stale, and it is then ignored with a warning. :func:`adkd.inference.load_model`
 applies it, so ``predict``, ``export`` and ``serve`` all use it; ``predict --threshold`` still
 overrides it for one call. Its values are read like any value from a file (:mod:`adkd.trust`).
+
+A unified model (``category=all``) has a threshold per category, and so a file per category:
+``last.<category>.threshold.json``, used when that category is asked for (``--category``).
 """
 
 from __future__ import annotations
@@ -20,16 +23,19 @@ from pathlib import Path
 from adkd.errors import CheckpointError
 
 
-def sidecar_path(checkpoint: Path) -> Path:
-    return checkpoint.with_name(f"{checkpoint.stem}.threshold.json")
+def sidecar_path(checkpoint: Path, category: str | None = None) -> Path:
+    """The file beside ``checkpoint``; ``category``: one category's of a unified model."""
+    return checkpoint.with_name(f"{checkpoint.stem}.{category + '.' if category else ''}threshold.json")
 
 
-def save(checkpoint: Path, image_threshold: float, calibrated: float | None) -> Path:
-    """Write the chosen image threshold for ``checkpoint`` (atomically: a reader never sees half a file)."""
+def save(checkpoint: Path, image_threshold: float, calibrated: float | None, category: str | None = None) -> Path:
+    """Write the chosen image threshold for ``checkpoint`` (``category``'s, of a unified model),
+    atomically: a reader never sees half a file."""
     from adkd.inference import file_digest
 
-    path = sidecar_path(checkpoint)
+    path = sidecar_path(checkpoint, category)
     record = {
+        **({"category": category} if category else {}),
         "image_threshold": float(image_threshold),
         "calibrated_image_threshold": calibrated,
         "checkpoint_sha256": file_digest(checkpoint),
@@ -41,10 +47,11 @@ def save(checkpoint: Path, image_threshold: float, calibrated: float | None) -> 
     return path
 
 
-def chosen(checkpoint: Path, digest: str | None = None) -> float | None:
-    """The image threshold chosen for ``checkpoint`` as it is now, or None (no file, or a stale one:
-    then a warning says so). ``digest``: the checkpoint's sha256, where the caller has it."""
-    path = sidecar_path(checkpoint)
+def chosen(checkpoint: Path, digest: str | None = None, category: str | None = None) -> float | None:
+    """The image threshold chosen for ``checkpoint`` as it is now (``category``'s, of a unified
+    model), or None (no file, or a stale one: then a warning says so). ``digest``: the checkpoint's
+    sha256, where the caller has it."""
+    path = sidecar_path(checkpoint, category)
     if not path.is_file():
         return None
     from adkd import trust
@@ -68,8 +75,8 @@ def chosen(checkpoint: Path, digest: str | None = None) -> float | None:
     return value
 
 
-def fingerprint(checkpoint: Path) -> str:
+def fingerprint(checkpoint: Path, category: str | None = None) -> str:
     """What an export records of the choice it carries (the sidecar file's sha256, or '' for none),
     so that an export made before a new choice is known to be stale."""
-    path = sidecar_path(checkpoint)
+    path = sidecar_path(checkpoint, category)
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""

@@ -10,6 +10,10 @@ the weights, and the thresholds set after training. Writes into ``--out``:
 - ``masks/`` with ``--masks``: the predicted region as a binary PNG at the image's own size.
 
 A folder is searched recursively; files that cannot be read are listed and skipped.
+
+A unified model (trained with ``category=all``) holds a threshold per category: ``--category``
+says which category the images are of, and picks its thresholds; without it, predict refuses and
+lists the categories.
 """
 
 from __future__ import annotations
@@ -174,7 +178,7 @@ def _engine(args: argparse.Namespace):  # noqa: ANN202
         raise UserError(f"--precision {args.precision} is for --engine openvino; the torch engine runs fp32.")
     from adkd.inference import Deployable, load_model
 
-    module, config = load_model(args.model, args.device)
+    module, config = load_model(args.model, args.device, args.category)
     if args.threshold is not None:
         module.post.set_thresholds(image=args.threshold)
     threshold = float(module.post.image_threshold) if module.post.calibrated else None
@@ -185,32 +189,41 @@ def _engine(args: argparse.Namespace):  # noqa: ANN202
     return (lambda images: deployable(images.to(args.device))), config["image_size"], threshold
 
 
-def exported_model(source: Path, engine: str, precision: str = "fp32", device: str = "cpu"):  # noqa: ANN201
+def exported_model(source: Path, engine: str, precision: str = "fp32", device: str = "cpu",  # noqa: ANN201
+                   category: str | None = None):  # fmt: skip
     """The run's export for ``engine`` (onnx, openvino), exported again when it does not come from
     the run's checkpoint and threshold as they are now; an export file given alone (.onnx, .xml) is
-    refused when its run folder holds a newer checkpoint."""
-    from adkd.export import current_onnx, stale_export
+    refused when its run folder holds a newer checkpoint, or when it carries another category's
+    thresholds than ``category`` (a unified model's; the run folder's export of it is chosen by it)."""
+    from adkd.export import current_onnx, export_origin, stale_export
     from adkd.inference import OnnxModel, OpenVinoModel
     from adkd.openvino_export import current_openvino
 
     if source.suffix in (".onnx", ".xml"):
-        run_checkpoint = source.parent.parent / "checkpoints" / "last.ckpt"  # <run>/export/model.onnx
-        fresh = source.parent.name != "export" or not run_checkpoint.is_file()
-        why = None if fresh else stale_export(source, run_checkpoint)
+        run_checkpoint, folder_category = export_origin(source)  # <run>/export[/<category>]/model.onnx
+        why = None if run_checkpoint is None else stale_export(source, run_checkpoint, folder_category)
         if why:
-            raise UserError(f"{why}: export it again (python -m adkd.export {source.parent.parent} --format {engine}), "
+            run = run_checkpoint.parent.parent
+            again = f" --category {folder_category}" if folder_category else ""
+            raise UserError(f"{why}: export it again (python -m adkd.export {run} --format {engine}{again}), "
                             f"or give the run folder with --engine {engine}, which does.")  # fmt: skip
         path = source
     else:
-        path = current_onnx(source) if engine == "onnx" else current_openvino(source, precision)
-    return (OnnxModel if engine == "onnx" else OpenVinoModel)(path, device), path
+        path = current_onnx(source, category) if engine == "onnx" else current_openvino(source, precision, category)
+    model = (OnnxModel if engine == "onnx" else OpenVinoModel)(path, device)
+    carried = model.metadata.get("category") or None
+    if source.suffix in (".onnx", ".xml") and category is not None and carried != category:
+        what = f"the thresholds of category {carried!r}" if carried else "a model of one category"
+        raise UserError(f"{path} carries {what}, and --category asks for {category!r}: give that category's export "
+                        f"(<run>/export/{category}/), or the run folder.")  # fmt: skip
+    return model, path
 
 
 def _exported_engine(args: argparse.Namespace):  # noqa: ANN202
     if args.threshold is not None:
         raise UserError("--threshold applies to the torch engine; an exported model carries its thresholds.")
     engine = {".onnx": "onnx", ".xml": "openvino"}.get(args.model.suffix, args.engine)
-    model, path = exported_model(args.model, engine, args.precision, args.device)
+    model, path = exported_model(args.model, engine, args.precision, args.device, args.category)
     if model.image_threshold is None:
         print(f"warning: {path} has no threshold (its run never finished training): scores only, no decisions"
               + (", no masks." if args.masks else "."), file=sys.stderr)  # fmt: skip
@@ -283,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
                         help="with --engine openvino: the export's precision")  # fmt: skip
     parser.add_argument("--threshold", type=float, default=None, help="image threshold, in the method's score units")
+    parser.add_argument("--category", default=None,
+                        help="the images' category, for a unified model (trained with category=all): its thresholds "
+                        "are used")  # fmt: skip
     parser.add_argument("--masks", action="store_true", help="also write the predicted regions as binary PNGs")
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="skip the overlay figures")
     args = parser.parse_args(argv)

@@ -14,16 +14,16 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="../conf", config_name="run")
 def main(cfg: DictConfig) -> None:
     import torch
-    from hydra.utils import instantiate
     from torchvision.utils import save_image
 
     from adkd.data.synthesis import AnomalySynthesizer
+    from adkd.data.unified import datamodule as build_datamodule
 
     if not cfg.get("synthesis"):
         print(f"error: method {cfg.method_name} trains on no synthetic anomalies (try method=adps)", file=sys.stderr)
         sys.exit(1)
     torch.manual_seed(cfg.seed)
-    datamodule = instantiate(cfg.dataset, synthesis=None)  # the images as they are, for the first row
+    datamodule = build_datamodule(cfg.dataset, synthesis=None)  # the images as they are, for the first row
     datamodule.prepare_data()
     datamodule.setup("fit")
     n = min(8, len(datamodule.train_set))

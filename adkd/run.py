@@ -105,7 +105,8 @@ def _check_free_space(output_dir: Path, model) -> None:  # noqa: ANN001
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train and test one (method, dataset, category); returns the metrics.json content."""
+    """Train and test one (method, dataset, category); returns the metrics.json content. With
+    ``category=all``, one model on every category, tested per category (:mod:`adkd.data.unified`)."""
     import lightning as L
     from hydra.utils import instantiate
 
@@ -136,7 +137,9 @@ def run(cfg: DictConfig) -> dict:
         logging.getLogger(name).propagate = False
     _check_accelerator(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.dataset)  # cheap checks only (the category, the root)
+    from adkd.data.unified import datamodule as build_datamodule
+
+    datamodule = build_datamodule(cfg.dataset)  # cheap checks only (the category, the root); category=all: unified
     model = instantiate(cfg.method, _convert_="all")  # plain containers: checkpoints load with weights_only
     model.run_config = {**OmegaConf.to_container(cfg, resolve=True), "overrides": _overrides()}
     ckpt_path = Path(cfg.ckpt_path).expanduser() if cfg.ckpt_path else None

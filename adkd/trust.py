@@ -97,6 +97,27 @@ def threshold(value: object, key: str, source: object) -> float | None:
     return number
 
 
+def category_thresholds(value: object, source: object) -> dict[str, dict[str, float]]:
+    """A unified model's per-category thresholds read from its checkpoint: category names, each
+    with the post-processor's four values (numbers, NaN where it has none)."""
+    from adkd.methods.postprocess import THRESHOLDS
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{source} holds per-category thresholds that are not a table of categories.")
+    kept = {}
+    for category, values in value.items():
+        well_formed = isinstance(category, str) and category and isinstance(values, dict)
+        if not well_formed or set(values) != set(THRESHOLDS):
+            raise CheckpointError(f"{source}: the thresholds of category {category!r} are not {', '.join(THRESHOLDS)}.")
+        kept[category] = {}
+        for key in THRESHOLDS:
+            number = threshold(values[key], f"{key} of {category}", source)
+            kept[category][key] = math.nan if number is None else number
+    return kept
+
+
 def _section(config: dict, key: str, source: Path) -> dict:
     section = config.get(key) if isinstance(config, dict) else None
     if not isinstance(section, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,8 @@ from adkd.data.check import check_records
 from adkd.data.dataset import AnomalyDataset
 from adkd.data.records import Record
 from adkd.errors import ConfigError
+
+ALL_CATEGORIES = "all"  # category=all: one model on every category (the unified protocol, adkd.data.unified)
 
 
 class SeededSampler(Sampler):
@@ -67,13 +70,15 @@ class AnomalyDataModule(L.LightningDataModule):
     the test split. Its thresholds are then set on the images they are scored on, so only the
     threshold-free metrics (AUROC, AP, AUPRO) mean what they say.
     Subclasses set ``name``, ``categories`` (empty = any), ``default_category``, ``has_masks``
-    and implement ``records(split)``.
+    and implement ``records(split)``. ``category="all"`` is not one of them: it is the unified
+    protocol, whose datamodule (:func:`adkd.data.unified.datamodule`) joins one of these per category.
     """
 
     name = "dataset"
     categories: tuple[str, ...] = ()
     default_category: str | None = None
     has_masks = True
+    joins_categories = False  # True for the unified protocol's datamodule only
 
     def __init__(
         self,
@@ -97,6 +102,11 @@ class AnomalyDataModule(L.LightningDataModule):
         self.synthesis = synthesis
         self.root = Path(root).expanduser() if root else None
         self.category = category or self.default_category
+        if self.category == ALL_CATEGORIES and not self.joins_categories:
+            raise ConfigError(
+                f"category={ALL_CATEGORIES} (one model on every category) is not a category of {self.name}: "
+                "build it with adkd.data.unified.datamodule(dataset config), as adkd.run does."
+            )
         if self.categories and self.category not in self.categories:
             raise ConfigError(
                 f"Unknown category {self.category!r} for dataset {self.name}. "
@@ -140,6 +150,11 @@ class AnomalyDataModule(L.LightningDataModule):
     def records(self, split: str) -> list[Record]:
         raise NotImplementedError
 
+    @classmethod
+    def category_names(cls, root: str | None) -> tuple[str, ...]:
+        """The categories a unified run (``category=all``) joins: the dataset's list."""
+        return cls.categories
+
     def labelled_validation(self) -> list[Record] | None:
         """A validation split of the dataset's own, if it has one: normal images (the loss is tracked
         and the thresholds are set on them), and anomalous ones where it has them (scored as
@@ -168,23 +183,35 @@ class AnomalyDataModule(L.LightningDataModule):
     def checked_records(self) -> dict[str, list[Record]]:
         """The train, val and test records, every file checked once (before any training step)."""
         if self._records is None:
-            self.check_available()
-            labelled = self.labelled_validation()
-            if labelled is None:
-                fit, val = self._split_train_val(self.records("train"))
-                calibration = val
-            else:  # the loss is validated on its normal images; thresholds see all of it
-                fit = [r for r in self.records("train") if r.gt_label == 0]
-                val, calibration = [r for r in labelled if r.gt_label == 0], labelled
-            records = {"train": self._limit(fit, self.limit_train), "val": val, "calibration": calibration,
-                       "test": self._limit(self._evaluated(labelled), self.limit_test)}  # fmt: skip
+            records = self.split_records()
             check_records(records, f"{self.name}/{self.category}" if self.category else self.name)
             self._records = records
         return self._records
 
+    def split_records(self) -> dict[str, list[Record]]:
+        """The train, val, calibration and test records, not yet checked, each carrying this
+        datamodule's category. ``calibration`` is ``val`` itself (the same list) unless the dataset
+        has a labelled validation split."""
+        self.check_available()
+        labelled = self._own(self.labelled_validation())
+        if labelled is None:
+            fit, val = self._split_train_val(self._own(self.records("train")))
+            calibration = val
+        else:  # the loss is validated on its normal images; thresholds see all of it
+            fit = [r for r in self._own(self.records("train")) if r.gt_label == 0]
+            val, calibration = [r for r in labelled if r.gt_label == 0], labelled
+        return {"train": self._limit(fit, self.limit_train), "val": val, "calibration": calibration,
+                "test": self._limit(self._evaluated(labelled), self.limit_test)}  # fmt: skip
+
+    def _own(self, records: list[Record] | None) -> list[Record] | None:
+        """``records`` marked with this datamodule's category (where a reader left it unset)."""
+        if records is None or self.category is None:
+            return records
+        return [r if r.category is not None else replace(r, category=self.category) for r in records]
+
     def _evaluated(self, labelled: list[Record] | None) -> list[Record]:
         if self.evaluate == "test":
-            return self.records("test")
+            return self._own(self.records("test"))
         if not labelled or all(r.gt_label == 0 for r in labelled):
             raise ConfigError(
                 f"evaluate=validation needs a labelled validation split with anomalous images, and "

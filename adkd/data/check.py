@@ -51,17 +51,29 @@ def _problems(record: Record) -> list[str]:
 
 
 def check_records(splits: dict[str, list[Record]], dataset: str) -> None:
-    """Raise DataCheckError listing every unusable file; warn where a metric will be undefined."""
-    if not splits.get("train"):
-        raise DataCheckError(f"{dataset}: no training images. It needs normal training images (README, Datasets).")
+    """Raise DataCheckError listing every unusable file; warn where a metric will be undefined.
+    Where the records span several categories (a unified run), each file is named with its
+    category, and every category must have training images of its own."""
     records = list(dict.fromkeys(r for split in splits.values() for r in split))  # a split may reuse another's
+    categories = list(dict.fromkeys(r.category for r in records))
+    joined = len(categories) > 1
+    trained = {r.category for r in splits.get("train", [])}
+    untrained = [c for c in categories if c not in trained] if joined else []
+    if not splits.get("train") or untrained:
+        which = f" (categories {', '.join(map(str, untrained))})" if untrained else ""
+        raise DataCheckError(f"{dataset}: no training images{which}. It needs normal training images (README, "
+                             "Datasets).")  # fmt: skip
     with ThreadPoolExecutor(max_workers=8) as pool:  # header reads wait on the disk, not the CPU
-        problems = [p for found in pool.map(_problems, records) for p in found]
+        found = list(pool.map(_problems, records))
+    problems = [f"{r.category}: {p}" if joined else p for r, listed in zip(records, found, strict=True) for p in listed]
     if problems:
         listed = "\n  - ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise DataCheckError(f"{dataset}: {len(problems)} of {len(records)} files cannot be used:\n  - {listed}{more}")
-    labels = {r.gt_label for r in splits.get("test", [])}
-    if len(labels) == 1:
-        kind = "normal" if labels == {0} else "anomalous"
-        log.warning("%s: the test split holds only %s images: image AUROC (and more) will be undefined", dataset, kind)
+    for category in categories:
+        labels = {r.gt_label for r in splits.get("test", []) if r.category == category}
+        if len(labels) == 1:
+            kind = "normal" if labels == {0} else "anomalous"
+            where = f"{dataset} ({category})" if joined else dataset
+            log.warning("%s: the test split holds only %s images: image AUROC (and more) will be undefined", where,
+                        kind)  # fmt: skip

@@ -59,7 +59,8 @@ def resized(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 
 class AnomalyDataset(Dataset):
     """Samples as dicts: ``image`` (3,H,W RGB in [0, 1]; each method's backbone normalises it),
-    ``gt_mask`` (1,H,W in {0,1}), ``gt_label`` (0/1), ``image_path`` (str).
+    ``gt_mask`` (1,H,W in {0,1}), ``gt_label`` (0/1), ``image_path`` (str), ``category`` (str; ""
+    for a folder dataset read from its root).
 
     ``cache``: every image (and mask) is decoded and resized once, up front, and kept as uint8
     (0.2 MB an image at 256 px): an epoch then costs no decoding, and loader workers share the
@@ -107,7 +108,8 @@ class AnomalyDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self._cache[index] if self._cache is not None else self._load(index)
         image, mask = image.float() / 255, mask.float()
-        sample = {"gt_label": self.records[index].gt_label, "image_path": str(self.records[index].image_path)}
+        record = self.records[index]
+        sample = {"gt_label": record.gt_label, "image_path": str(record.image_path), "category": record.category or ""}
         if self.synthesizer is not None:
             seed = index if self.fixed_synthesis else seed
             if getattr(self.synthesizer, "keep_clean", False):

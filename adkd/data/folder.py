@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from adkd.data.base import AnomalyDataModule
-from adkd.data.records import Record, mvtec_layout_records
-from adkd.errors import DatasetNotFoundError
+from adkd.data.records import Record, mvtec_layout_records, visible
+from adkd.errors import ConfigError, DatasetNotFoundError
 
 MVTEC_LAYOUT = """\
   <root>/<category>/train/good/*.png
@@ -50,6 +50,23 @@ class FolderDataModule(AnomalyDataModule):
     def labelled_validation(self) -> list[Record] | None:
         """``<category>/val/{good,<defect>}``, if there is one."""
         return mvtec_layout_records(self.path, "val", masks=False) if (self.path / "val").is_dir() else None
+
+    @classmethod
+    def category_names(cls, root: str | None) -> tuple[str, ...]:
+        """The dataset's list, or for a folder of your own the subfolders of ``root`` in the MVTec AD
+        layout (``<root>/<category>/train/good``), in name order."""
+        if cls.categories or not root:
+            return cls.categories
+        folder = Path(root).expanduser()
+        if (folder / "train" / "good").is_dir():
+            raise ConfigError(
+                f"dataset.root={folder} is one category (it holds train/good itself): category=all trains one model "
+                "on several categories and needs a folder of them, each in the MVTec AD layout:\n"
+                + MVTEC_LAYOUT.replace("<root>/", f"{folder}/")
+            )
+        if not folder.is_dir():
+            return ()
+        return tuple(sorted(d.name for d in folder.iterdir() if visible(d) and (d / "train" / "good").is_dir()))
 
 
 class MVTecADDataModule(FolderDataModule):

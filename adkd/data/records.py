@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from adkd.errors import DataCheckError, DatasetNotFoundError
@@ -12,12 +12,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 @dataclass(frozen=True)
 class Record:
-    """One image of a dataset split. ``gt_label`` is 0 for normal, 1 for anomalous."""
+    """One image of a dataset split. ``gt_label`` is 0 for normal, 1 for anomalous. ``category``:
+    the category it belongs to (set by the datamodule; None for a folder dataset read from its root),
+    which tells a unified run's categories apart (:mod:`adkd.data.unified`). Records compare by
+    their file, label, mask and defect: the category marks where a record is used, not what it is."""
 
     image_path: Path
     gt_label: int
     mask_path: Path | None = None
     defect: str = "good"
+    category: str | None = field(default=None, compare=False)
 
 
 def within(root: Path, relative: str, where: str) -> Path:

@@ -24,6 +24,8 @@ from torch import nn
 
 from adkd.methods.postprocess import PostProcessor
 
+CATEGORY_THRESHOLDS = "adkd_category_thresholds"  # a unified model's per-category thresholds, in its checkpoint
+
 
 class AnomalyModule(L.LightningModule):
     """Loss/optimizer wiring, and inference through the shared post-processing."""
@@ -95,6 +97,11 @@ class AnomalyModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint["adkd_config"] = self.run_config
+        if self.post.category_thresholds:  # a unified model's (plain floats: loads with weights_only)
+            checkpoint[CATEGORY_THRESHOLDS] = {c: dict(t) for c, t in self.post.category_thresholds.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.post.category_thresholds = {c: dict(t) for c, t in (checkpoint.get(CATEGORY_THRESHOLDS) or {}).items()}
 
     def on_test_start(self) -> None:
         self.prepare_for_inference()

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 from torch import nn
 
+THRESHOLDS = ("image_threshold", "pixel_threshold", "image_floor", "pixel_floor")
+
 
 def gaussian_blur(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian smoothing with a kernel of +-4 sigma (reflected borders), as the RD4AD and ADPS
@@ -34,6 +36,10 @@ class PostProcessor(nn.Module):
     a validation set without anomalies cannot push the threshold to flag everything. Normalised
     outputs put the threshold at 0.5: ``(x - floor) / (2 (threshold - floor))`` clipped to
     [0, 1], with ``floor`` the lowest validation value, so any method's output reads the same.
+
+    A unified model (``category=all``) has these per category, each from that category's own
+    validation images (:attr:`category_thresholds`), and none of its own: :meth:`use` makes one
+    category's the thresholds it decides with (predict, export and serve take ``--category``).
     """
 
     def __init__(
@@ -55,12 +61,40 @@ class PostProcessor(nn.Module):
             raise ValueError(f"topk is the share of pixels averaged for score=topk, in (0, 1]; got {topk}")
         self.sigma, self.score, self.topk = sigma, score, topk
         self.score_sigma = sigma if score_sigma is None else score_sigma
-        for name in ("image_threshold", "pixel_threshold", "image_floor", "pixel_floor"):
+        for name in THRESHOLDS:
             self.register_buffer(name, torch.tensor(float("nan")))
+        # A unified model's thresholds, one set per category (name -> THRESHOLDS -> value); empty
+        # for a model of one category. Not buffers: their number is the run's, and a state dict
+        # keeps its keys whatever the run (the checkpoint carries them: AnomalyModule.on_save_checkpoint).
+        self.category_thresholds: dict[str, dict[str, float]] = {}
 
     @property
     def calibrated(self) -> bool:
         return not bool(torch.isnan(self.image_threshold))
+
+    # -- a unified model's per-category thresholds ------------------------------------------------
+    def keep_for(self, category: str) -> None:
+        """Keep the thresholds set now as ``category``'s."""
+        self.category_thresholds[category] = {name: float(getattr(self, name)) for name in THRESHOLDS}
+
+    def use(self, category: str) -> None:
+        """Decide with ``category``'s thresholds from now on (a unified model's; KeyError for a category
+        it has none for)."""
+        for name, value in self.category_thresholds[category].items():
+            getattr(self, name).fill_(value)
+
+    def for_category(self, category: str) -> PostProcessor:
+        """A copy that decides with ``category``'s thresholds (this one is left as it is)."""
+        import copy
+
+        chosen = copy.deepcopy(self)
+        chosen.use(category)
+        return chosen
+
+    def forget_thresholds(self) -> None:
+        """No thresholds (a unified model's own: only a category's mean anything)."""
+        for name in THRESHOLDS:
+            getattr(self, name).fill_(float("nan"))
 
     def forward(self, raw_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(raw_map.device.type, enabled=False):

@@ -5,6 +5,7 @@ several), so a method's curve sits beside the others it is compared with.
 
 The image curves come from each run's ``test_predictions.csv`` (scikit-learn's curves, as the
 run's own plots); the pixel curve from its ``plots/pixel_pr.csv`` (:func:`adkd.report.plots.write_curve`).
+A unified run's are its category's rows of the CSV and ``plots/<category>/pixel_pr.csv``.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from adkd.report.plots import new_figure, read_curve
-from adkd.report.tables import collect_runs, column_names
+from adkd.report.tables import UNIFIED, collect_runs, column_names
 
 
-def _image_scores(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
+def _image_scores(run: Path, category: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Labels and scores of a run's test images (a unified run's ``category``'s)."""
     path = run / "test_predictions.csv"
     if not path.is_file():
         return None
-    rows = list(csv.DictReader(path.open()))
+    rows = [r for r in csv.DictReader(path.open()) if category is None or r.get("category") == category]
     return (np.array([int(r["gt_label"]) for r in rows]), np.array([float(r["pred_score"]) for r in rows]))
 
 
@@ -49,14 +51,15 @@ def curve_lines(folder: Path) -> dict[str, dict[str, list[tuple]]]:
     for (run, result), name in zip(runs, names, strict=True):
         category = str(result.get("category") or "-")
         label = name + (f" (seed {result.get('seed')})" if len(seeds[(category, name)]) > 1 else "")
-        scores = _image_scores(run)
+        unified = result.get("protocol") == UNIFIED
+        scores = _image_scores(run, category if unified else None)
         if scores is not None and 0 < scores[0].sum() < len(scores[0]):
             labels, values = scores
             fpr, tpr, _ = roc_curve(labels, values)
             lines[category]["image_roc"].append((label, fpr, tpr, roc_auc_score(labels, values)))
             precision, recall, _ = precision_recall_curve(labels, values)
             lines[category]["image_pr"].append((label, recall, precision, average_precision_score(labels, values)))
-        pixel = run / "plots" / "pixel_pr.csv"
+        pixel = run / "plots" / (category if unified else "") / "pixel_pr.csv"
         if pixel.is_file():
             precision, recall, ap = read_curve(pixel)
             lines[category]["pixel_pr"].append((label, recall, precision, ap))

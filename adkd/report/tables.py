@@ -4,6 +4,10 @@ per method (or variant) and metric, in Markdown and CSV.
 Runs are merged into one cell only when they differ in nothing but the seed: runs that differ in
 any other setting (an override such as ``image_size=96``, a backbone, a label) get columns of
 their own, named by what differs. Runs that did not finish are listed under the table.
+
+A unified run (``category=all``: one model for every category) gives a row per category, from its
+metrics.json's ``per_category``, in a column of its own labelled ``<label> (unified)``: one
+table compares it with per-category runs of the same method (``-m category=a,b,all``).
 """
 
 from __future__ import annotations
@@ -53,9 +57,24 @@ def collect(folder: Path) -> list[dict]:
 
 
 def collect_runs(folder: Path) -> list[tuple[Path, dict]]:
-    """(run folder, its metrics.json) for every finished run below ``folder``, in job order."""
+    """(run folder, its metrics.json) for every finished run below ``folder``, in job order; a
+    unified run once per category (:func:`per_category`)."""
     paths = sorted(Path(folder).rglob("metrics.json"), key=_natural_key)
-    return [(p.parent, json.loads(p.read_text())) for p in paths]
+    return [(p.parent, result) for p in paths for result in per_category(json.loads(p.read_text()))]
+
+
+UNIFIED = "unified"
+
+
+def per_category(result: dict) -> list[dict]:
+    """A run's results as the table's rows see them: a unified run's (``protocol: unified``) as one
+    result per category, with that category's metrics and its label marked ``(unified)``; any other as it is."""
+    if result.get("protocol") != UNIFIED or not isinstance(result.get("per_category"), dict):
+        return [result]
+    label = f"{result.get('label') or result['method']} ({UNIFIED})"
+    return [{**result, "category": category, "label": label, "metrics": section.get("metrics") or {},
+             "thresholds": section.get("thresholds")}
+            for category, section in result["per_category"].items()]  # fmt: skip
 
 
 def unfinished(folder: Path) -> list[str]:
@@ -197,7 +216,8 @@ def write_report(
     seeds = sorted({r.get("seed") for r in results if r.get("seed") is not None})
     averaged = f"; each cell the mean over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
     units = "scores in %, times in ms"
-    md = f"Dataset: {', '.join(datasets)} ({len(results)} runs; {units}{averaged})\n\n" + to_markdown(header, rows)
+    runs = len(list(Path(folder).rglob("metrics.json")))  # a unified run is one run of several rows
+    md = f"Dataset: {', '.join(datasets)} ({runs} runs; {units}{averaged})\n\n" + to_markdown(header, rows)
     if missing:
         md += f"\nNot in the table ({len(missing)} runs without results):\n" + "".join(f"- {m}\n" for m in missing)
     (out / "results.md").write_text(md)

@@ -13,7 +13,8 @@ A line integrates it over HTTP: ``curl -F file=@part.png http://127.0.0.1:8000/p
 (``/predict?mask=true``: also the predicted region as a base64 PNG).
 
 The model is loaded once and the run's images scored once, at start. It binds to 127.0.0.1
-(this machine only) unless ``--host`` says otherwise.
+(this machine only) unless ``--host`` says otherwise. A unified model (``category=all``) is served
+one category at a time (``--category``: its thresholds, its images, its saved choice).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --engine openvino: the export's precision")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body accepted (MB)")
+    parser.add_argument("--category", default=None,
+                        help="for a unified model (trained with category=all): the category to serve, with its "
+                        "thresholds and images")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         from adkd.predict import _check_device
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.precision != "fp32" and args.engine != "openvino":
             raise UserError(f"--precision {args.precision} is for --engine openvino.")
-        session = Session(args.model, args.engine, args.device, precision=args.precision)
+        session = Session(args.model, args.engine, args.device, precision=args.precision, category=args.category)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

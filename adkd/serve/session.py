@@ -44,13 +44,16 @@ class Session:
     """One run behind the app: load the model once, score its images once, decide per request.
 
     ``engine``: ``torch`` (the checkpoint), ``onnx`` or ``openvino`` (of ``precision``): the run's
-    export, exported again where it does not come from the checkpoint and threshold as they are now."""
+    export, exported again where it does not come from the checkpoint and threshold as they are now.
+    ``category``: for a unified model (``category=all``), the category served: its thresholds, its
+    images, its saved threshold choice."""
 
     def __init__(self, source: Path, engine: str = "torch", device: str = "cpu", batch: int = 8,
-                 precision: str = "fp32") -> None:  # fmt: skip
+                 precision: str = "fp32", category: str | None = None) -> None:  # fmt: skip
         from adkd.inference import Deployable, load_model
 
-        module, self.config = load_model(source, device)
+        module, self.config = load_model(source, device, category)
+        self.category = self.config["checkpoint"].get("category")  # a unified model's category, or None
         self.source, self.device, self.batch = source, device, batch
         self.checkpoint = Path(self.config["checkpoint"]["path"])
         self.post = copy.deepcopy(module.post).cpu()  # decisions here, on the CPU, whatever runs the model
@@ -63,7 +66,7 @@ class Session:
         elif engine in ("onnx", "openvino"):
             from adkd.predict import exported_model
 
-            exported, _ = exported_model(source, engine, precision, device)
+            exported, _ = exported_model(source, engine, precision, device, self.category)
             self._engine = lambda images: exported(images)[:2]
             engine = f"{engine} {precision}" if engine == "openvino" else engine
         else:
@@ -91,7 +94,7 @@ class Session:
 
         if not math.isfinite(image_threshold):
             raise UserError(f"The image threshold must be a finite number, got {image_threshold}.")
-        path = operating_point.save(self.checkpoint, image_threshold, self.calibrated)
+        path = operating_point.save(self.checkpoint, image_threshold, self.calibrated, self.category)
         self.post.set_thresholds(image=image_threshold)
         log.info("Image threshold %.6g saved to %s", image_threshold, path)
         return path
@@ -202,7 +205,7 @@ class Session:
         config = self.config
         return {
             "method": config.get("method_name"), "dataset": config.get("dataset_name"),
-            "category": config.get("category"), "image_size": self.image_size,
+            "category": config.get("category"), "unified": self.category is not None, "image_size": self.image_size,
             "engine": self.engine_name, "device": self.device, "checkpoint": str(self.checkpoint),
             "threshold": self.threshold, "calibrated_threshold": self.calibrated,
             "pixel_threshold": self.pixel_threshold, "images_note": self.images_note,
