@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from tests.conftest import tiny_overrides
+from tests.test_run import FLOOR, finds_the_square  # imported before the toy method is registered
 
 NETWORK = '''
 import torch
@@ -84,7 +85,6 @@ def toy_method(tmp_path, monkeypatch):
 
 def test_a_method_is_a_network_a_module_and_a_yaml(toy_method, tiny_mvtec, tmp_path):
     from adkd.methods.registry import method_names
-    from tests.test_run import FLOOR, finds_the_square
 
     assert toy_method in method_names()
     from adkd.config import compose
