@@ -288,8 +288,9 @@ class Calibrate(L.Callback):
                 log.warning("threshold.mode=f1 needs labelled anomalous validation images (a val/ folder)%s: "
                             "the threshold is set at FPR %g instead", of, self.fpr)  # fmt: skip
         if not post.calibrated and image is None:
-            log.warning("No normal validation images%s (dataset.val_fraction is 0?): no thresholds; "
-                        "set threshold.image and threshold.pixel by hand", of)  # fmt: skip
+            log.warning("No normal validation images%s (dataset.val_fraction is 0, or rounds to none of so few "
+                        "training images): no thresholds; raise dataset.val_fraction, or set threshold.image "
+                        "and threshold.pixel by hand", of)  # fmt: skip
         post.set_thresholds(image, self.pixel)
 
     def _segmentation_threshold(self, trainer: L.Trainer, normal_maps: torch.Tensor, pixel_threshold: float,

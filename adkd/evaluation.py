@@ -85,7 +85,7 @@ class Evaluation(L.Callback):
         self.category_segmentation_thresholds: dict[str, float] = {}  # a unified run's, per category
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from adkd.metrics.collection import METRIC_NAMES
+        from adkd.metrics.names import METRIC_NAMES
 
         found = {k[4:]: float(v) for k, v in trainer.callback_metrics.items()
                  if k.startswith("val/") and k[4:].removeprefix("labelled_") in METRIC_NAMES}  # fmt: skip

@@ -44,17 +44,20 @@ class _Painter:
         Image.fromarray(mask.astype(np.uint8) * value).save(path)
 
 
-def mvtec_ad(root: Path) -> Path:
-    """MVTec AD, category ``bottle``: ``ground_truth/<defect>/<stem>_mask.png``."""
-    paint, cat = _Painter(1), root / "bottle"
-    for i in range(4):
-        paint.image(cat / "train" / "good" / f"{i:03d}.png")
-    for i in range(2):
-        paint.image(cat / "test" / "good" / f"{i:03d}.png")
-    for defect, count in (("broken_large", 2), ("contamination", 1)):
-        for i in range(count):
-            mask = paint.image(cat / "test" / defect / f"{i:03d}.png", defect=True)
-            paint.mask(cat / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
+def mvtec_ad(root: Path, categories: tuple[str, ...] = ("bottle",), n_train: int = 4) -> Path:
+    """MVTec AD: ``<category>/train/good``, ``test/{good,<defect>}`` and ``ground_truth/<defect>/<stem>_mask.png``;
+    ``bottle``'s defect folders (``broken_large``, ``contamination``) stand for every category's.
+    ``n_train`` normal training images a category (a run holds out ``val_fraction`` of them)."""
+    for index, category in enumerate(categories):
+        paint, cat = _Painter(1 + 100 * index), root / category
+        for i in range(n_train):
+            paint.image(cat / "train" / "good" / f"{i:03d}.png")
+        for i in range(2):
+            paint.image(cat / "test" / "good" / f"{i:03d}.png")
+        for defect, count in (("broken_large", 2), ("contamination", 1)):
+            for i in range(count):
+                mask = paint.image(cat / "test" / defect / f"{i:03d}.png", defect=True)
+                paint.mask(cat / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
     return root
 
 

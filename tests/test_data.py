@@ -44,6 +44,35 @@ def test_wrong_category_lists_the_valid_ones(tmp_path):
         MVTecADDataModule(root=str(tmp_path), category="bottel")
 
 
+def test_the_data_of_a_whole_sweep_is_checked_before_its_first_run(tmp_path, capsys):
+    """``python -m adkd.data.check`` (what the experiment scripts run first): every run of every sweep
+    composed as ``adkd.run -m`` composes it, each dataset and category checked once, and every problem
+    (a missing category, an unknown one, a missing folder, a misspelt key) listed in one go."""
+    from adkd.data.check import main, sweep_runs
+    from tests import replicas
+
+    assert sweep_runs(["category=bottle,cable", "seed=range(2)", "logger=none"]) == [
+        ["category=bottle", "seed=0", "logger=none"], ["category=bottle", "seed=1", "logger=none"],
+        ["category=cable", "seed=0", "logger=none"], ["category=cable", "seed=1", "logger=none"],
+    ]  # fmt: skip
+    root = replicas.mvtec_ad(tmp_path / "mvtec", ("bottle", "cable"))
+    mvtec = ["dataset=mvtec", f"dataset.root={root}", "category=bottle,cable", "seed=0,1"]
+    assert main(mvtec) == 0  # four runs, two datasets to check
+    assert capsys.readouterr().out.splitlines() == [
+        f"mvtec/{c}: 4 training, 0 validation (no validation images: no thresholds), 5 test images (3 anomalous) "
+        f"in {root}" for c in ("bottle", "cable")
+    ]  # fmt: skip
+    absent = tmp_path / "absent"
+    assert main([*mvtec[:2], "category=bottle,capsule,bottel", "--", "dataset=ksdd2", f"dataset.root={absent}", "--",
+                 "dataset=ksdd", "dataset.rot=x"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("error: 4 problems with the data of the runs to come:")
+    assert f"mvtec/capsule: MVTec AD category 'capsule' not found at {root / 'capsule'}" in err
+    assert "mvtec/bottel: Unknown category 'bottel' for dataset mvtec. Valid categories: bottle, cable" in err
+    assert f"ksdd2/ksdd2: KolektorSDD2 not found at {absent}" in err
+    assert "dataset=ksdd dataset.rot=x: Could not override 'dataset.rot'" in err
+
+
 def test_every_unusable_file_is_reported_at_once_before_training(tiny_mvtec, tmp_path):
     from PIL import Image
 

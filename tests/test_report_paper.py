@@ -143,3 +143,15 @@ def test_the_report_picks_the_datasets_metrics_unless_told(tmp_path):
     assert "| category | rd4ad pixel_aupro_005 | rd4ad pixel_seg_f1 |" in md and "| vial | 41.0 | 33.0 |" in md
     assert main([str(tmp_path), "--no-curves", "--metrics", "image_auroc"]) == 0
     assert "| vial | 90.0 |" in (tmp_path / "results.md").read_text()
+
+
+def test_the_report_cli_loads_neither_torch_nor_anomalib_for_its_tables():
+    """An experiment script calls the report once per table: its tables and paper tables read only
+    metrics.json (the curves, drawn after, load what they need)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, adkd.report.__main__; print(sorted({'torch', 'anomalib', 'lightning'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert done.stdout.strip() == "[]"

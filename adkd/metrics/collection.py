@@ -13,13 +13,8 @@ from torchmetrics.utilities.data import dim_zero_cat
 from adkd.metrics.aupro import AUPRO
 from adkd.metrics.f1max import F1Max
 
-IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
-PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_aupro_005", "pixel_f1max")
 # AU-PRO's FPR limits: MVTec AD's 0.3 and MVTec AD 2's 0.05, both from one stored set of maps.
 AUPRO_LIMITS = {"pixel_aupro": 0.3, "pixel_aupro_005": 0.05}
-THRESHOLD_METRICS = ("image_f1", "image_precision", "image_recall", "image_fpr")  # at the calibrated threshold
-SEGMENTATION_METRICS = ("pixel_seg_f1",)  # at the segmentation threshold (see AnomalyMetrics.segmentation_f1)
-METRIC_NAMES = (*IMAGE_METRICS, *PIXEL_METRICS)
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,12 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 NORMAL = "normal"
 log = logging.getLogger(__name__)
@@ -91,6 +94,8 @@ class WorstCases:
 def draw_sample(post: torch.nn.Module, sample: dict, title: str, path: Path) -> None:
     """One sample (``image``, ``anomaly_map``, ``gt_mask``, ``pred_score``) as the three-panel
     overlay of :mod:`adkd.report.panels`, normalised by ``post`` where it is calibrated."""
+    import torch  # here, not above: the report's curves (python -m adkd.report) need no torch
+
     from adkd.report.panels import overlay
 
     device = post.image_threshold.device

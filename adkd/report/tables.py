@@ -18,7 +18,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from adkd.metrics.collection import IMAGE_METRICS, PIXEL_METRICS, SEGMENTATION_METRICS, THRESHOLD_METRICS
+from adkd.metrics.names import IMAGE_METRICS, PIXEL_METRICS, SEGMENTATION_METRICS, THRESHOLD_METRICS
 from adkd.runs import read_status
 
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")  # a dataset not in DATASET_METRICS
