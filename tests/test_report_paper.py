@@ -155,3 +155,48 @@ def test_the_report_cli_loads_neither_torch_nor_anomalib_for_its_tables():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[1])  # fmt: skip
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("paper", "methods"), [("draem", ["draem"]),
+                                                ("destseg", ["destseg", "stfpm", "draem", "patchcore"])])  # fmt: skip
+def test_a_papers_category_rows_average_to_its_printed_mean(paper, methods):
+    """Each per-category table as transcribed: 15 categories per column, averaging to the printed mean
+    within the rounding (each cell and the mean to 0.1), which a slip in one cell would break."""
+    numbers = [p for p in published() if p.paper == paper and p.dataset == "mvtec"]
+    for method in methods:
+        for metric in ("pixel_auroc", "pixel_ap"):
+            rows = [p.value for p in numbers if (p.method, p.metric) == (method, metric) and p.category != MEAN]
+            (printed,) = [p.value for p in numbers if (p.category, p.method, p.metric) == (MEAN, method, metric)]
+            assert len(rows) == 15, (method, metric)
+            assert abs(sum(rows) / 15 - printed) <= 0.1 + 1e-9, (method, metric, sum(rows) / 15, printed)
+
+
+def test_draem_per_category_cells_and_a_mean_only_metric_beside_our_mean(tmp_path):
+    sweep(tmp_path, [
+        run("draem", "grid", image_auroc=0.97, pixel_auroc=0.99, pixel_ap=0.60),
+        run("draem", "tile", image_auroc=0.99, pixel_auroc=0.98, pixel_ap=0.90),
+    ])  # fmt: skip
+    assert main([str(tmp_path), "--paper", "draem"]) == 0
+    rows = table_rows((tmp_path / "paper_draem.md").read_text())
+    assert rows["category"] == ["draem pixel_auroc", "draem pixel_ap", "draem image_auroc"]
+    assert list(rows)[1:4] == ["bottle", "capsule", "grid"]  # table 2's row order
+    assert rows["grid"] == ["99.0 / 99.7 (-0.7)", "60.0 / 65.7 (-5.7)", "97.0 / -"]  # DRAEM table 2: grid 99.7 / 65.7
+    assert rows["tile"][:2] == ["98.0 / 99.2 (-1.2)", "90.0 / 92.3 (-2.3)"]
+    # pixel metrics over grid and tile (99.45 printed as 99.5); image AUROC: only its mean was read, ours over both runs
+    assert rows["mean"] == ["98.5 / 99.5 (-1.0) [2 of 15]", "75.0 / 79.0 (-4.0) [2 of 15]",
+                            "98.0 / 98.0 (+0.0) [2 categories]"]  # fmt: skip
+    assert rows["mean (printed)"] == ["97.3", "68.4", "98.0"]
+
+
+def test_destseg_shows_its_reevaluated_columns_adkd_has(tmp_path):
+    sweep(tmp_path, [run("destseg", "transistor", pixel_auroc=0.90, pixel_ap=0.60, image_auroc=0.95)])
+    assert main([str(tmp_path), "--paper", "destseg"]) == 0
+    md = (tmp_path / "paper_destseg.md").read_text()
+    rows = table_rows(md)
+    cell = dict(zip(rows["category"], rows["transistor"], strict=True))
+    assert cell["destseg pixel_auroc"] == "90.0 / 89.1 (+0.9)" and cell["destseg pixel_ap"] == "60.0 / 64.8 (-4.8)"
+    assert cell["draem (no run) pixel_ap"] == "no run / 51.7" and cell["stfpm (no run) pixel_auroc"] == "no run / 81.9"
+    assert not any("US" in h or "DSR" in h for h in rows["category"])
+    assert dict(zip(rows["category"], rows["mean"], strict=True))["destseg image_auroc"] == (
+        "95.0 / 98.6 (-3.6) [1 category]")  # fmt: skip
+    assert "- DeSTSeg (Zhang et al., CVPR 2023; arXiv 2211.11317), table 2 (pixel AUROC / AP)\n" in md

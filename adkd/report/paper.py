@@ -13,12 +13,14 @@ A run belongs to a published method when its label (by default its method) is th
 that differ only in the seed are averaged; runs that differ in a setting get a column each
 (:func:`adkd.report.tables.column_names`). The mean row is recomputed from the category rows, over
 the categories where both sides have a value (how many is said when not all); a mean the paper
-printed is shown in a row of its own.
+printed is shown in a row of its own. Where the paper printed only a metric's mean, ours beside it
+is the mean over every category run.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +39,13 @@ NOTES = {  # what a reader must know to read a paper's numbers beside ours
     "adps": "Means only: the paper's tables are images and could not be read.",
     "efficientad": "Means only, as an unofficial implementation's README quotes the paper; a run labelled "
     "efficientad_m is compared with EfficientAD-M.",
-    **dict.fromkeys(
-        ("rd4ad", "rdpp", "draem", "destseg"), "Means only: the paper's per-category tables could not be read here."
-    ),  # fmt: skip
+    "draem": "Per-category pixel AUROC and AP from the paper's table 2; its image AUROC table was not read here, "
+    "so image AUROC is its mean only (our mean over every category run beside it).",
+    "destseg": "Per-category pixel AUROC and AP from the paper's table 2 (DeSTSeg: mean of 5 seeds). Its STPM, "
+    "DRAEM and PatchCore columns are the authors' official models re-evaluated by the DeSTSeg authors, masks "
+    "resized to 256 px; its methods that adkd does not have (US, CutPaste, DSR) are left out. Image AUROC: table "
+    "1's means only (the per-category table is in the supplementary material, not read here).",
+    **dict.fromkeys(("rd4ad", "rdpp"), "Means only: the paper's per-category tables could not be read here."),
 }
 
 
@@ -85,7 +91,7 @@ def paper_table(results: list[dict], paper: str, numbers: list[Published]) -> tu
         raise ValueError(f"No published numbers for {paper!r}; known: {', '.join(paper_names())}")
     methods = _own_methods(paper, numbers, results)
     blocks, rows = [], []
-    sources = _first_seen(p.source.split(", row '")[0] for p in numbers if p.method in methods)  # cell's: the CSV
+    sources = _first_seen(_table_of(p.source) for p in numbers if p.method in methods)  # cell's: the CSV
     for dataset in _first_seen(p.dataset for p in numbers):
         here = [p for p in numbers if p.dataset == dataset and p.method in methods]
         runs = [r for r in results if str(r.get("dataset")) == dataset]
@@ -97,6 +103,11 @@ def paper_table(results: list[dict], paper: str, numbers: list[Published]) -> tu
     md = f"{title}\n\n{note}" + "\n".join(blocks)
     md += "\nSources (each number's in paper_<name>.csv):\n" + "".join(f"- {s}\n" for s in sources)
     return md, rows
+
+
+def _table_of(source: str) -> str:
+    """A number's source without its row and column: the table it is in."""
+    return re.split(r", (?:row|column) '", source)[0]
 
 
 def _dataset_block(
@@ -118,21 +129,21 @@ def _dataset_block(
             line.append(_cell(ours, theirs))
             csv_rows.append(_csv_row(dataset, category, m, column, k, ours, theirs))
         table.append(line)
-    if categories:
-        table.append(
-            ["mean"] + [_recomputed_mean(cells, column, categories, value, m, k) for m, column, k in comparisons]
-        )
     printed = [value.get((MEAN, m, k)) for m, _, k in comparisons]
-    if any(printed) and categories:  # a printed mean beside the recomputed one: as printed
-        table.append(["mean (printed)"] + ["" if p is None else f"{p.value:.1f}" for p in printed])
-    elif any(printed):  # only a mean was published: ours over every category run
-        line = ["mean"]
-        for (m, column, k), theirs in zip(comparisons, printed, strict=True):
+    line = ["mean"]
+    for (m, column, k), theirs in zip(comparisons, printed, strict=True):
+        if any((c, m, k) in value for c in categories):
+            line.append(_recomputed_mean(cells, column, categories, value, m, k))
+        elif theirs is not None:  # the paper printed only this metric's mean: ours over every category run
             ours, count = _mean_over_runs(cells, column, k)
             counted = f" [{count} categor{'y' if count == 1 else 'ies'}]" if count else ""
             line.append(_cell(ours, theirs) + counted)
             csv_rows.append(_csv_row(dataset, MEAN, m, column, k, ours, theirs))
-        table.append(line)
+        else:
+            line.append("-")
+    table.append(line)
+    if any(printed) and categories:  # a printed mean beside the recomputed one: as printed
+        table.append(["mean (printed)"] + ["" if p is None else f"{p.value:.1f}" for p in printed])
     return f"Dataset: {dataset}\n\n" + to_markdown(header, table), csv_rows
 
 
