@@ -1,7 +1,7 @@
 """Peer check: an adkd method against anomalib's implementation of it, on the same data.
 
 Pairs (--method): rd4ad vs ReverseDistillation, stfpm vs Stfpm, patchcore vs Patchcore, efficientad
-vs EfficientAd (below).
+vs EfficientAd and draem vs Draem (both below).
 Same data (adkd's datamodule), backbone, image size, batch size and epochs for both; each
 project's own network, loss, optimizer recipe, anomaly-map smoothing, image score and input
 normalisation (adkd's inside its backbone, anomalib's from its pre-processor: ImageNet's); one
