@@ -1,7 +1,7 @@
 """Peer check: an adkd method against anomalib's implementation of it, on the same data.
 
 Pairs (--method): rd4ad vs ReverseDistillation, stfpm vs Stfpm, patchcore vs Patchcore, efficientad
-vs EfficientAd (below).
+vs EfficientAd and draem vs Draem (both below).
 Same data (adkd's datamodule), backbone, image size, batch size and epochs for both; each
 project's own network, loss, optimizer recipe, anomaly-map smoothing, image score and input
 normalisation (adkd's inside its backbone, anomalib's from its pre-processor: ImageNet's); one
@@ -27,6 +27,33 @@ transform: twice the size, grey at 0.3, the centre crop). anomalib's side is its
 with its Lightning module's teacher statistics and validation quantiles (on adkd's validation split):
 
     python experiments/peer_check_anomalib.py --method efficientad --weights teacher_s.pth --image-size 256 --steps 300
+
+DRAEM has no backbone either: both sides train their two networks from scratch at the official
+widths (adkd's ``recipe.small`` quarter widths are overridden: 69,048,579 + 28,374,146 parameters
+on both sides, checked before training), on [0, 1] images (no normalisation on either side), with
+the same anomaly source folder (``--anomaly-source``; default: adkd's bundled images, the folder
+``synthesis.source: null`` resolves to, given to anomalib's ``Draem`` as its ``dtd_dir``), image
+size, batch, epochs (hence steps) and seed. Each side keeps its own recipe; the differences:
+
+- learning rate: Adam 1e-4 over both networks on both sides;
+- scheduler: adkd x0.2 at 80% and 90% of the epochs (the official code's); anomalib x0.1 at epochs
+  400 and 600 (its ``configure_optimizers``), so never within a run shorter than 400 epochs;
+- loss: both L2 + SSIM + focal (gamma 2) with weight 1, but anomalib's focal loss is kornia's
+  ``FocalLoss(alpha=1)``, and the kornia installed (0.9) weights class 0 by 1 - alpha: the normal
+  pixels carry no segmentation loss at all (the official loss weights both classes by 1, as adkd's
+  does); ``--anomalib-official`` gives anomalib's Draem the official weighting (alpha None) and
+  leaves the rest of its recipe. SSIM: adkd's zero-pads as the official code does, anomalib's
+  (kornia's, doubled back) reflects at the border;
+- anomalies: the same generator (anomalib's Perlin one) on half the images, but adkd blends with
+  the official 1 - beta in [0.2, 1] (beta ~ U(0, 0.8)), anomalib's ``Draem`` with [0.1, 1]; adkd
+  draws them per sample in its loader, anomalib's per batch in its training step;
+- initial weights: adkd the official ``weights_init`` (convolutions N(0, 0.02), BatchNorm N(1,
+  0.02)), anomalib PyTorch's defaults;
+- image score: anomalib the maximum of the map; adkd the maximum of its 21x21 local means
+  (``post.score_box``, the official score). The anomalib side also reports its map under adkd's
+  score (``image_auroc_box21``), which separates the networks from the scores.
+
+    python experiments/peer_check_anomalib.py --method draem --category brick --image-size 64 --epochs 1
 """
 
 from __future__ import annotations
@@ -115,7 +142,8 @@ def anomalib_patchcore(backbone: str, image_size: int, weights: str):  # noqa: A
     return model, None, None  # one pass stores the embeddings; the coreset follows
 
 
-ANOMALIB = {"rd4ad": anomalib_rd4ad, "stfpm": anomalib_stfpm, "patchcore": anomalib_patchcore, "efficientad": None}
+ANOMALIB = {"rd4ad": anomalib_rd4ad, "stfpm": anomalib_stfpm, "patchcore": anomalib_patchcore,
+            "efficientad": None, "draem": None}  # fmt: skip
 
 
 class _Batch:
@@ -165,6 +193,66 @@ def train_anomalib_efficientad(dm, size: str, weights: str, steps: int, penalty_
     return metrics.compute()
 
 
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def check_draem_sizes(model) -> tuple[int, int]:  # noqa: ANN001
+    """anomalib's ``DraemModel`` against adkd's ``DRAEMNetwork`` at the official widths: the same
+    parameter count in each of the two networks, or an error before any training."""
+    from adkd.methods.draem.network import DRAEMNetwork
+
+    with torch.device("meta"):
+        ours = DRAEMNetwork(128, 64)
+    counts = (_count(ours.reconstructive), _count(ours.discriminative))
+    theirs = (_count(model.reconstructive_subnetwork), _count(model.discriminative_subnetwork))
+    if counts != theirs:
+        raise RuntimeError(f"DRAEM's networks differ in size: adkd {counts}, anomalib {theirs} parameters")
+    return counts
+
+
+def train_anomalib_draem(dm, epochs: int, source: str, seed: int, official: bool = False) -> dict:  # noqa: ANN001
+    """anomalib's Draem on adkd's clean training images (``dm`` without synthesis): its anomaly
+    generator (on ``source``), networks, loss, optimizer and scheduler (stepped each epoch, as
+    Lightning does); ``official``: its focal loss with both classes weighted 1 (alpha None)."""
+    from anomalib.models.image.draem.lightning_model import Draem
+    from kornia.losses import FocalLoss
+
+    from adkd.methods.postprocess import PostProcessor
+    from adkd.metrics import AnomalyMetrics
+
+    torch.manual_seed(seed)
+    module = Draem(dtd_dir=source)  # the folder exists: nothing is downloaded
+    model = module.model
+    reconstructive, discriminative = check_draem_sizes(model)
+    print(f"DRAEM parameters, both sides: reconstructive {reconstructive:,}, discriminative {discriminative:,}")
+    if official:
+        module.loss.focal_loss = FocalLoss(alpha=None, gamma=2.0, reduction="mean")
+    (optimizer,), (scheduler,) = module.configure_optimizers()
+    for epoch in range(epochs):
+        model.train()
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            images = batch["image"]
+            augmented, masks = module.augmenter(images)
+            reconstruction, prediction = model(augmented)
+            optimizer.zero_grad()
+            module.loss(images, reconstruction, masks, prediction).backward()
+            optimizer.step()
+        scheduler.step()
+    model.eval()
+    metrics, box = AnomalyMetrics(pixel=dm.has_masks), AnomalyMetrics(pixel=False)
+    adkd_score = PostProcessor(map_sigma=0.0, score_sigma=0.0, score_box=21)  # adkd's DRAEM score (post)
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            out = model(batch["image"])
+            maps = out.anomaly_map.unsqueeze(1)  # (B,H,W): the anomaly class's softmax
+            metrics.update(out.pred_score.flatten(), batch["gt_label"], maps, batch["gt_mask"])
+            box.update(adkd_score(maps)[1], batch["gt_label"])
+    return {**metrics.compute(), "image_auroc_box21": box.compute()["image_auroc"]}
+
+
 def train_anomalib(method: str, dm, backbone: str, image_size: int, epochs: int, weights: str, seed: int,  # noqa: ANN001
                    official: bool = False) -> dict:  # fmt: skip
     from adkd.metrics import AnomalyMetrics
@@ -207,11 +295,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--adkd-only", action="store_true", help="train adkd's side only (anomalib's measured before)")
     parser.add_argument("--anomalib-only", action="store_true", help="train anomalib's side only")
-    official = "stfpm: anomalib's Stfpm with the official code's loss scale and weight decay"
+    official = (
+        "stfpm: anomalib's Stfpm with the official code's loss scale and weight decay; draem: anomalib's "
+        "Draem with the official focal loss (both classes weighted 1)"
+    )
     parser.add_argument("--anomalib-official", action="store_true", help=official)
     parser.add_argument("--steps", type=int, default=300, help="efficientad: training steps at batch 1")
     parser.add_argument("--size", choices=("s", "m"), default="s", help="efficientad: the PDN")
     parser.add_argument("--penalty-images", default="bundled", help="efficientad: a folder, or bundled")
+    parser.add_argument("--anomaly-source", default=None,
+                        help="draem: the folder of texture images both sides fill anomalies from (default: adkd's "
+                             "bundled images, synthesis.source=null's)")  # fmt: skip
     args = parser.parse_args()
     if args.method == "efficientad" and not args.weights:
         parser.error("--method efficientad needs --weights: the teacher PDN file (or 'download')")
@@ -223,12 +317,19 @@ def main() -> None:
     from adkd.config import compose
     from adkd.run import run
 
+    if args.method == "draem":
+        from adkd.data.synthesis import bundled_anomaly_source
+
+        args.anomaly_source = str(args.anomaly_source or bundled_anomaly_source())
     keys = ("image_auroc", "pixel_auroc", "pixel_aupro")
     ours, theirs = {k: [] for k in keys}, {k: [] for k in keys}
+    box = []  # draem: anomalib's map under adkd's 21x21 image score
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             weights = args.weights
-            if weights is None and args.backbone == "mobilenet_v2":
+            if args.method == "draem":  # no backbone: both sides train from scratch
+                weights = None
+            elif weights is None and args.backbone == "mobilenet_v2":
                 from adkd.backbones.registry import BACKBONES
 
                 weights = BACKBONES["mobilenet_v2"].offline()  # ImageNet, shipped in a package
@@ -246,15 +347,17 @@ def main() -> None:
                 overrides += [f"method.teacher_weights={weights}", f"method.steps={args.steps}", "batch_size=1",
                               "max_epochs=70000", f"method.size={args.size}",
                               f"method.penalty_images={args.penalty_images}"]  # fmt: skip
+            if args.method == "draem":  # the official widths (anomalib's), the shared anomaly source
+                overrides = [o for o in overrides if not o.startswith(("backbone=", "backbone.weights="))]
+                overrides += ["method.network.reconstructive_width=128", "method.network.discriminative_width=64",
+                              f"synthesis.source={args.anomaly_source}"]  # fmt: skip
             cfg = compose(overrides, f"{tmp}/run_{seed}")
             if not args.anomalib_only:
                 a = run(cfg)["metrics"]
             if args.adkd_only or args.anomalib_only:  # one side: its numbers, no comparison
                 side, m = ("adkd", a) if args.adkd_only else ("anomalib", _anomalib(args, cfg, weights, seed))
-                print(
-                    f"seed {seed}: " + "; ".join(f"{k} {side} {m[k]:.4f}" for k in keys if m.get(k) is not None),
-                    flush=True,
-                )
+                shown = [k for k in (*keys, "image_auroc_box21") if m.get(k) is not None]
+                print(f"seed {seed}: " + "; ".join(f"{k} {side} {m[k]:.4f}" for k in shown), flush=True)
                 continue
             b = _anomalib(args, cfg, weights, seed)
             for k in keys:
@@ -262,10 +365,15 @@ def main() -> None:
                     ours[k].append(a[k])
                     theirs[k].append(b[k])
             shown = "; ".join(f"{k} adkd {a[k]:.4f} anomalib {b[k]:.4f}" for k in keys if k in b)
+            if "image_auroc_box21" in b:
+                box.append(b["image_auroc_box21"])
+                shown += f"; anomalib's map under adkd's 21x21 score: image_auroc {box[-1]:.4f}"
             print(f"seed {seed}: {shown}", flush=True)
 
     teacher = args.weights or ("ImageNet (shared)" if args.backbone == "mobilenet_v2" else "random (seeded, shared)")
-    print(f"\n{args.method} vs anomalib on {args.dataset}/{args.category}, {args.backbone} weights {teacher}, "
+    network = (f"from scratch, anomalies from {args.anomaly_source}" if args.method == "draem"
+               else f"{args.backbone} weights {teacher}")  # fmt: skip
+    print(f"\n{args.method} vs anomalib on {args.dataset}/{args.category}, {network}, "
           f"{args.image_size} px, "
           + (f"{args.steps} steps" if args.method == "efficientad" else f"{args.epochs} epochs")
           + f", seeds {args.seeds}")  # fmt: skip
@@ -273,6 +381,8 @@ def main() -> None:
     for k in (k for k in keys if ours[k]):
         x, y = ours[k], theirs[k]
         print(f"{k:<14}{_mean_spread(x):>16}{_mean_spread(y):>16}{statistics.mean(x) - statistics.mean(y):>+8.4f}")
+    if box:
+        print(f"image_auroc of anomalib's map under adkd's 21x21 score: {_mean_spread(box)}")
     for k in ("image_auroc", "pixel_auroc"):
         if ours[k]:
             gap = abs(statistics.mean(ours[k]) - statistics.mean(theirs[k]))
@@ -287,6 +397,11 @@ def _anomalib(args: argparse.Namespace, cfg, weights: str, seed: int) -> dict:  
     dm.setup()
     if args.method == "efficientad":
         return train_anomalib_efficientad(dm, args.size, weights, args.steps, args.penalty_images, seed)
+    if args.method == "draem":  # anomalib's Draem makes its own anomalies: adkd's loaders give clean images
+        dm = instantiate(cfg.dataset, synthesis=None)
+        dm.prepare_data()
+        dm.setup()
+        return train_anomalib_draem(dm, args.epochs, args.anomaly_source, seed, args.anomalib_official)
     return train_anomalib(args.method, dm, args.backbone, args.image_size, args.epochs, weights, seed,
                           args.anomalib_official)  # fmt: skip
 

@@ -100,6 +100,36 @@ def test_draem_builds_what_the_official_code_builds():
     assert reconstruction.shape == (2, 3, 256, 256) and logits.shape == (2, 2, 256, 256)
 
 
+@pytest.mark.slow  # importing anomalib's models takes seconds
+def test_draem_networks_as_large_as_anomalibs():
+    from anomalib.models.image.draem.torch_model import DraemModel
+
+    from adkd.methods.draem.network import DRAEMNetwork
+
+    with torch.device("meta"):
+        ours, theirs = DRAEMNetwork(), DraemModel()
+    assert count(ours.reconstructive) == count(theirs.reconstructive_subnetwork) == 69_048_579
+    assert count(ours.discriminative) == count(theirs.discriminative_subnetwork) == 28_374_146
+
+
+@pytest.mark.slow  # importing anomalib's models takes seconds
+def test_anomalibs_draem_loss_gives_normal_pixels_no_segmentation_loss():
+    # What the peer check's --anomalib-official works around: anomalib's DraemLoss takes kornia's
+    # FocalLoss(alpha=1), and kornia weights class 0 by 1 - alpha; adkd's focal loss (the official
+    # one) weights both classes by 1.
+    from anomalib.models.image.draem.loss import DraemLoss
+
+    from adkd.methods.adps.loss import focal_segmentation_loss
+
+    logits = torch.tensor([-1.0, 2.0]).view(1, 2, 1, 1).expand(1, 2, 4, 4).clone()  # "anomalous" everywhere
+    normal = torch.zeros(1, 1, 4, 4)
+    assert float(DraemLoss().focal_loss(logits, normal[:, 0].long())) == 0.0
+    p = torch.sigmoid(torch.tensor(-3.0))  # the normal class's softmax probability
+    # kornia's "mean" divides by classes x pixels: half the official code's mean over pixels
+    expected = float(-((1 - p) ** 2) * p.log()) / 2
+    assert float(focal_segmentation_loss(logits, normal)) == pytest.approx(expected, rel=1e-5)
+
+
 def test_draem_refuses_images_too_small_for_its_autoencoder(tmp_path):
     from adkd.errors import ConfigError
     from adkd.methods.draem.network import DRAEMNetwork
