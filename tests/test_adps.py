@@ -121,6 +121,17 @@ def test_focal_loss_is_small_for_confident_right_answers():
     assert float(focal_segmentation_loss(-logits, mask)) > 1
 
 
+def test_focal_loss_is_the_mean_over_pixels_of_the_true_class_term():
+    # DRAEM's official code: -(1 - p_t)^2 log p_t averaged over pixels (kornia's own "mean" halves it)
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1, 0, 0] = 2.0  # one pixel leans anomalous
+    mask = torch.zeros(1, 1, 2, 2)
+    mask[..., 0, 0] = 1  # and is
+    p_right = torch.sigmoid(torch.tensor(2.0))
+    terms = torch.tensor([-((1 - p_right) ** 2) * p_right.log(), *[-(0.5**2) * torch.log(torch.tensor(0.5))] * 3])
+    assert float(focal_segmentation_loss(logits, mask)) == pytest.approx(float(terms.mean()), rel=1e-6)
+
+
 def test_synthesis_is_reproducible_and_respects_probability():
     x = torch.rand(4, 3, 32, 32)
     torch.manual_seed(0)

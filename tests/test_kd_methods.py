@@ -125,8 +125,7 @@ def test_anomalibs_draem_loss_gives_normal_pixels_no_segmentation_loss():
     normal = torch.zeros(1, 1, 4, 4)
     assert float(DraemLoss().focal_loss(logits, normal[:, 0].long())) == 0.0
     p = torch.sigmoid(torch.tensor(-3.0))  # the normal class's softmax probability
-    # kornia's "mean" divides by classes x pixels: half the official code's mean over pixels
-    expected = float(-((1 - p) ** 2) * p.log()) / 2
+    expected = float(-((1 - p) ** 2) * p.log())  # the official code's mean over pixels
     assert float(focal_segmentation_loss(logits, normal)) == pytest.approx(expected, rel=1e-5)
 
 
