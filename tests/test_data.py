@@ -241,3 +241,20 @@ def test_a_decompression_bomb_sized_header_is_refused_by_name(tiny_mvtec, monkey
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 32x32 images now declare "too many" pixels
     with pytest.raises(DataCheckError, match="000.png declares more than 100 pixels"):
         FolderDataModule(root=str(tiny_mvtec), category="widget").setup("fit")
+
+
+@pytest.mark.parametrize("category", ["mono", "poly"])
+def test_the_cells_sets_draw_test_cells_that_elpv_held_out_of_training(category):
+    """conf/dataset/cells.yaml's 160 training and 40 + 60 test cells, for both categories: mono has
+    98 held-out normals in ELPV's test split, so two come from its validation split."""
+    from adkd.data.cells import cell_sources
+    from adkd.data.elpv import ELPVDataModule
+
+    elpv = ELPVDataModule(category=category)
+    trained = {r.image_path for r in elpv.records("train")}
+    test_normals = {r.image_path for r in elpv.records("test") if r.gt_label == 0}
+    train, test = cell_sources(category, 160, 100)
+    assert len(set(train)) == 160 and set(train) <= trained
+    assert len(set(test)) == 100 and not set(test) & trained
+    assert len(set(test) - test_normals) == (2 if category == "mono" else 0)
+    assert (train, test) == cell_sources(category, 160, 100)  # the same set on every machine
