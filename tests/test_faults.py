@@ -60,7 +60,9 @@ def wait_mid_training(cwd: Path, proc: subprocess.Popen, timeout: float = 120) -
     raise AssertionError(f"no second checkpoint within {timeout} s:\n{finish(proc)[1][-2000:]}")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+# SIGTERM runs under -m slow: the same handler as SIGINT (which also checks the resumed run against an
+# uninterrupted one), and test_launchers' preemption case signals a job mid-training in the default suite.
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_a_signal_mid_training_keeps_a_checkpoint_and_resume_ends_like_an_uninterrupted_run(
     signum, tiny_mvtec, tmp_path
 ):

@@ -32,7 +32,9 @@ def status(folder: Path) -> dict:
     return json.loads((folder / "status.json").read_text())
 
 
-@pytest.mark.parametrize("launcher", ["local", "parallel"])
+# local under -m slow: the default suite runs the local launcher end to end in test_run's multirun and
+# test_faults' Ctrl-C of a multirun.
+@pytest.mark.parametrize("launcher", [pytest.param("local", marks=pytest.mark.slow), "parallel"])
 def test_each_job_runs_in_a_process_of_its_own_and_writes_a_complete_run_folder(launcher, tiny_mvtec, tmp_path):
     proc = multirun([f"hydra/launcher={launcher}", *tiny_overrides(tiny_mvtec, "method=stfpm,rd4ad")], tmp_path)
     out, _ = proc.communicate(timeout=300)

@@ -98,7 +98,9 @@ def agent_command(sweep_file: Path) -> tuple[list[str], dict]:
     return command, params
 
 
-@pytest.mark.parametrize("name", ["mvtec", "stfpm"])
+# a method's search under -m slow: the same command as the category grid; every method's search
+# config is checked in the default suite (test_each_search_tunes_knobs_its_method_has_on_a_validation_metric)
+@pytest.mark.parametrize("name", ["mvtec", pytest.param("stfpm", marks=pytest.mark.slow)])
 def test_each_w_and_b_sweep_command_runs_offline_and_names_its_run(name, tiny_mvtec, tmp_path):
     """The category grid of experiments/sweep_mvtec.yaml, and a method's search (adkd.wandb_sweep;
     every method's is built the same way, from its search_space)."""
