@@ -94,8 +94,12 @@ class AnomalyDataModule(L.LightningDataModule):
         limit_test: int | None = None,
         synthesis: dict | None = None,
         evaluate: str = "test",
+        download: bool = False,
     ) -> None:
         super().__init__()
+        self.download = download
+        if not root and self.download_name:  # a benchmark with a download: datasets/<name> by default
+            root = f"datasets/{self.name}"
         if evaluate not in ("test", "validation"):
             raise ConfigError(f"evaluate must be 'test' or 'validation', got {evaluate!r}")
         self.evaluate = evaluate
@@ -126,7 +130,6 @@ class AnomalyDataModule(L.LightningDataModule):
 
     # -- what subclasses provide -------------------------------------------------------------
     download_name: str | None = None  # set where adkd can download the dataset (dataset.download=true)
-    download = False
 
     def is_present(self) -> bool:
         """Whether the data is where the config says (cheap: a folder or file exists)."""

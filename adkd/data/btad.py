@@ -35,10 +35,6 @@ class BTADDataModule(AnomalyDataModule):
     default_category = "01"
     download_name = "btad"
 
-    def __init__(self, root: str | None = None, category: str | None = None, download: bool = False, **kwargs) -> None:
-        self.download = download
-        super().__init__(root=root or "datasets/btad", category=category, **kwargs)
-
     @property
     def path(self) -> Path:
         return self.root / self.category

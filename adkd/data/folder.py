@@ -79,9 +79,8 @@ class MVTecADDataModule(FolderDataModule):
     )  # fmt: skip
     default_category = "bottle"
 
-    def __init__(self, root: str | None = None, category: str | None = None, download: bool = False, **kwargs) -> None:
-        self.download = download
-        super().__init__(root=root or "datasets/mvtec", category=category, **kwargs)
+    def __init__(self, root: str | None = None, category: str | None = None, **kwargs) -> None:
+        super().__init__(root=root or "datasets/mvtec", category=category, **kwargs)  # a folder needs a root
 
     download_name = "mvtec"
 

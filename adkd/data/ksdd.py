@@ -58,10 +58,6 @@ class KolektorSDDDataModule(AnomalyDataModule):
     default_category = "ksdd"
     download_name = "ksdd"
 
-    def __init__(self, root: str | None = None, category: str | None = None, download: bool = False, **kwargs) -> None:
-        self.download = download
-        super().__init__(root=root or "datasets/ksdd", category=category, **kwargs)
-
     def _folders(self):  # noqa: ANN202
         return sorted(d for d in self.root.glob("kos*") if d.is_dir() and re.fullmatch(r"kos\d+", d.name))
 

@@ -21,10 +21,6 @@ class KolektorSDD2DataModule(AnomalyDataModule):
     categories = ("ksdd2",)
     default_category = "ksdd2"
 
-    def __init__(self, root: str | None = None, category: str | None = None, download: bool = False, **kwargs) -> None:
-        self.download = download
-        super().__init__(root=root or "datasets/ksdd2", category=category, **kwargs)
-
     download_name = "ksdd2"
 
     def is_present(self) -> bool:

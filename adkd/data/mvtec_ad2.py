@@ -36,10 +36,6 @@ class MVTecAD2DataModule(AnomalyDataModule):
     default_category = "can"
     download_name = "mvtec_ad2"
 
-    def __init__(self, root: str | None = None, category: str | None = None, download: bool = False, **kwargs) -> None:
-        self.download = download
-        super().__init__(root=root or "datasets/mvtec_ad2", category=category, **kwargs)
-
     @property
     def path(self) -> Path:
         return self.root / self.category

@@ -25,10 +25,6 @@ class VisADataModule(AnomalyDataModule):
     )  # fmt: skip
     default_category = "candle"
 
-    def __init__(self, root: str | None = None, category: str | None = None, download: bool = False, **kwargs) -> None:
-        self.download = download
-        super().__init__(root=root or "datasets/visa", category=category, **kwargs)
-
     @property
     def split_file(self) -> Path:
         return self.root / "split_csv" / "1cls.csv"
