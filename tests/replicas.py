@@ -49,28 +49,26 @@ def mvtec_ad(root: Path, categories: tuple[str, ...] = ("bottle",), n_train: int
     ``bottle``'s defect folders (``broken_large``, ``contamination``) stand for every category's.
     ``n_train`` normal training images a category (a run holds out ``val_fraction`` of them)."""
     for index, category in enumerate(categories):
-        paint, cat = _Painter(1 + 100 * index), root / category
-        for i in range(n_train):
-            paint.image(cat / "train" / "good" / f"{i:03d}.png")
-        for i in range(2):
-            paint.image(cat / "test" / "good" / f"{i:03d}.png")
-        for defect, count in (("broken_large", 2), ("contamination", 1)):
-            for i in range(count):
-                mask = paint.image(cat / "test" / defect / f"{i:03d}.png", defect=True)
-                paint.mask(cat / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
+        defects = (("broken_large", 2), ("contamination", 1))
+        _mvtec_layout(_Painter(1 + 100 * index), root / category, n_train, 2, defects)
     return root
+
+
+def _mvtec_layout(paint: _Painter, cat: Path, n_train: int, n_good: int, defects: tuple) -> None:
+    """One category in the MVTec AD layout: ``defects`` as (folder, count) pairs, each image with its mask."""
+    for i in range(n_train):
+        paint.image(cat / "train" / "good" / f"{i:03d}.png")
+    for i in range(n_good):
+        paint.image(cat / "test" / "good" / f"{i:03d}.png")
+    for defect, count in defects:
+        for i in range(count):
+            mask = paint.image(cat / "test" / defect / f"{i:03d}.png", defect=True)
+            paint.mask(cat / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
 
 
 def mpdd(root: Path) -> Path:
     """MPDD, category ``bracket_black``: the MVTec AD layout, defects ``hole`` and ``scratches``."""
-    paint, cat = _Painter(2), root / "bracket_black"
-    for i in range(3):
-        paint.image(cat / "train" / "good" / f"{i:03d}.png")
-    paint.image(cat / "test" / "good" / "000.png")
-    for defect, count in (("hole", 1), ("scratches", 2)):
-        for i in range(count):
-            mask = paint.image(cat / "test" / defect / f"{i:03d}.png", defect=True)
-            paint.mask(cat / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
+    _mvtec_layout(_Painter(2), root / "bracket_black", 3, 1, (("hole", 1), ("scratches", 2)))
     return root
 
 
