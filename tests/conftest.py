@@ -88,12 +88,23 @@ def trained_run(tiny_mvtec, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_run(trained_run, tmp_path_factory) -> Path:
-    """A copy of ``trained_run`` with its ONNX export (``export/model.onnx``; the slow part of every
-    export test, made once). Tests that change it work on a copy."""
+    """A copy of ``trained_run`` with its ONNX export (``export/model.onnx``). The export is the slow
+    part of every export test (about 30 s: torch's dynamo exporter), so it is made once for the whole
+    session, whichever pytest-xdist worker asks first (the others wait for it, then read it); the
+    trained runs it copies are the same on every worker (fixed seed, one thread). Tests that change
+    it work on a copy."""
     import shutil
+
+    from filelock import FileLock
 
     from adkd.export import export
 
-    folder = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("exported") / "run"))
-    export(folder, "onnx")
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, above every worker's own
+    folder = shared / "exported_run" / "run"
+    with FileLock(str(shared / "exported_run.lock")):
+        if not (folder.parent / "done").is_file():
+            shutil.rmtree(folder.parent, ignore_errors=True)
+            shutil.copytree(trained_run, folder)
+            export(folder, "onnx")
+            (folder.parent / "done").touch()
     return folder

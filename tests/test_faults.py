@@ -41,7 +41,7 @@ def run_dirs(cwd: Path) -> list[Path]:
     return sorted(p.parent for p in (cwd / "outputs" / "runs").rglob("status.json"))
 
 
-def long_run(root: Path, epochs: int = 16) -> list[str]:
+def long_run(root: Path, epochs: int = 8) -> list[str]:
     return tiny_overrides(root, "method=stfpm", "backbone=resnet18", f"max_epochs={epochs}", "dataset.num_workers=0")
 
 
@@ -86,19 +86,18 @@ def test_a_signal_mid_training_keeps_a_checkpoint_and_resume_ends_like_an_uninte
     assert json.loads((folder / "status.json").read_text())["status"] == "finished"
     if signum == signal.SIGTERM:
         return  # one comparison with the uninterrupted run is enough
-    straight = tmp_path / "straight"
-    straight.mkdir()
-    code, out = finish(start(args, straight))
-    assert code == 0, out[-3000:]
+    from adkd.config import compose
+    from adkd.run import run
+
+    reference = run(compose(args, tmp_path / "straight"))["metrics"]  # uninterrupted, in this process (one thread)
     resumed = json.loads((folder / "metrics.json").read_text())["metrics"]
-    reference = json.loads((run_dirs(straight)[0] / "metrics.json").read_text())["metrics"]
     for name, value in reference.items():
         if name != "inference_ms_per_image":
             assert resumed[name] == pytest.approx(value, abs=1e-3), name
 
 
 def test_ctrl_c_in_a_multirun_prints_the_command_that_resumes_the_sweep_in_its_folder(tiny_mvtec, tmp_path):
-    args = ["-m", *long_run(tiny_mvtec), "seed=0,1"]
+    args = ["-m", *long_run(tiny_mvtec, epochs=4), "seed=0,1"]  # job 0 is stopped after its first epoch
     proc = start(args, tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "outputs").rglob("0/checkpoints/last.ckpt")):

@@ -57,7 +57,7 @@ def test_each_job_runs_in_a_process_of_its_own_and_writes_a_complete_run_folder(
 
 
 def test_a_job_warned_of_preemption_checkpoints_is_requeued_and_continues_in_its_folder(tiny_mvtec, tmp_path):
-    args = ["hydra/launcher=local", *tiny_overrides(tiny_mvtec, "method=stfpm", "backbone=resnet18", "max_epochs=30",
+    args = ["hydra/launcher=local", *tiny_overrides(tiny_mvtec, "method=stfpm", "backbone=resnet18", "max_epochs=8",
                                                     "dataset.num_workers=0")]  # fmt: skip
     proc = multirun(args, tmp_path)
     deadline, first = time.time() + 120, None

@@ -145,8 +145,12 @@ def test_cli_missing_dataset_and_wrong_category(tmp_path):
     assert missing.returncode == 1
     assert f"not found at {tmp_path / 'mvtec' / 'bottle'}" in missing.stderr
     assert "Traceback" not in missing.stderr
-    wrong = cli("adkd.run", "dataset=elpv", "category=mnoo", cwd=tmp_path)
-    assert wrong.returncode == 1 and "Valid categories: mono, poly" in wrong.stderr
+    from adkd.data.unified import datamodule
+    from adkd.errors import user_error_in
+
+    with pytest.raises(Exception) as wrong:  # Hydra wraps it; the CLI prints it as the one-line error above
+        datamodule(compose(["dataset=elpv", "category=mnoo"], tmp_path).dataset)
+    assert "Valid categories: mono, poly." in str(user_error_in(wrong.value))
 
 
 def test_multirun_then_report_gives_the_per_category_table(tiny_mvtec, tmp_path):
@@ -348,11 +352,11 @@ def test_overfitting_two_batches_drives_the_training_loss_down(tiny_mvtec, tmp_p
 
     from adkd.run import run
 
-    overrides = tiny_overrides(tiny_mvtec, "method=stfpm", "debug=overfit", "max_epochs=20", "logger=csv")
+    overrides = tiny_overrides(tiny_mvtec, "method=stfpm", "debug=overfit", "max_epochs=8", "logger=csv")
     run(compose(overrides, tmp_path))
     rows = list(csv.DictReader((tmp_path / "logs" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-    assert len(losses) == 20 and losses[-1] < 0.5 * losses[0]
+    assert len(losses) == 8 and losses[-1] < 0.25 * losses[0]  # 0.11 of it after 8 epochs (seed 0)
 
 
 def test_a_fast_dev_run_writes_the_config_tree_and_tags(tiny_mvtec, tmp_path):
