@@ -28,9 +28,11 @@ with its Lightning module's teacher statistics and validation quantiles (on adkd
 
     python experiments/peer_check_anomalib.py --method efficientad --weights teacher_s.pth --image-size 256 --steps 300
 
-DRAEM has no backbone either: both sides train their two networks from scratch at the official
-widths (adkd's ``recipe.small`` quarter widths are overridden: 69,048,579 + 28,374,146 parameters
-on both sides, checked before training), on [0, 1] images (no normalisation on either side), with
+DRAEM has no backbone either: both sides train their two networks from scratch at the same widths,
+by default the official ones (adkd's ``recipe.small`` quarter widths are overridden: 69,048,579 +
+28,374,146 parameters on both sides, checked before training; ``--draem-widths 32 16`` gives both
+sides the quarter widths, anomalib's as its own network classes built at those widths, for a pair
+that a CPU can train), on [0, 1] images (no normalisation on either side), with
 the same anomaly source folder (``--anomaly-source``; default: adkd's bundled images, the folder
 ``synthesis.source: null`` resolves to, given to anomalib's ``Draem`` as its ``dtd_dir``), image
 size, batch, epochs (hence steps) and seed. Each side keeps its own recipe; the differences:
@@ -54,6 +56,7 @@ size, batch, epochs (hence steps) and seed. Each side keeps its own recipe; the 
   score (``image_auroc_box21``), which separates the networks from the scores.
 
     python experiments/peer_check_anomalib.py --method draem --category brick --image-size 64 --epochs 1
+    python experiments/peer_check_anomalib.py --method draem --draem-widths 32 16 --epochs 30 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -197,13 +200,13 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def check_draem_sizes(model) -> tuple[int, int]:  # noqa: ANN001
-    """anomalib's ``DraemModel`` against adkd's ``DRAEMNetwork`` at the official widths: the same
+def check_draem_sizes(model, widths: tuple[int, int]) -> tuple[int, int]:  # noqa: ANN001
+    """anomalib's ``DraemModel`` against adkd's ``DRAEMNetwork`` at the same widths: the same
     parameter count in each of the two networks, or an error before any training."""
     from adkd.methods.draem.network import DRAEMNetwork
 
     with torch.device("meta"):
-        ours = DRAEMNetwork(128, 64)
+        ours = DRAEMNetwork(*widths)
     counts = (_count(ours.reconstructive), _count(ours.discriminative))
     theirs = (_count(model.reconstructive_subnetwork), _count(model.discriminative_subnetwork))
     if counts != theirs:
@@ -211,11 +214,15 @@ def check_draem_sizes(model) -> tuple[int, int]:  # noqa: ANN001
     return counts
 
 
-def train_anomalib_draem(dm, epochs: int, source: str, seed: int, official: bool = False) -> dict:  # noqa: ANN001
+def train_anomalib_draem(dm, epochs: int, source: str, seed: int, official: bool = False,  # noqa: ANN001
+                         widths: tuple[int, int] = (128, 64)) -> dict:  # fmt: skip
     """anomalib's Draem on adkd's clean training images (``dm`` without synthesis): its anomaly
     generator (on ``source``), networks, loss, optimizer and scheduler (stepped each epoch, as
-    Lightning does); ``official``: its focal loss with both classes weighted 1 (alpha None)."""
+    Lightning does); ``official``: its focal loss with both classes weighted 1 (alpha None);
+    ``widths``: its two networks' base widths (its own classes, built anew where they are not the
+    official 128 and 64)."""
     from anomalib.models.image.draem.lightning_model import Draem
+    from anomalib.models.image.draem.torch_model import DiscriminativeSubNetwork, ReconstructiveSubNetwork
     from kornia.losses import FocalLoss
 
     from adkd.methods.postprocess import PostProcessor
@@ -224,7 +231,10 @@ def train_anomalib_draem(dm, epochs: int, source: str, seed: int, official: bool
     torch.manual_seed(seed)
     module = Draem(dtd_dir=source)  # the folder exists: nothing is downloaded
     model = module.model
-    reconstructive, discriminative = check_draem_sizes(model)
+    if widths != (128, 64):  # before configure_optimizers, which collects the parameters
+        model.reconstructive_subnetwork = ReconstructiveSubNetwork(base_width=widths[0])
+        model.discriminative_subnetwork = DiscriminativeSubNetwork(in_channels=6, out_channels=2, base_width=widths[1])
+    reconstructive, discriminative = check_draem_sizes(model, widths)
     print(f"DRAEM parameters, both sides: reconstructive {reconstructive:,}, discriminative {discriminative:,}")
     if official:
         module.loss.focal_loss = FocalLoss(alpha=None, gamma=2.0, reduction="mean")
@@ -306,6 +316,10 @@ def main() -> None:
     parser.add_argument("--anomaly-source", default=None,
                         help="draem: the folder of texture images both sides fill anomalies from (default: adkd's "
                              "bundled images, synthesis.source=null's)")  # fmt: skip
+    parser.add_argument("--draem-widths", type=int, nargs=2, default=[128, 64],
+                        metavar=("RECONSTRUCTIVE", "DISCRIMINATIVE"),
+                        help="draem: both sides' base widths (official: 128 64; adkd's recipe.small: 32 16, for a pair "
+                             "a CPU can train)")  # fmt: skip
     args = parser.parse_args()
     if args.method == "efficientad" and not args.weights:
         parser.error("--method efficientad needs --weights: the teacher PDN file (or 'download')")
@@ -347,9 +361,10 @@ def main() -> None:
                 overrides += [f"method.teacher_weights={weights}", f"method.steps={args.steps}", "batch_size=1",
                               "max_epochs=70000", f"method.size={args.size}",
                               f"method.penalty_images={args.penalty_images}"]  # fmt: skip
-            if args.method == "draem":  # the official widths (anomalib's), the shared anomaly source
+            if args.method == "draem":  # the same widths (official by default), the shared anomaly source
                 overrides = [o for o in overrides if not o.startswith(("backbone=", "backbone.weights="))]
-                overrides += ["method.network.reconstructive_width=128", "method.network.discriminative_width=64",
+                overrides += [f"method.network.reconstructive_width={args.draem_widths[0]}",
+                              f"method.network.discriminative_width={args.draem_widths[1]}",
                               f"synthesis.source={args.anomaly_source}"]  # fmt: skip
             cfg = compose(overrides, f"{tmp}/run_{seed}")
             if not args.anomalib_only:
@@ -371,8 +386,8 @@ def main() -> None:
             print(f"seed {seed}: {shown}", flush=True)
 
     teacher = args.weights or ("ImageNet (shared)" if args.backbone == "mobilenet_v2" else "random (seeded, shared)")
-    network = (f"from scratch, anomalies from {args.anomaly_source}" if args.method == "draem"
-               else f"{args.backbone} weights {teacher}")  # fmt: skip
+    network = (f"from scratch at widths {args.draem_widths}, anomalies from {args.anomaly_source}"
+               if args.method == "draem" else f"{args.backbone} weights {teacher}")  # fmt: skip
     print(f"\n{args.method} vs anomalib on {args.dataset}/{args.category}, {network}, "
           f"{args.image_size} px, "
           + (f"{args.steps} steps" if args.method == "efficientad" else f"{args.epochs} epochs")
@@ -401,7 +416,8 @@ def _anomalib(args: argparse.Namespace, cfg, weights: str, seed: int) -> dict:  
         dm = instantiate(cfg.dataset, synthesis=None)
         dm.prepare_data()
         dm.setup()
-        return train_anomalib_draem(dm, args.epochs, args.anomaly_source, seed, args.anomalib_official)
+        return train_anomalib_draem(dm, args.epochs, args.anomaly_source, seed, args.anomalib_official,
+                                    tuple(args.draem_widths))  # fmt: skip
     return train_anomalib(args.method, dm, args.backbone, args.image_size, args.epochs, weights, seed,
                           args.anomalib_official)  # fmt: skip
 
