@@ -24,7 +24,9 @@ EfficientAD has no backbone: ``--weights`` is the teacher PDN file both sides lo
 sides: Adam 1e-4, weight decay 1e-5, x0.1 at 95%), ``--size`` s or m; the penalty images are the
 same loader's for both (``--penalty-images``: a folder or ``bundled``; anomalib's own
 transform: twice the size, grey at 0.3, the centre crop). anomalib's side is its ``EfficientAdModel``
-with its Lightning module's teacher statistics and validation quantiles (on adkd's validation split):
+with its Lightning module's teacher statistics and validation quantiles (on adkd's validation split).
+Its trained networks are also scored by adkd's map (copied into adkd's network: quantiles on the
+PDN's own maps, a border of 0; ``*_adkd_map``), which separates the map convention from the training:
 
     python experiments/peer_check_anomalib.py --method efficientad --weights teacher_s.pth --image-size 256 --steps 300
 
@@ -193,6 +195,34 @@ def train_anomalib_efficientad(dm, size: str, weights: str, steps: int, penalty_
         for batch in dm.test_dataloader():
             out = model(batch["image"])  # normalises inside, as adkd's networks
             metrics.update(out.pred_score.flatten(), batch["gt_label"], out.anomaly_map, batch["gt_mask"])
+    results = metrics.compute()
+    under = efficientad_under_adkd_map(model, size, dm)
+    return {**results, **{f"{k}_adkd_map": under[k] for k in ("image_auroc", "pixel_auroc")}}
+
+
+@torch.no_grad()
+def efficientad_under_adkd_map(model, size: str, dm) -> dict:  # noqa: ANN001
+    """anomalib's trained EfficientAd networks (teacher, student, autoencoder and teacher statistics
+    copied into adkd's ``EfficientADNetwork``, by order: the same layers) scored by adkd's map: the
+    quantiles on the PDN's own maps of the validation images and the 4-pixel border of 0 (the
+    official code's). Against anomalib's own numbers this isolates the map convention; against
+    adkd's, the training."""
+    from adkd.methods.efficientad.network import EfficientADNetwork
+    from adkd.metrics import AnomalyMetrics
+
+    net = EfficientADNetwork(size, model.teacher_out_channels, padding=False).eval()
+    for ours, theirs in ((net.teacher, model.teacher), (net.student, model.student), (net.ae, model.ae)):
+        source, target = theirs.state_dict(), ours.state_dict()
+        assert [v.shape for v in source.values()] == [v.shape for v in target.values()]
+        ours.load_state_dict(dict(zip(target, source.values(), strict=True)))
+    net.teacher_mean.copy_(model.mean_std["mean"])
+    net.teacher_std.copy_(model.mean_std["std"])
+    st, ae = zip(*(net.raw_maps(b["image"]) for b in dm.val_dataloader()), strict=True)
+    net.set_map_quantiles(list(st), list(ae))
+    metrics = AnomalyMetrics(pixel=dm.has_masks)
+    for batch in dm.test_dataloader():
+        maps = net.anomaly_map(batch["image"])
+        metrics.update(maps.amax(dim=(1, 2, 3)), batch["gt_label"], maps, batch["gt_mask"])
     return metrics.compute()
 
 
@@ -338,6 +368,7 @@ def main() -> None:
     keys = ("image_auroc", "pixel_auroc", "pixel_aupro")
     ours, theirs = {k: [] for k in keys}, {k: [] for k in keys}
     box = []  # draem: anomalib's map under adkd's 21x21 image score
+    under = []  # efficientad: anomalib's trained networks under adkd's map (image, pixel AUROC)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             weights = args.weights
@@ -371,7 +402,8 @@ def main() -> None:
                 a = run(cfg)["metrics"]
             if args.adkd_only or args.anomalib_only:  # one side: its numbers, no comparison
                 side, m = ("adkd", a) if args.adkd_only else ("anomalib", _anomalib(args, cfg, weights, seed))
-                shown = [k for k in (*keys, "image_auroc_box21") if m.get(k) is not None]
+                extra = ("image_auroc_box21", "image_auroc_adkd_map", "pixel_auroc_adkd_map")
+                shown = [k for k in (*keys, *extra) if m.get(k) is not None]
                 print(f"seed {seed}: " + "; ".join(f"{k} {side} {m[k]:.4f}" for k in shown), flush=True)
                 continue
             b = _anomalib(args, cfg, weights, seed)
@@ -383,6 +415,10 @@ def main() -> None:
             if "image_auroc_box21" in b:
                 box.append(b["image_auroc_box21"])
                 shown += f"; anomalib's map under adkd's 21x21 score: image_auroc {box[-1]:.4f}"
+            if "pixel_auroc_adkd_map" in b:
+                under.append((b["image_auroc_adkd_map"], b["pixel_auroc_adkd_map"]))
+                shown += (f"; anomalib's networks under adkd's map: image_auroc {under[-1][0]:.4f} "
+                          f"pixel_auroc {under[-1][1]:.4f}")  # fmt: skip
             print(f"seed {seed}: {shown}", flush=True)
 
     teacher = args.weights or ("ImageNet (shared)" if args.backbone == "mobilenet_v2" else "random (seeded, shared)")
@@ -398,6 +434,9 @@ def main() -> None:
         print(f"{k:<14}{_mean_spread(x):>16}{_mean_spread(y):>16}{statistics.mean(x) - statistics.mean(y):>+8.4f}")
     if box:
         print(f"image_auroc of anomalib's map under adkd's 21x21 score: {_mean_spread(box)}")
+    if under:
+        print(f"anomalib's networks under adkd's map: image_auroc {_mean_spread([u[0] for u in under])}, "
+              f"pixel_auroc {_mean_spread([u[1] for u in under])}")  # fmt: skip
     for k in ("image_auroc", "pixel_auroc"):
         if ours[k]:
             gap = abs(statistics.mean(ours[k]) - statistics.mean(theirs[k]))
