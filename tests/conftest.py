@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,9 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
 
     from adkd.export import export
 
-    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, above every worker's own
+    shared = tmp_path_factory.getbasetemp()  # this session's folder; under xdist each worker's, below the session's
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
     folder = shared / "exported_run" / "run"
     with FileLock(str(shared / "exported_run.lock")):
         if not (folder.parent / "done").is_file():
