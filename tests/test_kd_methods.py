@@ -163,3 +163,18 @@ def test_draem_scores_the_maximum_of_the_maps_21_pixel_means():
     assert float(PostProcessor(map_sigma=0, score_box=21)(raw)[1]) == pytest.approx(9 / 441)
     with pytest.raises(ValueError, match="odd side"):
         PostProcessor(score_box=20)
+
+
+def test_destseg_skips_the_last_incomplete_batch_as_the_official_loader_drops_it(tiny_mvtec, tmp_path):
+    """11 training images at batch 5 leave a last batch of one, which the segmentation stage's ASPP
+    cannot train on (BatchNorm over one value per channel): it is skipped, as drop_last=True does."""
+    from adkd.config import compose
+    from adkd.run import run
+    from tests.conftest import tiny_overrides
+
+    overrides = [o for o in tiny_overrides(tiny_mvtec, "method=destseg", "num_figures=0") if o != "batch_size=4"]
+    cfg = compose([*overrides, "batch_size=5", "max_epochs=2"], tmp_path)  # epoch 1 is the segmentation's
+    results = run(cfg)
+    kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert kept["global_step"] == 2 * 2  # two full batches an epoch
+    assert math.isfinite(results["metrics"]["pixel_auroc"])
