@@ -166,7 +166,7 @@ def test_draem_scores_the_maximum_of_the_maps_21_pixel_means():
 
 
 def test_destseg_skips_a_last_batch_of_one_image():
-    """An epoch whose last batch holds one image (433 ELPV mono cells at batch 16) ends before it:
+    """An epoch whose last batch holds one image (441 ELPV mono cells at DeSTSeg's batch 8) ends before it:
     the segmentation's ASPP cannot train on it (BatchNorm over one value per channel). -1 is
     Lightning's "end this epoch"; other batches train."""
     from adkd.methods.destseg import DeSTSeg
