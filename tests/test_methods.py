@@ -75,6 +75,29 @@ def test_blur_matches_the_full_2d_gaussian_kernel():
     assert torch.allclose(gaussian_blur(x, 4.0), reference, atol=1e-5)
 
 
+def test_rd4ad_and_rdpp_upsample_their_maps_with_aligned_corners_like_the_official_code():
+    """The official cal_anomaly_map (RD4AD's, kept by RD++) upsamples with align_corners=True: a
+    coarse cell's value sits exactly on the image's corner pixel (anomalib's port agrees)."""
+    from adkd.methods.maps import combine_scales
+    from adkd.methods.rdpp.network import RDPPNetwork
+
+    coarse = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    aligned = combine_scales([coarse], (5, 5), align_corners=True)
+    assert aligned[0, 0, 0, -1].item() == 1.0 and aligned[0, 0, 2, 2].item() == 1.5
+    assert combine_scales([coarse], (5, 5))[0, 0, 0, 1].item() == pytest.approx(0.1)  # default: centres inside
+    torch.manual_seed(0)
+    images = torch.rand(1, 3, 64, 64)
+    for net in (RD4ADNetwork("resnet18", pretrained=False), RDPPNetwork("resnet18", pretrained=False)):
+        net.eval()
+        with torch.no_grad():
+            out = net(images)
+            teacher, student = out if isinstance(out, tuple) else (out["teacher"], out["student"])
+            expected = sum(torch.nn.functional.interpolate(1 - torch.nn.functional.cosine_similarity(t, s).unsqueeze(1),
+                                                           size=(64, 64), mode="bilinear", align_corners=True)
+                           for t, s in zip(teacher, student, strict=True))  # fmt: skip
+            assert torch.allclose(net.anomaly_map(images), expected, atol=1e-6)
+
+
 def test_rd4ad_mirrors_basic_block_encoders_like_the_official_code():
     net = RD4ADNetwork("resnet18", pretrained=False)
     assert net.bottleneck.out_channels == 512 and len(net.bottleneck.fuse) == 2

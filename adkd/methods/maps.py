@@ -22,13 +22,17 @@ def squared_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return (t.float() - s.float()).pow(2).mean(1, keepdim=True)
 
 
-def combine_scales(maps: list[torch.Tensor], size: tuple[int, int], combine: str = "sum") -> torch.Tensor:
+def combine_scales(
+    maps: list[torch.Tensor], size: tuple[int, int], combine: str = "sum", align_corners: bool = False
+) -> torch.Tensor:
     """Maps (B,1,h_i,w_i), one per scale, upsampled (bilinear) to ``size`` and summed (``sum``) or
-    multiplied (``product``, STFPM's)."""
+    multiplied (``product``, STFPM's). ``align_corners``: the corner cells' centres at the image's
+    corner pixels (RD4AD's and RD++'s official maps) rather than half a cell inside; on a coarse
+    scale (8 x 8 cells at 128 px) that moves the map by up to half a cell at the borders."""
     if combine not in ("sum", "product"):
         raise ValueError(f"combine must be 'sum' or 'product', got {combine!r}")
     out = None
     for m in maps:
-        m = F.interpolate(m.float(), size=tuple(size), mode="bilinear", align_corners=False)
+        m = F.interpolate(m.float(), size=tuple(size), mode="bilinear", align_corners=align_corners)
         out = m if out is None else (out * m if combine == "product" else out + m)
     return out
