@@ -213,7 +213,9 @@ def _resume_command() -> str:
 
     hydra_cfg = HydraConfig.instance().cfg
     if hydra_cfg is not None and hydra_cfg.hydra.mode != RunMode.MULTIRUN:
-        return _command(_overrides())
+        # A folder the user named is where the run continues: without it, resume looks elsewhere.
+        run_dir = [o for o in hydra_cfg.hydra.overrides.hydra if o.startswith("hydra.run.dir=")]
+        return _command([*_overrides(), *run_dir])
     # A job of a multirun, or the process that launched jobs running elsewhere (parallel, submitit):
     # the sweep's own arguments are in its folder.
     sweep_dir = str(hydra_cfg.hydra.sweep.dir) if hydra_cfg is not None else launched_sweep()

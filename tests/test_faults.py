@@ -191,3 +191,14 @@ def test_a_one_class_test_split_stores_null_not_zero(tiny_mvtec, tmp_path):
     assert "image_auroc             n/a" in out
     metrics = json.loads((run_dirs(tmp_path)[0] / "metrics.json").read_text())["metrics"]
     assert metrics["image_auroc"] is None and metrics["image_ap"] is None
+
+
+def test_the_resume_command_keeps_a_run_folder_the_user_named():
+    """A run started with hydra.run.dir=... continues there only if the printed command says so."""
+    from adkd.config import compose
+    from adkd.run import _resume_command
+
+    compose(["method=rd4ad", "hydra.run.dir=runs/my run"], "unused")
+    assert _resume_command() == "python -m adkd.run method=rd4ad 'hydra.run.dir=runs/my run' resume=true"
+    compose(["method=rd4ad"], "unused")
+    assert _resume_command() == "python -m adkd.run method=rd4ad resume=true"
