@@ -15,7 +15,10 @@ built without, then given these):
 - a ResNet: a torchvision state dict, ImageNet where --weights names one, else a seeded random init
   (no ResNet weights can be had offline), so image AUROC then varies by tens of points over seeds.
 
-Repeated over --seeds (the teacher's init too, where it is random).
+Repeated over --seeds (the teacher's init too, where it is random). Both sides train in adkd's
+loader's orders, epoch by epoch (its seeded sampler, given each epoch as Lightning gives it).
+``--same-init`` (RD4AD, STFPM) also starts anomalib's student from adkd's initial weights, copied
+layer for layer, so that what remains between the sides is their recipes, not their random draws.
 
     python experiments/peer_check_anomalib.py --method stfpm --backbone mobilenet_v2 --category brick --seeds 0 1 2
 
@@ -151,6 +154,40 @@ ANOMALIB = {"rd4ad": anomalib_rd4ad, "stfpm": anomalib_stfpm, "patchcore": anoma
             "efficientad": None, "draem": None}  # fmt: skip
 
 
+def training_passes(loader):  # noqa: ANN001, ANN201
+    """adkd's training loader for ever, each pass in its epoch's order, as Lightning has it (it calls
+    ``set_epoch``): adkd's seeded sampler draws the order from (seed, epoch), so a loop that does not
+    set the epoch would repeat the first epoch's batches."""
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def start_from_adkd(method: str, state: dict, model: torch.nn.Module) -> None:
+    """``--same-init``: anomalib's trainable networks set to adkd's initial ones (``state``: adkd's
+    network's state dict as built under the same seed), layer for layer: the same layers in the same
+    order, named otherwise. RD4AD: anomalib's bottleneck registers its fusion blocks first and keeps
+    the official code's ``conv4``/``bn4``, built but never called; STFPM: adkd's student ends at its
+    deepest tapped stage, anomalib's timm student runs on (its later layers keep their own init)."""
+    target = model.state_dict()
+    if method == "rd4ad":
+        ours = [v for k, v in state.items() if k.startswith(("bottleneck.", "student."))]
+        unused = ("bottleneck.conv4.", "bottleneck.bn4.", "bottleneck.bn_layer.")
+        names = [k for k in target if k.startswith("bottleneck.") and not k.startswith(unused)]
+        names += [k for k in target if k.startswith(("bottleneck.bn_layer.", "decoder."))]
+    elif method == "stfpm":
+        ours = [v for k, v in state.items() if k.startswith("student.")]
+        names = [k for k in target if k.startswith("student_model.")][: len(ours)]
+    else:
+        raise ValueError(f"--same-init: no layer map for {method}")
+    assert len(names) == len(ours), f"{len(names)} anomalib tensors against {len(ours)} of adkd's"
+    for name, value in zip(names, ours, strict=True):
+        assert target[name].shape == value.shape, f"{name}: {tuple(target[name].shape)} vs {tuple(value.shape)}"
+    model.load_state_dict(dict(zip(names, ours, strict=True)), strict=False)
+
+
 class _Batch:
     """adkd's batch (a dict) as anomalib's (attributes), for its Lightning module's helpers."""
 
@@ -180,7 +217,7 @@ def train_anomalib_efficientad(dm, size: str, weights: str, steps: int, penalty_
     optimizer = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(0.95 * steps)), gamma=0.1)
     model.train()
-    batches = endless(dm.train_dataloader())
+    batches = training_passes(dm.train_dataloader())
     for _ in range(steps):
         images = next(batches)["image"]
         loss_st, loss_ae, loss_stae = model(batch=images, batch_imagenet=next(penalty))
@@ -294,16 +331,22 @@ def train_anomalib_draem(dm, epochs: int, source: str, seed: int, official: bool
 
 
 def train_anomalib(method: str, dm, backbone: str, image_size: int, epochs: int, weights: str, seed: int,  # noqa: ANN001
-                   official: bool = False) -> dict:  # fmt: skip
+                   official: bool = False, init: dict | None = None) -> dict:  # fmt: skip
+    """anomalib's network, loss and optimiser on adkd's data, epoch by epoch in adkd's orders;
+    ``init``: adkd's initial network (``--same-init``), copied into anomalib's before training."""
     from adkd.metrics import AnomalyMetrics
 
     torch.manual_seed(seed)
     model, optimizer, loss_of = ANOMALIB[method](
         backbone, image_size, weights, **({"official": True} if official else {})
     )
-    for _ in range(1 if optimizer is None else epochs):
+    if init is not None:
+        start_from_adkd(method, init, model)
+    loader = dm.train_dataloader()
+    for epoch in range(1 if optimizer is None else epochs):
         model.train()
-        for batch in dm.train_dataloader():
+        loader.sampler.set_epoch(epoch)  # as Lightning does; else every epoch would repeat the first's order
+        for batch in loader:
             if optimizer is None:
                 with torch.no_grad():
                     model(imagenet_normalized(batch["image"]))
@@ -340,6 +383,9 @@ def main() -> None:
         "Draem with the official focal loss (both classes weighted 1)"
     )
     parser.add_argument("--anomalib-official", action="store_true", help=official)
+    parser.add_argument("--same-init", action="store_true",
+                        help="rd4ad, stfpm: anomalib's student starts from adkd's initial weights (as adkd builds "
+                             "them under the seed), so the two sides differ only in their recipes")  # fmt: skip
     parser.add_argument("--steps", type=int, default=300, help="efficientad: training steps at batch 1")
     parser.add_argument("--size", choices=("s", "m"), default="s", help="efficientad: the PDN")
     parser.add_argument("--penalty-images", default="bundled", help="efficientad: a folder, or bundled")
@@ -353,6 +399,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.method == "efficientad" and not args.weights:
         parser.error("--method efficientad needs --weights: the teacher PDN file (or 'download')")
+    if args.same_init and args.method not in ("rd4ad", "stfpm"):
+        parser.error("--same-init: rd4ad and stfpm only")
     if args.method == "efficientad" and args.penalty_images == "none":
         parser.error("--penalty-images none: anomalib's EfficientAd always takes penalty images")
 
@@ -457,8 +505,14 @@ def _anomalib(args: argparse.Namespace, cfg, weights: str, seed: int) -> dict:  
         dm.setup()
         return train_anomalib_draem(dm, args.epochs, args.anomaly_source, seed, args.anomalib_official,
                                     tuple(args.draem_widths))  # fmt: skip
+    init = None
+    if args.same_init:  # adkd's network as adkd.run builds it under this seed, before any training
+        import lightning as L
+
+        L.seed_everything(seed)
+        init = instantiate(cfg.method, _convert_="all").network.state_dict()
     return train_anomalib(args.method, dm, args.backbone, args.image_size, args.epochs, weights, seed,
-                          args.anomalib_official)  # fmt: skip
+                          args.anomalib_official, init)  # fmt: skip
 
 
 def _mean_spread(values: list[float]) -> str:
