@@ -1,0 +1,90 @@
+"""The peer check's own machinery (experiments/peer_check_anomalib.py): a comparison with anomalib is
+only as fair as the harness that feeds both sides."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def peer():  # noqa: ANN201
+    spec = importlib.util.spec_from_file_location("peer_check_anomalib", REPO / "experiments/peer_check_anomalib.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_passes_give_each_epoch_its_own_order(peer, tiny_mvtec, tmp_path) -> None:  # noqa: ANN001
+    """adkd's seeded sampler draws the order from (seed, epoch): a loop that never sets the epoch
+    trains every epoch on the first one's batches, as the peer check's anomalib side once did."""
+    from hydra.utils import instantiate
+
+    from adkd.config import compose
+
+    cfg = compose(tiny_overrides(tiny_mvtec, "method=stfpm", "seed=3"), tmp_path / "run")
+    torch.manual_seed(3)
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup()
+    loader = datamodule.train_dataloader()
+    size = len(loader.dataset)
+    passes = peer.training_passes(loader)
+    first = [next(passes)["image"] for _ in range(len(loader))]
+    second = [next(passes)["image"] for _ in range(len(loader))]
+    repeated = list(datamodule.train_dataloader())  # epoch 0 again, as a bare loop gets it
+    assert torch.equal(torch.cat(first), torch.cat([b["image"] for b in repeated]))
+    assert torch.cat(first).shape[0] == torch.cat(second).shape[0] == size
+    assert not torch.equal(torch.cat(first), torch.cat(second))
+
+
+@pytest.mark.parametrize(("method", "backbone"), [("rd4ad", "resnet18"), ("stfpm", "mobilenet_v2")])
+def test_same_init_gives_anomalib_the_student_adkd_starts_from(peer, method, backbone, tmp_path) -> None:  # noqa: ANN001
+    """``--same-init``: anomalib's student, given adkd's initial weights layer for layer, computes
+    adkd's student features exactly (anomalib on ImageNet-normalised input, as its pre-processor
+    hands it)."""
+    import lightning as L
+    import torchvision
+    from hydra.utils import instantiate
+
+    from adkd.backbones.registry import BACKBONES
+    from adkd.config import compose
+
+    torch.manual_seed(0)
+    weights = tmp_path / "teacher.pth"
+    if backbone == "resnet18":
+        torch.save(torchvision.models.resnet18().state_dict(), weights)
+    else:
+        weights = BACKBONES[backbone].offline()
+    cfg = compose([f"method={method}", f"backbone={backbone}", f"backbone.weights={weights}", "image_size=64"],
+                  tmp_path / "run")  # fmt: skip
+    L.seed_everything(1)
+    ours = instantiate(cfg.method, _convert_="all").network.eval()
+    builder = peer.anomalib_rd4ad if method == "rd4ad" else peer.anomalib_stfpm
+    theirs, _, _ = builder(backbone, 64, str(weights))
+    images = torch.rand(2, 3, 64, 64)
+
+    def students() -> list[torch.Tensor]:
+        theirs.eval()
+        theirs.training = True  # both anomalib models return their features, not maps, in training mode
+        with torch.no_grad():
+            out = theirs(peer.imagenet_normalized(images))[1]
+        return list(out.values()) if isinstance(out, dict) else list(out)
+
+    with torch.no_grad():
+        expected = ours(images)[1]
+    before = students()
+    assert max((a - b).abs().max().item() for a, b in zip(expected, before, strict=True)) > 1e-2
+    peer.start_from_adkd(method, ours.state_dict(), theirs)
+    after = students()
+    assert [a.shape for a in after] == [e.shape for e in expected]
+    assert max((a - b).abs().max().item() for a, b in zip(expected, after, strict=True)) < 1e-4
