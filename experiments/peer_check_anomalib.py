@@ -282,12 +282,14 @@ def check_draem_sizes(model, widths: tuple[int, int]) -> tuple[int, int]:  # noq
 
 
 def train_anomalib_draem(dm, epochs: int, source: str, seed: int, official: bool = False,  # noqa: ANN001
-                         widths: tuple[int, int] = (128, 64)) -> dict:  # fmt: skip
+                         widths: tuple[int, int] = (128, 64), official_training: bool = False) -> dict:  # fmt: skip
     """anomalib's Draem on adkd's clean training images (``dm`` without synthesis): its anomaly
     generator (on ``source``), networks, loss, optimizer and scheduler (stepped each epoch, as
     Lightning does); ``official``: its focal loss with both classes weighted 1 (alpha None);
     ``widths``: its two networks' base widths (its own classes, built anew where they are not the
-    official 128 and 64)."""
+    official 128 and 64); ``official_training``: also the official initial weights and rate
+    schedule (x0.2 at 80% and 90% of the epochs), so that what remains of anomalib's own is its
+    anomalies (blend range, drawn per batch) and its SSIM's border."""
     from anomalib.models.image.draem.lightning_model import Draem
     from anomalib.models.image.draem.torch_model import DiscriminativeSubNetwork, ReconstructiveSubNetwork
     from kornia.losses import FocalLoss
@@ -306,6 +308,12 @@ def train_anomalib_draem(dm, epochs: int, source: str, seed: int, official: bool
     if official:
         module.loss.focal_loss = FocalLoss(alpha=None, gamma=2.0, reduction="mean")
     (optimizer,), (scheduler,) = module.configure_optimizers()
+    if official_training:
+        from adkd.methods.base import multistep_at_fractions
+        from adkd.methods.draem.network import official_init
+
+        model.apply(official_init)
+        scheduler = multistep_at_fractions(optimizer, epochs, [0.8, 0.9], 0.2)
     for epoch in range(epochs):
         model.train()
         loader = dm.train_dataloader()
@@ -383,6 +391,9 @@ def main() -> None:
         "Draem with the official focal loss (both classes weighted 1)"
     )
     parser.add_argument("--anomalib-official", action="store_true", help=official)
+    parser.add_argument("--draem-official-training", action="store_true",
+                        help="draem: anomalib's Draem also starts from the official initial weights and steps its "
+                             "rate x0.2 at 80%% and 90%% of the epochs (the official schedule)")  # fmt: skip
     parser.add_argument("--same-init", action="store_true",
                         help="rd4ad, stfpm: anomalib's student starts from adkd's initial weights (as adkd builds "
                              "them under the seed), so the two sides differ only in their recipes")  # fmt: skip
@@ -504,7 +515,7 @@ def _anomalib(args: argparse.Namespace, cfg, weights: str, seed: int) -> dict:  
         dm.prepare_data()
         dm.setup()
         return train_anomalib_draem(dm, args.epochs, args.anomaly_source, seed, args.anomalib_official,
-                                    tuple(args.draem_widths))  # fmt: skip
+                                    tuple(args.draem_widths), args.draem_official_training)  # fmt: skip
     init = None
     if args.same_init:  # adkd's network as adkd.run builds it under this seed, before any training
         import lightning as L
