@@ -55,7 +55,8 @@ size, batch, epochs (hence steps) and seed. Each side keeps its own recipe; the 
   the official 1 - beta in [0.2, 1] (beta ~ U(0, 0.8)), anomalib's ``Draem`` with [0.1, 1]; adkd
   draws them per sample in its loader, anomalib's per batch in its training step;
 - initial weights: adkd the official ``weights_init`` (convolutions N(0, 0.02), BatchNorm N(1,
-  0.02)), anomalib PyTorch's defaults;
+  0.02)), anomalib PyTorch's defaults (``--draem-official-training`` gives anomalib's side the
+  official initial weights and rate schedule, leaving it its anomalies and its SSIM);
 - image score: anomalib the maximum of the map; adkd the maximum of its 21x21 local means
   (``post.score_box``, the official score). The anomalib side also reports its map under adkd's
   score (``image_auroc_box21``), which separates the networks from the scores.
@@ -412,6 +413,8 @@ def main() -> None:
         parser.error("--method efficientad needs --weights: the teacher PDN file (or 'download')")
     if args.same_init and args.method not in ("rd4ad", "stfpm"):
         parser.error("--same-init: rd4ad and stfpm only")
+    if args.draem_official_training and args.method != "draem":
+        parser.error("--draem-official-training: draem only")
     if args.method == "efficientad" and args.penalty_images == "none":
         parser.error("--penalty-images none: anomalib's EfficientAd always takes penalty images")
 
