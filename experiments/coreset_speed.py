@@ -4,7 +4,7 @@ same patches (up to ties at float32 precision). The default size is ELPV's at 12
 patch features of mobilenet_v2's two tapped stages (128 channels after PatchCore's pooling), 10%
 kept.
 
-    python experiments/coreset_speed.py [--patches 100000] [--dim 128] [--ratio 0.1] [--rounds 3]
+    python experiments/coreset_speed.py [--patches 100000] [--dim 128] [--ratio 0.1] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--ratio", type=float, default=0.1)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     from anomalib.models.components import KCenterGreedy
 
