@@ -535,4 +535,10 @@ def _mean_spread(values: list[float]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from adkd.run import RunInterrupted
+
+    try:
+        main()
+    except (KeyboardInterrupt, RunInterrupted):  # both sides train in a temporary folder: nothing to resume
+        raise SystemExit("\nInterrupted: the peer check keeps no partial results; the seeds printed above are "
+                         "complete. Run it again with the remaining --seeds.") from None
