@@ -535,6 +535,7 @@ def _mean_spread(values: list[float]) -> str:
 
 
 if __name__ == "__main__":
+    from adkd.errors import user_error_in
     from adkd.run import RunInterrupted
 
     try:
@@ -542,3 +543,7 @@ if __name__ == "__main__":
     except (KeyboardInterrupt, RunInterrupted):  # both sides train in a temporary folder: nothing to resume
         raise SystemExit("\nInterrupted: the peer check keeps no partial results; the seeds printed above are "
                          "complete. Run it again with the remaining --seeds.") from None
+    except Exception as err:  # a bad --weights file, a missing dataset: its message, as adkd.run prints it
+        if (user := user_error_in(err)) is None:
+            raise
+        raise SystemExit(f"Error: {user}") from None
