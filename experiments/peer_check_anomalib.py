@@ -68,6 +68,7 @@ size, batch, epochs (hence steps) and seed. Each side keeps its own recipe; the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 
@@ -387,6 +388,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--adkd-only", action="store_true", help="train adkd's side only (anomalib's measured before)")
     parser.add_argument("--anomalib-only", action="store_true", help="train anomalib's side only")
+    parser.add_argument("--keep-runs", default=None, metavar="DIR",
+                        help="keep adkd's run folders (metrics.json with every metric, the checkpoint) under "
+                             "DIR/run_<seed> (default: a temporary folder, removed at the end)")  # fmt: skip
     official = (
         "stfpm: anomalib's Stfpm with the official code's loss scale and weight decay; draem: anomalib's "
         "Draem with the official focal loss (both classes weighted 1)"
@@ -431,7 +435,8 @@ def main() -> None:
     ours, theirs = {k: [] for k in keys}, {k: [] for k in keys}
     box = []  # draem: anomalib's map under adkd's 21x21 image score
     under = []  # efficientad: anomalib's trained networks under adkd's map (image, pixel AUROC)
-    with tempfile.TemporaryDirectory() as tmp:
+    kept = contextlib.nullcontext(args.keep_runs) if args.keep_runs else tempfile.TemporaryDirectory()
+    with kept as tmp:
         for seed in args.seeds:
             weights = args.weights
             if args.method == "draem":  # no backbone: both sides train from scratch
@@ -541,7 +546,7 @@ if __name__ == "__main__":
     try:
         main()
     except (KeyboardInterrupt, RunInterrupted):  # both sides train in a temporary folder: nothing to resume
-        raise SystemExit("\nInterrupted: the peer check keeps no partial results; the seeds printed above are "
+        raise SystemExit("\nInterrupted: the peer check keeps no partial comparison; the seeds printed above are "
                          "complete. Run it again with the remaining --seeds.") from None
     except Exception as err:  # a bad --weights file, a missing dataset: its message, as adkd.run prints it
         if (user := user_error_in(err)) is None:
