@@ -545,7 +545,7 @@ if __name__ == "__main__":
 
     try:
         main()
-    except (KeyboardInterrupt, RunInterrupted):  # both sides train in a temporary folder: nothing to resume
+    except (KeyboardInterrupt, RunInterrupted):  # a seed's comparison is all or nothing: nothing to resume
         raise SystemExit("\nInterrupted: the peer check keeps no partial comparison; the seeds printed above are "
                          "complete. Run it again with the remaining --seeds.") from None
     except Exception as err:  # a bad --weights file, a missing dataset: its message, as adkd.run prints it
