@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import tempfile
 
@@ -419,6 +420,8 @@ def main() -> None:
         parser.error("--same-init: rd4ad and stfpm only")
     if args.draem_official_training and args.method != "draem":
         parser.error("--draem-official-training: draem only")
+    if args.keep_runs and os.path.exists(args.keep_runs) and not os.path.isdir(args.keep_runs):
+        parser.error(f"--keep-runs {args.keep_runs}: a file, not a folder; name a folder (it is created if missing)")
     if args.method == "efficientad" and args.penalty_images == "none":
         parser.error("--penalty-images none: anomalib's EfficientAd always takes penalty images")
 
