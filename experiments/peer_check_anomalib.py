@@ -57,9 +57,10 @@ size, batch, epochs (hence steps) and seed. Each side keeps its own recipe; the 
 - initial weights: adkd the official ``weights_init`` (convolutions N(0, 0.02), BatchNorm N(1,
   0.02)), anomalib PyTorch's defaults (``--draem-official-training`` gives anomalib's side the
   official initial weights and rate schedule, leaving it its anomalies and its SSIM);
-- image score: anomalib the maximum of the map; adkd the maximum of its 21x21 local means
-  (``post.score_box``, the official score). The anomalib side also reports its map under adkd's
-  score (``image_auroc_box21``), which separates the networks from the scores.
+- image score: anomalib the maximum of the map; adkd its recipe's ``post.score_box``: the official
+  maximum of the map's 21x21 local means (``recipe.paper``) or, at ``recipe.small`` (the embedded
+  sets), the map's maximum too. The anomalib side also reports its map under the official score
+  (``image_auroc_box21``), which separates the networks from the scores.
 
     python experiments/peer_check_anomalib.py --method draem --category brick --image-size 64 --epochs 1
     python experiments/peer_check_anomalib.py --method draem --draem-widths 32 16 --epochs 30 --seeds 0 1 2
@@ -331,13 +332,13 @@ def train_anomalib_draem(dm, epochs: int, source: str, seed: int, official: bool
         scheduler.step()
     model.eval()
     metrics, box = AnomalyMetrics(pixel=dm.has_masks), AnomalyMetrics(pixel=False)
-    adkd_score = PostProcessor(map_sigma=0.0, score_sigma=0.0, score_box=21)  # adkd's DRAEM score (post)
+    official = PostProcessor(map_sigma=0.0, score_sigma=0.0, score_box=21)  # the official DRAEM score
     with torch.no_grad():
         for batch in dm.test_dataloader():
             out = model(batch["image"])
             maps = out.anomaly_map.unsqueeze(1)  # (B,H,W): the anomaly class's softmax
             metrics.update(out.pred_score.flatten(), batch["gt_label"], maps, batch["gt_mask"])
-            box.update(adkd_score(maps)[1], batch["gt_label"])
+            box.update(official(maps)[1], batch["gt_label"])
     return {**metrics.compute(), "image_auroc_box21": box.compute()["image_auroc"]}
 
 
@@ -436,7 +437,7 @@ def main() -> None:
         args.anomaly_source = str(args.anomaly_source or bundled_anomaly_source())
     keys = ("image_auroc", "pixel_auroc", "pixel_aupro")
     ours, theirs = {k: [] for k in keys}, {k: [] for k in keys}
-    box = []  # draem: anomalib's map under adkd's 21x21 image score
+    box = []  # draem: anomalib's map under the official 21x21 image score
     under = []  # efficientad: anomalib's trained networks under adkd's map (image, pixel AUROC)
     kept = contextlib.nullcontext(args.keep_runs) if args.keep_runs else tempfile.TemporaryDirectory()
     with kept as tmp:
@@ -484,7 +485,7 @@ def main() -> None:
             shown = "; ".join(f"{k} adkd {a[k]:.4f} anomalib {b[k]:.4f}" for k in keys if k in b)
             if "image_auroc_box21" in b:
                 box.append(b["image_auroc_box21"])
-                shown += f"; anomalib's map under adkd's 21x21 score: image_auroc {box[-1]:.4f}"
+                shown += f"; anomalib's map under the official 21x21 score: image_auroc {box[-1]:.4f}"
             if "pixel_auroc_adkd_map" in b:
                 under.append((b["image_auroc_adkd_map"], b["pixel_auroc_adkd_map"]))
                 shown += (f"; anomalib's networks under adkd's map: image_auroc {under[-1][0]:.4f} "
@@ -503,7 +504,7 @@ def main() -> None:
         x, y = ours[k], theirs[k]
         print(f"{k:<14}{_mean_spread(x):>16}{_mean_spread(y):>16}{statistics.mean(x) - statistics.mean(y):>+8.4f}")
     if box:
-        print(f"image_auroc of anomalib's map under adkd's 21x21 score: {_mean_spread(box)}")
+        print(f"image_auroc of anomalib's map under the official 21x21 score: {_mean_spread(box)}")
     if under:
         print(f"anomalib's networks under adkd's map: image_auroc {_mean_spread([u[0] for u in under])}, "
               f"pixel_auroc {_mean_spread([u[1] for u in under])}")  # fmt: skip
