@@ -165,6 +165,14 @@ def test_draem_scores_the_maximum_of_the_maps_21_pixel_means():
         PostProcessor(score_box=20)
 
 
+def test_draem_scores_by_the_official_window_in_its_paper_recipe_and_by_the_map_max_in_the_small_one(tmp_path):
+    from adkd.config import compose
+
+    boxes = {b: compose(["method=draem", "dataset=textures", f"budget={b}"], tmp_path).post.score_box for b in
+             ("paper", "demo", "converged")}  # fmt: skip
+    assert boxes == {"paper": 21, "demo": 1, "converged": 1}
+
+
 def test_destseg_skips_a_last_batch_of_one_image():
     """An epoch whose last batch holds one image (441 ELPV mono cells at DeSTSeg's batch 8) ends before it:
     the segmentation's ASPP cannot train on it (BatchNorm over one value per channel). -1 is
