@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
 
+from adkd.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -137,6 +139,96 @@ class LastCheckpoint(Checkpoint):
         name, keys, pos, has_gauss, gauss = states["numpy"]
         np.random.set_state((name, keys.numpy(), pos, has_gauss, gauss))
         random.setstate(states["python"])
+
+
+class TrainingLength(L.Callback):
+    """How long a run trains, counted in optimiser steps, and whether it stopped too early.
+
+    A recipe counted in epochs gives a folder of 50 images a third of the steps it gives 160: the
+    demo budget (``budget=demo``) therefore names ``steps``, and here, once the training set is
+    known (after the datamodule's setup, before the optimiser and any epoch-keyed schedule are
+    made), they become the whole epochs that hold at least that many steps on this training set
+    (under DDP, on each rank's share). ``max_epochs``, where it is set (the paper and converged
+    budgets, the command line), decides instead; the steps it implies are printed alike.
+
+    When training ends, the training loss of the last phase (a method's ``early_stopping_phase``:
+    DHKD's student, DeSTSeg's segmentation) decides whether the run was still learning
+    (:func:`still_learning`). Such a run warns, naming the knob to raise, and metrics.json's
+    ``training`` says ``undertrained: true`` with the evidence (:class:`adkd.evaluation.Evaluation`).
+    A run that early stopping ended (``budget=converged``) has seen its validation loss settle.
+    """
+
+    def __init__(self, steps: int | None = None, max_epochs: int | None = None, falling: float = 0.03) -> None:
+        if steps is None and max_epochs is None:
+            raise ConfigError("Neither steps nor max_epochs is set: give one (e.g. steps=300 or max_epochs=10).")
+        self.steps, self.max_epochs, self.falling = steps, max_epochs, falling
+        self.batches: int | None = None
+        self.losses: list[torch.Tensor] = []  # this run's training loss per step of the current phase
+        self.phase: str | None = None
+        self.summary: dict | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or trainer.datamodule is None:
+            return
+        self.batches = max(1, len(trainer.datamodule.train_dataloader()))
+        images = len(getattr(trainer.datamodule, "train_set", None) or [])
+        if self.max_epochs is None:
+            trainer.fit_loop.max_epochs = -(-self.steps // self.batches)
+        epochs = trainer.fit_loop.max_epochs
+        source = f"{self.steps} steps" if self.max_epochs is None else f"max_epochs={epochs}"
+        log.info("Training: %s = %d epoch%s of %d batch%s (%d training images): %d optimiser steps", source,
+                 epochs, "s"[: epochs != 1], self.batches, "es"[: 2 * (self.batches != 1)], images,
+                 epochs * self.batches)  # fmt: skip
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+        phase = pl_module.early_stopping_phase() if hasattr(pl_module, "early_stopping_phase") else "train"
+        if phase != self.phase:  # a new phase: its loss means something else
+            self.phase, self.losses = phase, []
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if phase is not None and isinstance(loss, torch.Tensor):
+            self.losses.append(loss.detach().float())  # kept on the device: no step waits for it
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        summary = {"steps": trainer.global_step, "epochs": trainer.current_epoch, "batches_per_epoch": self.batches,
+                   "steps_asked": self.steps if self.max_epochs is None else None}  # fmt: skip
+        settled = any(isinstance(c, EarlyStopping) and c.stopped_epoch for c in trainer.callbacks)
+        verdict = None if settled else still_learning(torch.stack(self.losses).cpu() if self.losses else None,
+                                                       self.falling)  # fmt: skip
+        summary["undertrained"] = None if verdict is None else verdict["undertrained"]
+        if verdict is not None:
+            summary["evidence"] = verdict
+        if summary["undertrained"]:
+            knob = f"steps={2 * self.steps}" if self.max_epochs is None else f"max_epochs={2 * trainer.current_epoch}"
+            log.warning("The model may be undertrained: its training loss was still falling when training ended "
+                        "(its last %d steps took off %.1f%% of the loss it started at; the rule: over %.0f%%). "
+                        "Train longer: %s, or budget=converged.", verdict["quarter"], 100 * verdict["share"],
+                        100 * self.falling, knob)  # fmt: skip
+        self.summary = summary
+        self.losses = []
+
+    def state_dict(self) -> dict:  # a resumed run judges its whole last phase, not only what followed the resume
+        return {"phase": self.phase, "losses": torch.stack(self.losses).tolist() if self.losses else []}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.phase = state_dict.get("phase")
+        self.losses = [torch.tensor(v) for v in state_dict.get("losses", [])]
+
+
+def still_learning(losses: torch.Tensor | None, falling: float) -> dict | None:
+    """Whether a training phase ended while its loss was still falling steeply: the mean loss of its
+    last quarter of steps lies more than ``falling`` of the phase's starting loss (the mean of its
+    first steps, up to 5) below the mean of the quarter before. A share of the starting loss, not of
+    the loss reached: a loss that keeps falling by a constant share per step while it is already
+    near its floor (a student imitating ever more closely) is no longer learning much, where one that
+    still takes off a visible piece of where it began is. None where under 8 steps tell nothing."""
+    quarter = 0 if losses is None else len(losses) // 4
+    if quarter < 2:
+        return None
+    start = float(losses[: min(5, quarter)].mean())
+    before, last = float(losses[-2 * quarter : -quarter].mean()), float(losses[-quarter:].mean())
+    share = (before - last) / abs(start) if start else 0.0
+    return {"undertrained": share > falling, "share": round(share, 4), "quarter": quarter,
+            "loss_start": start, "loss_before": before, "loss_last": last}  # fmt: skip
 
 
 class StopOnDivergence(L.Callback):

@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from adkd.callbacks import TrainingLength
 from adkd.metrics import AnomalyMetrics
 from adkd.report.plots import WorstCases
 
@@ -65,7 +66,7 @@ class Evaluation(L.Callback):
     """Scores the test split from the model's (anomaly_map, pred_score) per batch.
 
     ``run``: what metrics.json says of the run beside its metrics (method, label, dataset,
-    backbone, pretrained, image_size, max_epochs, seed, overrides, tags, threshold_fpr), given by
+    backbone, pretrained, image_size, max_epochs, steps, seed, overrides, tags, threshold_fpr), given by
     the config (conf/run.yaml). The validation metrics (:class:`adkd.callbacks.SyntheticValidation`)
     are read from ``trainer.callback_metrics`` when training ends.
 
@@ -81,6 +82,7 @@ class Evaluation(L.Callback):
         self.num_figures = num_figures
         self.run = dict(run or {})
         self.validation: dict | None = None
+        self.training: dict | None = None  # how long it trained, and whether it stopped too early
         self.segmentation_threshold: float | None = None  # from the validation images, where the dataset asks
         self.category_segmentation_thresholds: dict[str, float] = {}  # a unified run's, per category
 
@@ -90,6 +92,7 @@ class Evaluation(L.Callback):
         found = {k[4:]: float(v) for k, v in trainer.callback_metrics.items()
                  if k.startswith("val/") and k[4:].removeprefix("labelled_") in METRIC_NAMES}  # fmt: skip
         self.validation = found or None
+        self.training = next((c.summary for c in trainer.callbacks if isinstance(c, TrainingLength)), None)
         threshold = trainer.callback_metrics.get("val/segmentation_threshold")  # adkd.callbacks.Calibrate
         self.segmentation_threshold = None if threshold is None else float(threshold)
         ending = "/segmentation_threshold"  # a unified run's: val/<category>/segmentation_threshold
@@ -178,7 +181,8 @@ class Evaluation(L.Callback):
             "dataset": run.get("dataset"),
             "category": getattr(trainer.datamodule, "category", None),
             "split": getattr(trainer.datamodule, "evaluate", "test"),  # what "metrics" scored (evaluate=)
-            **{key: run.get(key) for key in ("backbone", "pretrained", "image_size", "max_epochs", "seed")},
+            **{key: run.get(key) for key in ("backbone", "pretrained", "image_size", "max_epochs", "steps", "seed")},
+            "training": self.training,  # steps and epochs trained, undertrained (adkd.callbacks.TrainingLength)
             "overrides": list(run.get("overrides") or []),
             "tags": list(run.get("tags") or []),
             "pixel_metrics": self.pixel,

@@ -50,6 +50,14 @@ class AnomalyModule(L.LightningModule):
     def loss(self, batch: dict) -> torch.Tensor | dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    @property
+    def ranks(self) -> int:
+        """The processes training together (DDP's world size; 1 alone). DDP averages the ranks'
+        gradients: a loss summed over the batch (STFPM's, DeSTSeg's student's, as their official
+        code sums it) is multiplied by this, so that two ranks of 8 images step as one process
+        with the same 16 does. A loss averaged over the batch needs nothing."""
+        return self.trainer.world_size if self._trainer is not None else 1
+
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 

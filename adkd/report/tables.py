@@ -42,7 +42,8 @@ KNOWN_METRICS = (*IMAGE_METRICS, *PIXEL_METRICS, *SEGMENTATION_METRICS, *THRESHO
 # changes where a run runs or how it is logged, not what it computes.
 NOT_A_VARIANT = ("category", "seed", "method", "label", "dataset.root", "logger", "experiment_name", "resume",
                  "ckpt_path", "trainer", "dataset.num_workers", "checkpoint_every_n_steps", "hydra")  # fmt: skip
-SETTINGS_IN_RESULTS = ("dataset", "backbone", "pretrained", "image_size", "max_epochs")
+SETTINGS_IN_RESULTS = ("dataset", "backbone", "pretrained", "image_size", "max_epochs", "steps")
+UNDERTRAINED = "†"  # a cell with a run that ended still learning (metrics.json's training.undertrained)
 
 
 def _natural_key(path: Path) -> list:
@@ -137,12 +138,15 @@ def cells_by_column(results: list[dict]) -> tuple[list[str], list[str], dict[tup
         category = str(r.get("category") or "-")
         columns_seen += [name] if name not in columns_seen else []
         categories += [category] if category not in categories else []
-        runs[(category, name)].append(r["metrics"])
+        runs[(category, name)].append(r)
     cells: dict[tuple[str, str], dict] = defaultdict(dict)
-    for cell, ms in runs.items():
+    for cell, rs in runs.items():
+        ms = [r["metrics"] for r in rs]
         for k in {k for m in ms for k in m}:
             values = [m[k] for m in ms if m.get(k) is not None]
             cells[cell][k] = sum(values) / len(values) if values else None
+        if any((r.get("training") or {}).get("undertrained") for r in rs):
+            cells[cell]["undertrained"] = True  # not a metric: marks the cell's values (UNDERTRAINED)
     return columns_seen, categories, cells
 
 
@@ -162,7 +166,8 @@ def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS)
     columns_seen, categories, cells = cells_by_column(results)
     columns = [(m, k) for m in columns_seen for k in metrics if any(k in cells[(c, m)] for c in categories)]
     header = ["category"] + [f"{m} {k}" for m, k in columns]
-    rows = [[c] + [_fmt(k, cells[(c, m)], k in cells[(c, m)]) for m, k in columns] for c in categories]
+    rows = [[c] + [_fmt(k, cells[(c, m)], k in cells[(c, m)]) + _mark(cells[(c, m)], k)
+                   for m, k in columns] for c in categories]  # fmt: skip
     means = []
     for m, k in columns:
         values = [cells[(c, m)].get(k) for c in categories]
@@ -170,6 +175,10 @@ def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS)
         means.append(_fmt(k, {k: sum(values) / len(values)} if complete else {}, True))
     rows.append(["mean"] + means)
     return header, rows
+
+
+def _mark(cell: dict, metric: str) -> str:
+    return UNDERTRAINED if cell.get("undertrained") and cell.get(metric) is not None else ""
 
 
 def _fmt(metric: str, cell: dict, present: bool) -> str:
@@ -218,6 +227,9 @@ def write_report(
     units = "scores in %, times in ms"
     runs = len(list(Path(folder).rglob("metrics.json")))  # a unified run is one run of several rows
     md = f"Dataset: {', '.join(datasets)} ({runs} runs; {units}{averaged})\n\n" + to_markdown(header, rows)
+    if any(UNDERTRAINED in cell for row in rows for cell in row):
+        md += (f"\n{UNDERTRAINED} A run of this cell ended while its training loss was still falling "
+               "(metrics.json's training.undertrained): train it longer (steps=, max_epochs=) before comparing.\n")
     if missing:
         md += f"\nNot in the table ({len(missing)} runs without results):\n" + "".join(f"- {m}\n" for m in missing)
     (out / "results.md").write_text(md)

@@ -69,7 +69,7 @@ class DeSTSeg(AnomalyModule):
             with torch.no_grad():
                 teacher = [F.normalize(t, dim=1) for t in net.teacher(clean)]
             student = [F.normalize(s, dim=1) for s in net.student(images)]
-            losses = {"denoise": denoising_loss(teacher, student)}
+            losses = {"denoise": denoising_loss(teacher, student) * self.ranks}  # summed over the batch
             losses["loss"] = losses["denoise"]
             return losses
         with torch.no_grad():

@@ -23,4 +23,4 @@ class STFPM(AnomalyModule):
 
     def loss(self, batch: dict) -> torch.Tensor:
         teacher, student = self.network(batch["image"])
-        return feature_pyramid_loss(teacher, student)
+        return feature_pyramid_loss(teacher, student) * self.ranks  # summed over the batch
