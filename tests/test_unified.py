@@ -15,7 +15,7 @@ from adkd.config import compose
 from adkd.data.folder import FolderDataModule
 from adkd.errors import CheckpointError, ConfigError, DataCheckError
 from adkd.methods.registry import method_names
-from tests.conftest import _texture, smallest_image, tiny_overrides
+from tests.conftest import _texture, fixture_steps, smallest_image, tiny_overrides
 
 SIZE = 32
 
@@ -249,14 +249,15 @@ def test_stored_per_category_thresholds_are_checked_as_values_from_a_file():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", method_names())
 def test_every_method_trains_unified_and_validates_as_it_does_per_category(method, two_categories, tmp_path):
-    """Each method's own recipe (budget=demo, offline ImageNet weights) on both categories at once:
+    """Each method's own recipe (budget=demo's settings for as many steps as the fixture's floor takes
+    on twice its images, offline ImageNet weights) on both categories at once:
     its validation (synthetic anomalies in the loader for ADPS, DeSTSeg, DRAEM; gadget's labelled
     val/) runs on the union, each category gets its own thresholds, and both find the squares."""
     from adkd.run import run
 
     overrides = [o for o in _overrides(two_categories) if o not in ("max_epochs=1", "backbone.pretrained=false")]
-    results = run(compose([*overrides, f"method={method}", "budget=demo", f"image_size={smallest_image(method)}"],
-                          tmp_path))  # fmt: skip
+    results = run(compose([*overrides, f"method={method}", "budget=demo", f"steps={2 * fixture_steps(method)}",
+                           f"image_size={smallest_image(method)}"], tmp_path))  # fmt: skip
     assert results["validation"]["pixel_ap"] is not None and results["validation"]["labelled_image_auroc"] is not None
     per_category = results["per_category"]
     assert list(per_category) == ["gadget", "widget"]

@@ -16,6 +16,7 @@ evaluation callback's (:class:`adkd.evaluation.Evaluation`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import lightning as L
@@ -88,7 +89,10 @@ class AnomalyModule(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.trainable_parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+        factory, epochs = self.scheduler_factory, {}
+        if "max_epochs" in inspect.signature(factory).parameters:  # a schedule keyed on the run's length
+            epochs = {"max_epochs": self.trainer.max_epochs}  # as trained: budget=demo's steps make them at fit time
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": factory(optimizer=optimizer, **epochs)}}
 
     def fit_example(self, images: torch.Tensor) -> None:
         """Make an untrained model runnable from example images, for speed measurements and layout
@@ -134,6 +138,7 @@ class ExportForm:
 
 
 def multistep_at_fractions(optimizer, max_epochs: int, fractions: list[float], gamma: float):  # noqa: ANN001, ANN201
-    """MultiStepLR with milestones at fractions of the run (ADPS: x0.2 at 80% and 90%)."""
+    """MultiStepLR with milestones at fractions of the run (ADPS: x0.2 at 80% and 90%); ``max_epochs``
+    is the trainer's (:meth:`AnomalyModule.configure_optimizers`)."""
     milestones = sorted({max(1, int(round(f * max_epochs))) for f in fractions})
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
