@@ -99,31 +99,44 @@ def write_with_defects(
     val: list[np.ndarray] | None = None,
 ) -> None:  # fmt: skip
     """Write ``train``, ``good`` (and ``val`` into ``val/good``) as they are and ``to_defect`` with
-    one procedural defect each (the kinds in turn) and its mask, in the MVTec AD layout;
-    ``params.json`` last, so an interrupted generation is redone."""
+    one procedural defect each (the kinds in turn) and its mask, in the MVTec AD layout
+    (:func:`write_layout`)."""
     random.seed(seed)  # defect_synthesis draws from the global generators
     np.random.seed(seed)
-
-    def save(array: np.ndarray, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array).save(path)
-
-    for i, image in enumerate(train):
-        save(image, folder / "train" / "good" / f"{i:03d}.png")
-    for i, image in enumerate(good):
-        save(image, folder / "test" / "good" / f"{i:03d}.png")
-    for i, image in enumerate(val or []):
-        save(image, folder / "val" / "good" / f"{i:03d}.png")
     generators = {kind: _defect_generator(kind, good[0].shape[0] if good else train[0].shape[0]) for kind in DEFECTS}
+    defects = []
     for i, image in enumerate(to_defect):
         kind = DEFECTS[i % len(DEFECTS)]
         for _ in range(20):  # a defect can land (almost) nowhere; draw again
             result = generators[kind].apply(image)
             if result.anomaly_mask.sum() / 255 >= 16:
                 break
-        mask = ((result.anomaly_mask > 0) * 255).astype(np.uint8)
-        save(result.image, folder / "test" / kind / f"{i:03d}.png")
-        save(mask, folder / "ground_truth" / kind / f"{i:03d}_mask.png")
+        defects.append((kind, result.image, ((result.anomaly_mask > 0) * 255).astype(np.uint8)))
+    write_layout(folder, params, train, good, defects, val)
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def write_layout(
+    folder: Path, params: dict, train: list[np.ndarray], good: list[np.ndarray],
+    defects: list[tuple[str, np.ndarray, np.ndarray]], val: list[np.ndarray] | None = None,
+) -> None:  # fmt: skip
+    """Write a generated set in the MVTec AD layout: ``train`` into ``train/good``, ``good`` into
+    ``test/good``, ``val`` into ``val/good`` and each (kind, image, mask) of ``defects`` into
+    ``test/<kind>/<i>.png`` and ``ground_truth/<kind>/<i>_mask.png`` (``i`` its place in the list);
+    ``params.json`` last, so an interrupted generation is redone (:func:`is_generated`)."""
+    for i, image in enumerate(train):
+        save_png(image, folder / "train" / "good" / f"{i:03d}.png")
+    for i, image in enumerate(good):
+        save_png(image, folder / "test" / "good" / f"{i:03d}.png")
+    for i, image in enumerate(val or []):
+        save_png(image, folder / "val" / "good" / f"{i:03d}.png")
+    for i, (kind, image, mask) in enumerate(defects):
+        save_png(image, folder / "test" / kind / f"{i:03d}.png")
+        save_png(mask, folder / "ground_truth" / kind / f"{i:03d}_mask.png")
     (folder / "params.json").write_text(json.dumps(params))
 
 

@@ -35,6 +35,7 @@ DATASET_METRICS = {
     "elpv": ("image_auroc", "image_ap", "image_f1max"),  # image labels only
     "textures": DEFAULT_METRICS,
     "cells": DEFAULT_METRICS,
+    "parts": DEFAULT_METRICS,
 }
 TIME_METRICS = ("inference_ms_per_image",)
 KNOWN_METRICS = (*IMAGE_METRICS, *PIXEL_METRICS, *SEGMENTATION_METRICS, *THRESHOLD_METRICS, *TIME_METRICS)
