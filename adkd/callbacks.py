@@ -176,9 +176,10 @@ class TrainingLength(L.Callback):
             trainer.fit_loop.max_epochs = -(-self.steps // self.batches)
         epochs = trainer.fit_loop.max_epochs
         source = f"{self.steps} steps" if self.max_epochs is None else f"max_epochs={epochs}"
-        log.info("Training: %s = %d epoch%s of %d batch%s (%d training images): %d optimiser steps", source,
+        capped = f", or {self.steps} where the method stops at `steps`" if self.max_epochs and self.steps else ""
+        log.info("Training: %s = %d epoch%s of %d batch%s (%d training images): %d optimiser steps%s", source,
                  epochs, "s"[: epochs != 1], self.batches, "es"[: 2 * (self.batches != 1)], images,
-                 epochs * self.batches)  # fmt: skip
+                 epochs * self.batches, capped)  # fmt: skip
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
         phase = pl_module.early_stopping_phase() if hasattr(pl_module, "early_stopping_phase") else "train"

@@ -44,7 +44,8 @@ _INT, _FLOAT = _number(int), _number(float)
 RULES: tuple[tuple[str, bool, Callable[[object], bool], str], ...] = (
     ("image_size", False, lambda v: _INT(v) and 32 <= v <= 8192, "a whole number of pixels from 32 to 8192"),
     ("batch_size", False, lambda v: _INT(v) and v >= 1, "a whole number, 1 or more"),
-    ("max_epochs", True, lambda v: _INT(v) and v >= 1, "null (as many epochs as `steps` take) or a whole number of epochs, 1 or more"),
+    ("max_epochs", True, lambda v: _INT(v) and v >= 1,
+     "null (as many epochs as `steps` take) or a whole number of epochs, 1 or more"),
     ("steps", True, lambda v: _INT(v) and v >= 1, "null or a whole number of optimiser steps, 1 or more"),
     ("lr", False, lambda v: _FLOAT(v) and v >= 0, "a number above 0 (0 only for a method without an optimiser)"),
     ("seed", False, lambda v: _INT(v) and v >= 0, "a whole number, 0 or more"),
