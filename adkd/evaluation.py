@@ -82,7 +82,6 @@ class Evaluation(L.Callback):
         self.num_figures = num_figures
         self.run = dict(run or {})
         self.validation: dict | None = None
-        self.training: dict | None = None  # how long it trained, and whether it stopped too early
         self.segmentation_threshold: float | None = None  # from the validation images, where the dataset asks
         self.category_segmentation_thresholds: dict[str, float] = {}  # a unified run's, per category
 
@@ -92,7 +91,6 @@ class Evaluation(L.Callback):
         found = {k[4:]: float(v) for k, v in trainer.callback_metrics.items()
                  if k.startswith("val/") and k[4:].removeprefix("labelled_") in METRIC_NAMES}  # fmt: skip
         self.validation = found or None
-        self.training = next((c.summary for c in trainer.callbacks if isinstance(c, TrainingLength)), None)
         threshold = trainer.callback_metrics.get("val/segmentation_threshold")  # adkd.callbacks.Calibrate
         self.segmentation_threshold = None if threshold is None else float(threshold)
         ending = "/segmentation_threshold"  # a unified run's: val/<category>/segmentation_threshold
@@ -182,7 +180,7 @@ class Evaluation(L.Callback):
             "category": getattr(trainer.datamodule, "category", None),
             "split": getattr(trainer.datamodule, "evaluate", "test"),  # what "metrics" scored (evaluate=)
             **{key: run.get(key) for key in ("backbone", "pretrained", "image_size", "max_epochs", "steps", "seed")},
-            "training": self.training,  # steps and epochs trained, undertrained (adkd.callbacks.TrainingLength)
+            "training": next((c.summary for c in trainer.callbacks if isinstance(c, TrainingLength)), None),
             "overrides": list(run.get("overrides") or []),
             "tags": list(run.get("tags") or []),
             "pixel_metrics": self.pixel,
