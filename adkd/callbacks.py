@@ -151,21 +151,25 @@ class TrainingLength(L.Callback):
     (under DDP, on each rank's share). ``max_epochs``, where it is set (the paper and converged
     budgets, the command line), decides instead; the steps it implies are printed alike.
 
-    Whether a run stopped while still learning is told by validation, not by the loss (which keeps
-    falling long after a student is good enough; :func:`still_learning`): the synthetic validation
-    (:func:`synthetic_validation`, the images and anomalies of :class:`SyntheticValidation`) scores
-    the model at ``share_before`` of the planned steps and again at the end; where ``metric`` rose
-    by more than ``rising`` in between, the run warns, naming the knob to raise, and metrics.json's
-    ``training`` says ``undertrained: true`` with the evidence (:class:`adkd.evaluation.Evaluation`).
-    A run that early stopping ended (``budget=converged``) is not judged: its validation loss settled.
+    Whether a run stopped while still learning: at the end, the training loss of its last phase (a
+    method's ``early_stopping_phase``: DHKD's student, DeSTSeg's segmentation) and its synthetic
+    validation (:func:`synthetic_validation`, the images and anomalies of :class:`SyntheticValidation`),
+    scored at ``share_before`` of the planned steps and again at the end. Undertrained: the loss's
+    last quarter took off more than ``falling`` of where the phase began (:func:`still_learning`),
+    or ``metric`` moved by more than ``moving`` either way since the earlier score (not settled).
+    Neither alone tells: a starved STFPM's validation sits flat at chance while its loss falls
+    steeply; a starved RD4AD's loss creeps down as slowly as a trained one's while its validation
+    jumps. Such a run warns, naming the knob to raise, and metrics.json's ``training`` says
+    ``undertrained: true`` with the evidence (:class:`adkd.evaluation.Evaluation`). A run that early
+    stopping ended (``budget=converged``) is not judged: its validation loss settled.
     """
 
     def __init__(self, steps: int | None = None, max_epochs: int | None = None, metric: str = "pixel_auroc",
-                 rising: float = 0.01, share_before: float = 0.75) -> None:  # fmt: skip
+                 falling: float = 0.05, moving: float = 0.01, share_before: float = 0.75) -> None:  # fmt: skip
         if steps is None and max_epochs is None:
             raise ConfigError("Neither steps nor max_epochs is set: give one (e.g. steps=300 or max_epochs=10).")
         self.steps, self.max_epochs = steps, max_epochs
-        self.metric, self.rising, self.share_before = metric, rising, share_before
+        self.metric, self.falling, self.moving, self.share_before = metric, falling, moving, share_before
         self.batches: int | None = None
         self.planned = 0  # optimiser steps this run will take (at fit start)
         self.losses: list[torch.Tensor] = []  # this run's training loss per step of the current phase
@@ -213,24 +217,32 @@ class TrainingLength(L.Callback):
         # is in the trainer's callback metrics.
         summary = {"steps": trainer.global_step, "epochs": trainer.current_epoch, "batches_per_epoch": self.batches,
                    "steps_asked": self.steps if self.max_epochs is None else None, "undertrained": None}  # fmt: skip
+        settled = any(isinstance(c, EarlyStopping) and c.stopped_epoch for c in trainer.callbacks)
+        loss = still_learning(torch.stack(self.losses).cpu() if self.losses else None)
         key = f"val/{self.metric}"
         end, before = trainer.callback_metrics.get(key), (self.earlier or {}).get(key)
-        settled = any(isinstance(c, EarlyStopping) and c.stopped_epoch for c in trainer.callbacks)
-        if end is not None and before is not None and not settled:
-            end, rise = float(end), float(end) - before
-            summary["undertrained"] = rise > self.rising
-            losses = still_learning(torch.stack(self.losses).cpu() if self.losses else None)
-            summary["evidence"] = {"metric": key, "step_before": self.checkpoint_step, "before": round(before, 4),
-                                   "end": round(end, 4), "rise": round(rise, 4), "loss": losses}  # fmt: skip
-            if summary["undertrained"]:
-                twice = 2 * trainer.current_epoch
-                knob = f"steps={2 * self.steps}" if self.max_epochs is None else f"max_epochs={twice}"
-                log.warning("The model may be undertrained: its validation %s (synthetic anomalies) rose from %.3f "
-                            "at step %d to %.3f at the end, by more than %g: it was still learning. Train longer: "
-                            "%s, or budget=converged.", self.metric, before, self.checkpoint_step, end, self.rising,
-                            knob)  # fmt: skip
-        self.summary = summary
+        moved = None if end is None or before is None else float(end) - before
         self.losses = []
+        if settled or (loss is None and moved is None):
+            self.summary = summary
+            return
+        reasons = []
+        if loss is not None and loss["share_of_start"] > self.falling:
+            reasons.append(f"its loss's last {loss['steps']} steps took off {loss['share_of_start']:.1%} of where it "
+                           f"began (over {self.falling:.0%})")  # fmt: skip
+        if moved is not None and abs(moved) > self.moving:
+            reasons.append(f"its validation {self.metric} (synthetic anomalies) moved from {before:.3f} at step "
+                           f"{self.checkpoint_step} to {float(end):.3f} (by over {self.moving:g})")  # fmt: skip
+        summary["undertrained"] = bool(reasons)
+        summary["evidence"] = {"loss": loss, "validation": None if moved is None else {
+            "metric": key, "step_before": self.checkpoint_step, "before": round(before, 4), "end": round(float(end), 4),
+            "moved": round(moved, 4)}}  # fmt: skip
+        if reasons:
+            twice = 2 * trainer.current_epoch
+            knob = f"steps={2 * self.steps}" if self.max_epochs is None else f"max_epochs={twice}"
+            log.warning("The model may be undertrained: %s. Train longer: %s, or budget=converged.",
+                        "; ".join(reasons), knob)  # fmt: skip
+        self.summary = summary
 
     def state_dict(self) -> dict:  # a resumed run keeps its earlier score and its phase's losses
         losses = torch.stack(self.losses).tolist() if self.losses else []
@@ -242,12 +254,10 @@ class TrainingLength(L.Callback):
 
 
 def still_learning(losses: torch.Tensor | None) -> dict | None:
-    """How a phase's training loss ended, kept as evidence beside the validation verdict: the means
-    of its first steps (up to 5), of the quarter before the last and of the last quarter, and the
-    share of the starting loss the last quarter took off. None where under 8 steps tell nothing.
-    The loss alone does not tell a starved run: RD4AD on 54 bricks took off 2.7% in its last
-    quarter at 40 steps (pixel AUROC 76.6) and 3.0% at 200 (98.2), DHKD 7.1% at 203 steps with the
-    same test metrics as at 70."""
+    """How a phase's training loss ended: the means of its first steps (up to 5), of the quarter
+    before the last and of the last quarter, and the share of the starting loss the last quarter
+    took off (``share_of_start``): a share of where it began, not of where it is, since a student
+    near its floor keeps taking a steady share of what is left. None where under 8 steps tell nothing."""
     quarter = 0 if losses is None else len(losses) // 4
     if quarter < 2:
         return None
@@ -255,7 +265,7 @@ def still_learning(losses: torch.Tensor | None) -> dict | None:
     before, last = float(losses[-2 * quarter : -quarter].mean()), float(losses[-quarter:].mean())
     share = (before - last) / abs(start) if start else 0.0
     return {"start": round(start, 6), "quarter_before_last": round(before, 6), "last_quarter": round(last, 6),
-            "share_of_start": round(share, 4)}  # fmt: skip
+            "share_of_start": round(share, 4), "steps": quarter}  # fmt: skip
 
 
 class StopOnDivergence(L.Callback):

@@ -50,8 +50,9 @@ def test_every_methods_demo_recipe_counts_steps_and_its_paper_recipe_epochs(tmp_
         assert paper.max_epochs >= 1, method
 
 
-def _fit_end(earlier: float | None, end: float, **kwargs) -> tuple[dict, str]:
-    """TrainingLength's verdict for a run scored ``earlier`` at 3/4 of its 40 steps and ``end`` at the end."""
+def _fit_end(earlier: float | None, end: float, losses=None, **kwargs) -> tuple[dict, int]:
+    """TrainingLength's verdict for a run of 40 steps whose loss went ``losses`` (settled by default)
+    and whose validation pixel AUROC was ``earlier`` at 3/4 of them and ``end`` at the end."""
     from types import SimpleNamespace
 
     from adkd.callbacks import TrainingLength
@@ -59,31 +60,41 @@ def _fit_end(earlier: float | None, end: float, **kwargs) -> tuple[dict, str]:
     length = TrainingLength(steps=40, **kwargs)
     length.batches, length.planned = 4, 40
     length.earlier = None if earlier is None else {"val/pixel_auroc": earlier}
-    length.losses = list(torch.linspace(10, 5, 40))
+    settled = 1 + 9 * torch.exp(-torch.arange(40.0) / 4)  # near its floor by a quarter of the run
+    length.losses = list(settled if losses is None else losses)
     trainer = SimpleNamespace(global_step=40, current_epoch=10, callbacks=[],
                               callback_metrics={"val/pixel_auroc": torch.tensor(end)})  # fmt: skip
     length.on_fit_end(trainer, None)
     return length.summary, length.checkpoint_step
 
 
-def test_a_run_whose_validation_still_rose_in_its_last_quarter_is_undertrained(caplog):
+def test_a_run_whose_validation_still_moved_in_its_last_quarter_is_undertrained(caplog):
     with caplog.at_level(logging.WARNING, logger="adkd.callbacks"):
         rising, step = _fit_end(0.80, 0.85)
     assert step == 30 and rising["undertrained"] is True
-    evidence = rising["evidence"]
-    assert (evidence["before"], evidence["end"], evidence["rise"], evidence["step_before"]) == (0.8, 0.85, 0.05, 30)
-    assert evidence["loss"]["share_of_start"] == pytest.approx((8.782 - 7.5) / 9.744, abs=2e-3)
-    assert "rose from 0.800 at step 30 to 0.850" in caplog.text and "Train longer: steps=80" in caplog.text
-    assert _fit_end(0.84, 0.845)[0]["undertrained"] is False  # within 0.01: settled
-    assert _fit_end(0.84, 0.845, rising=0.001)[0]["undertrained"] is True
-    assert _fit_end(None, 0.9)[0]["undertrained"] is None  # no score from before: not judged
+    assert rising["evidence"]["validation"] == {"metric": "val/pixel_auroc", "step_before": 30, "before": 0.8,
+                                                "end": 0.85, "moved": 0.05}  # fmt: skip
+    assert "moved from 0.800 at step 30 to 0.850" in caplog.text and "Train longer: steps=80" in caplog.text
+    assert _fit_end(0.80, 0.61)[0]["undertrained"] is True  # a jump down is no more settled (RD4AD at 40 steps)
+    assert _fit_end(0.84, 0.845)[0]["undertrained"] is False  # within 0.01, and the loss at its floor: trained
+    assert _fit_end(0.84, 0.845, moving=0.001)[0]["undertrained"] is True
+    assert _fit_end(None, 0.9, losses=[])[0]["undertrained"] is None  # nothing to judge by
+
+
+def test_a_run_whose_loss_still_fell_steeply_is_undertrained_however_flat_its_validation(caplog):
+    """STFPM on 54 bricks at 20 steps: validation flat near chance, the loss still falling."""
+    with caplog.at_level(logging.WARNING, logger="adkd.callbacks"):
+        summary, _ = _fit_end(0.616, 0.618, losses=torch.linspace(10, 5, 40))  # 10 -> 5: 1.28 a quarter
+    assert summary["undertrained"] is True
+    assert summary["evidence"]["loss"]["share_of_start"] == pytest.approx((50 / 39) / (10 - 10 / 39), abs=1e-4)
+    assert "took off 13.2% of where it began (over 5%)" in caplog.text
+    assert _fit_end(0.616, 0.618, losses=torch.linspace(10, 5, 40), falling=0.2)[0]["undertrained"] is False
 
 
 def test_the_loss_evidence_needs_eight_steps():
-    
     assert still_learning(torch.tensor([5.0, 4, 3, 2, 1, 1, 1])) is None and still_learning(None) is None
     steps = still_learning(torch.linspace(10, 5, 40))
-    assert steps["quarter_before_last"] > steps["last_quarter"] and steps["share_of_start"] > 0
+    assert steps["quarter_before_last"] > steps["last_quarter"] and steps["steps"] == 10
 
 
 def test_scoring_the_model_in_the_middle_of_training_changes_nothing_it_learns(tiny_mvtec, tmp_path):
@@ -94,7 +105,8 @@ def test_scoring_the_model_in_the_middle_of_training_changes_nothing_it_learns(t
     scored = run(compose(_demo(tiny_mvtec, "method=dhkd", "steps=24"), tmp_path / "scored"))
     unscored = run(compose(_demo(tiny_mvtec, "method=dhkd", "steps=24", "callbacks.training_length.share_before=2"),
                            tmp_path / "unscored"))  # fmt: skip
-    assert scored["training"]["evidence"]["step_before"] == 18 and "evidence" not in unscored["training"]
+    assert scored["training"]["evidence"]["validation"]["step_before"] == 18
+    assert unscored["training"]["evidence"]["validation"] is None
     timeless = [{k: v for k, v in r["metrics"].items() if k != "inference_ms_per_image"} for r in (scored, unscored)]
     assert timeless[0] == timeless[1] and scored["validation"] == unscored["validation"]
 
