@@ -84,16 +84,21 @@ def image_size(value: object, source: object) -> int:
     return size
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # thresholds live in float32 buffers: a larger value cannot be held
+
+
 def threshold(value: object, key: str, source: object) -> float | None:
-    """A threshold read from a file: a finite number, or None where the model has none (NaN)."""
+    """A threshold read from a file: a finite number a float32 holds, or None where the model has
+    none (NaN)."""
     try:
         number = float(str(value))
     except ValueError:
         raise CheckpointError(f"{source} gives {key} {value!r}: expected a number.") from None
     if math.isnan(number):
         return None
-    if math.isinf(number):
-        raise CheckpointError(f"{source} gives {key} {value!r}: expected a finite number.")
+    if not abs(number) <= FLOAT32_MAX:
+        raise CheckpointError(f"{source} gives {key} {value!r}: expected a finite number within float32's range "
+                              f"(at most {FLOAT32_MAX:.4g} in size).")  # fmt: skip
     return number
 
 
