@@ -148,6 +148,32 @@ def test_onnx_metadata_and_external_weights_are_checked(tmp_path):
     assert OnnxModel(model("32")).image_size == 32
 
 
+@pytest.mark.parametrize("weights", ["file", "default"])
+def test_a_checkpoint_config_naming_weights_opens_no_file_and_fetches_none(weights, trained_run, images, tmp_path,
+                                                                           capsys):  # fmt: skip
+    """A stored config that drops ``pretrained`` (whose default is True: ImageNet weights, fetched)
+    and names a ``weights`` file: predict reads neither; the checkpoint's weights are used."""
+    bait = tmp_path / "bait.pth"
+    bait.write_text("not weights")
+
+    def edit(config: dict) -> None:
+        config["method"]["network"].pop("pretrained")
+        config["method"]["network"]["weights"] = str(bait) if weights == "file" else None
+
+    sent = _tampered(trained_run, tmp_path, edit)
+    assert _predict(sent, images, "--out", tmp_path / "out", "--no-figures") == 0, capsys.readouterr().err
+    assert "images scored" in capsys.readouterr().out
+
+
+def test_a_config_that_cannot_be_rebuilt_is_named_with_its_whole_error(trained_run, tmp_path):
+    from adkd.inference import load_model
+
+    sent = _tampered(trained_run, tmp_path, lambda config: config["method"]["network"].update(layers=[9] * 120))
+    with pytest.raises(CheckpointError, match="Cannot rebuild the model") as refused:
+        load_model(sent)
+    assert f"got {[9] * 120}). Was it written by another version of adkd?" in str(refused.value)
+
+
 # 2. A stale export is never used silently ---------------------------------------------------------
 
 
