@@ -389,3 +389,41 @@ def test_report_on_a_folder_that_does_not_exist_says_so(tmp_path, capsys):
 
     assert main([str(tmp_path / "nowhere")]) == 1
     assert f"error: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+def test_one_corrupt_metrics_file_is_left_out_of_the_report_with_one_warning(tmp_path, capsys):
+    from adkd.report.__main__ import main
+
+    for job, auroc in (("0", 0.91), ("1", 0.83)):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "metrics.json").write_text(json.dumps(
+            {"method": "rd4ad", "dataset": "folder", "category": f"c{job}", "seed": 0,
+             "metrics": {"image_auroc": auroc}}))  # fmt: skip
+    for job, text in (("2", '{"method": "rd4ad", "metr'), ("3", "[]")):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "metrics.json").write_text(text)
+    assert main([str(tmp_path), "--metrics", "image_auroc", "--no-curves"]) == 0
+    out, err = capsys.readouterr()
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 2 and all(line.startswith("warning: ") for line in warnings)
+    assert f"warning: {tmp_path / '2' / 'metrics.json'} left out of the report: is not valid JSON" in warnings[0]
+    assert f"warning: {tmp_path / '3' / 'metrics.json'} left out of the report: is not a run's results" in warnings[1]
+    assert "91.0" in out and "83.0" in out and "(2 runs;" in out
+
+
+def test_ctrl_c_during_an_export_prints_one_line_and_leaves_no_half_written_file(trained_run, tmp_path, capsys,
+                                                                                  monkeypatch):  # fmt: skip
+    from adkd import export
+
+    out = tmp_path / "m.onnx"
+
+    def interrupted(deployable, example, path, properties):  # noqa: ANN001 - Ctrl-C mid-write
+        Path(path).write_bytes(b"half an onnx file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "write_onnx", interrupted)
+    assert export.main([str(trained_run), "--out", str(out)]) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["Interrupted: the export did not finish (a half-written file is removed); run the command "
+                     "again."]  # fmt: skip
+    assert not out.exists()
