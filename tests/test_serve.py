@@ -538,7 +538,7 @@ def test_sigterm_stops_the_server_at_once_while_it_scores_a_folder(trained_run, 
         thread = threading.Thread(target=lambda: answer.update(r=httpx.post(f"{url}/api/score-folder",
                                                                             json={"path": str(folder)}, timeout=120)))
         thread.start()
-        time.sleep(1.5)  # scoring: 3000 images take far longer
+        time.sleep(3.0)  # scoring: 3000 images take far longer
         start = time.monotonic()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -546,4 +546,6 @@ def test_sigterm_stops_the_server_at_once_while_it_scores_a_folder(trained_run, 
         thread.join(timeout=30)
     finally:
         server.kill()
+    assert "r" in answer, "the folder's request got no answer"
+    assert answer["r"].status_code == 503 and "the server is stopping" in answer["r"].json()["detail"], answer
     assert stopped < 3.0, f"took {stopped:.1f} s to stop"

@@ -118,10 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     app = UploadLimit(create_app(session, folders=local, host=args.host, allowed_hosts=args.allow_host),
                       int(args.max_upload_mb * 2**20))  # fmt: skip
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"Serving {session.checkpoint} ({session.describe()['method']}, {session.engine_name} on {args.device}) at "
-          f"http://{shown}:{args.port}/  (POST /predict; Ctrl-C stops)", flush=True)  # fmt: skip
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:  # noqa: ANN001
+            await super().startup(sockets)
+            if self.started:  # listening: a client that waits for this line can connect
+                port = self.servers[0].sockets[0].getsockname()[1] if self.servers else args.port
+                what = f"{session.describe()['method']}, {session.engine_name} on {args.device}"
+                print(f"Serving {session.checkpoint} ({what}) at http://{shown}:{port}/  (POST /predict; Ctrl-C stops)",
+                      flush=True)  # fmt: skip
+
         def handle_exit(self, sig, frame) -> None:  # noqa: ANN001 - Ctrl-C, SIGTERM: long requests end at once
             session.stopping.set()
             super().handle_exit(sig, frame)

@@ -131,6 +131,7 @@ def create_app(session: Session, folders: bool = True, host: str = "127.0.0.1",
         given_up = threading.Event()
         work = asyncio.ensure_future(run_in_threadpool(
             _score_folder, session, root, lambda: given_up.is_set() or session.stopping.is_set()))  # fmt: skip
+        work.add_done_callback(lambda done: done.cancelled() or done.exception())  # read, when no one waits for it
         try:
             while not work.done():
                 await asyncio.wait({work}, timeout=0.2)

@@ -103,7 +103,11 @@ class Session:
 
         value = operating_point.check_choice(image_threshold)
         with self._choosing:
-            path = operating_point.save(self.checkpoint, value, self.calibrated, self.category)
+            try:
+                path = operating_point.save(self.checkpoint, value, self.calibrated, self.category)
+            except OSError as err:  # a read-only or full disk: the choice stays as it was
+                raise UserError(f"Cannot save the threshold beside {self.checkpoint} ({err.strerror or err}): "
+                                "nothing was changed. The run's checkpoints folder must be writable.") from err
             self.post.set_thresholds(image=value)
         log.info("Image threshold %.6g saved to %s", value, path)
         return path
