@@ -535,8 +535,8 @@ def test_sigterm_stops_the_server_at_once_while_it_scores_a_folder(trained_run, 
         assert "Serving" in next(line for line in server.stdout if "Serving" in line or "error" in line)
         url = f"http://127.0.0.1:{port}"
         answer = {}
-        thread = threading.Thread(target=lambda: answer.update(r=httpx.post(f"{url}/api/score-folder",
-                                                                            json={"path": str(folder)}, timeout=120)))
+        post = lambda: answer.update(r=httpx.post(f"{url}/api/score-folder", json={"path": str(folder)}, timeout=120))  # noqa: E731
+        thread = threading.Thread(target=post)
         thread.start()
         time.sleep(3.0)  # scoring: 3000 images take far longer
         start = time.monotonic()

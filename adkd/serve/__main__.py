@@ -39,7 +39,8 @@ def _bind_address(host: str, port: int) -> None:
                                                              flags=socket.AI_PASSIVE)[0]  # fmt: skip
     except (socket.gaierror, UnicodeError) as err:
         raise UserError(f"Cannot listen on --host {host!r}: the name cannot be resolved ({err}). Give an address of "
-                        "this machine (127.0.0.1, the default: this machine only; 0.0.0.0: every network).") from err
+                        "this machine (127.0.0.1, the default: this machine only; 0.0.0.0: every network).") \
+            from err  # fmt: skip
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port just freed is free
         try:

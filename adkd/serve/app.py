@@ -253,7 +253,7 @@ class Guard:
             shown = ", ".join(sorted(self.names)) + (" or an IP address" if self.any_address else "")
             return (f"Refused: this server answers to {shown} (port {port}), not to Host {hosts[0][:100]!r}. A page "
                     "of another name that resolves to this machine may not use it (DNS rebinding). Open it by one "
-                    "of those names, or start it with --allow-host NAME for a name of your own (a reverse proxy's).")
+                    "of those names, or start it with --allow-host NAME for a reverse proxy's name.")  # fmt: skip
         if scope["method"] in self.SAFE:
             return None
         headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in (b"origin", b"sec-fetch-site")}

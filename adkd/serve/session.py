@@ -107,7 +107,8 @@ class Session:
                 path = operating_point.save(self.checkpoint, value, self.calibrated, self.category)
             except OSError as err:  # a read-only or full disk: the choice stays as it was
                 raise UserError(f"Cannot save the threshold beside {self.checkpoint} ({err.strerror or err}): "
-                                "nothing was changed. The run's checkpoints folder must be writable.") from err
+                                "nothing was changed. The run's checkpoints folder must be writable.") \
+                    from err  # fmt: skip
             self.post.set_thresholds(image=value)
         log.info("Image threshold %.6g saved to %s", value, path)
         return path
