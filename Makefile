@@ -48,6 +48,7 @@ test-all: $(STAMP) browser
 bench: $(STAMP)
 	$(PY) experiments/bench.py
 	$(PY) experiments/serve_latency.py
+	$(PY) experiments/serve_load.py
 	$(PY) experiments/coreset_speed.py
 
 bench-train: $(STAMP)  # training images/s per method and how much of the step the GPU waits (a CUDA machine)

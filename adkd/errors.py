@@ -27,6 +27,16 @@ class ImageReadError(UserError, RuntimeError):
     """An image or mask file could not be read or does not match its partner."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image whose header declares more pixels than the reader takes (checked before decoding).
+    ``size``: what the header says ("13000x13000")."""
+
+    def __init__(self, name: str, size: str, max_pixels: int) -> None:
+        self.name, self.size, self.max_pixels = name, size, max_pixels
+        super().__init__(f"Image {name} is {size} pixels, over the limit of {max_pixels:,} pixels "
+                         f"({max_pixels / 1e6:g} megapixels): send a smaller image.")  # fmt: skip
+
+
 class BackboneWeightsError(UserError, RuntimeError):
     """Pretrained weights were asked for and none could be had, or the file does not fit."""
 

@@ -99,22 +99,12 @@ def export(
     with torch.no_grad():
         reference = deployable(images)  # what the checkpoint computes, before any export-friendly switch
     for_export(deployable)
-    if fmt == "onnx":
-        write_onnx(deployable, example, out, metadata(config, model))
-        exported = OnnxModel(out)
-    elif fmt == "torchscript":
-        import warnings
-
-        with torch.no_grad(), warnings.catch_warnings():  # tracing's notes on constants: checked by the parity test
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated")
-            traced = torch.jit.trace(deployable, example)
-        traced.save(str(out), _extra_files={"adkd.json": json.dumps(metadata(config, model))})
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated")
-            exported = torch.jit.load(str(out))
-    else:
-        raise UserError(f"Unknown export format {fmt!r}: onnx or torchscript.")
+    try:
+        exported = _write(fmt, deployable, example, out, config, model)
+    except KeyboardInterrupt:  # Ctrl-C mid-write: no half-written file is left to be taken for an export
+        out.unlink(missing_ok=True)
+        out.with_name(out.name + ".data").unlink(missing_ok=True)
+        raise
     with torch.no_grad():
         got = exported(images)
     differences = {}
@@ -137,6 +127,26 @@ def export(
         )
     print(f"Parity on {described}: {report} (tolerance {tolerance:g})")
     return out, differences
+
+
+def _write(fmt: str, deployable: torch.nn.Module, example: torch.Tensor, out: Path, config: dict,
+           model) -> torch.nn.Module:  # noqa: ANN001 # fmt: skip
+    """Write the export of ``deployable`` to ``out``; returns it, loaded back."""
+    if fmt == "onnx":
+        write_onnx(deployable, example, out, metadata(config, model))
+        return OnnxModel(out)
+    if fmt != "torchscript":
+        raise UserError(f"Unknown export format {fmt!r}: onnx or torchscript.")
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():  # tracing's notes on constants: checked by the parity test
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated")
+        traced = torch.jit.trace(deployable, example)
+    traced.save(str(out), _extra_files={"adkd.json": json.dumps(metadata(config, model))})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*deprecated")
+        return torch.jit.load(str(out))
 
 
 def metadata(config: dict, model) -> dict[str, str]:  # noqa: ANN001
@@ -261,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\nInterrupted: the export did not finish (a half-written file is removed); run the command again.",
+              file=sys.stderr)  # fmt: skip
+        return 130
     print(f"Written: {path}")
     return 0
 

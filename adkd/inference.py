@@ -80,9 +80,10 @@ def load_model(source: Path, device: str = "cpu", category: str | None = None) -
         model.load_state_dict(checkpoint["state_dict"])
     except Exception as err:  # noqa: BLE001 - a config or weights this version of adkd cannot rebuild
         cause = err.__cause__ or err
+        said = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())  # whole, on one line
         raise CheckpointError(
-            f"Cannot rebuild the model of {path} from the config inside it ({type(cause).__name__}: "
-            f"{str(cause).splitlines()[0][:200] if str(cause) else ''}). Was it written by another version of adkd?"
+            f"Cannot rebuild the model of {path} from the config inside it ({type(cause).__name__}: {said}). "
+            "Was it written by another version of adkd?"
         ) from err
     from adkd.methods.base import CATEGORY_THRESHOLDS
 

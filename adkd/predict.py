@@ -22,7 +22,9 @@ import argparse
 import contextlib
 import csv
 import glob
+import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from adkd.errors import UserError
@@ -34,21 +36,12 @@ MARKER = ".adkd-predictions"  # in every --out folder: a later predict over a pa
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, folders searched recursively (hidden ones and adkd.predict's own output
-    folders skipped), glob patterns expanded."""
-    from adkd.data.records import IMAGE_SUFFIXES
-
+    """Files as given, folders searched recursively (:func:`walk_images`), glob patterns expanded."""
     found: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            outputs = {marker.parent for marker in path.rglob(MARKER)}
-            found += sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and not outputs.intersection(p.parents)
-            )  # fmt: skip
+            found += walk_images(path)
         elif path.is_file():
             found.append(path)
         else:
@@ -57,6 +50,43 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 raise UserError(f"No image at {item}: not a file, a folder or a glob pattern that matches.")
             found += matches
     return list(dict.fromkeys(found))
+
+
+def walk_images(folder: Path, stop: Callable[[], bool] | None = None) -> Iterator[Path]:
+    """The images below ``folder``, one at a time as the walk finds them, in path order (as
+    ``sorted(folder.rglob("*"))`` would list them): hidden files and folders and adkd.predict's own
+    output folders are skipped, links to folders are not followed (no loops). A caller that needs
+    only the first N stops the walk there; ``stop``: asked before each folder is read, True ends
+    the walk (a request given up)."""
+    from adkd.data.records import IMAGE_SUFFIXES
+
+    if (folder / MARKER).exists():
+        return
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError:  # unreadable (permissions), or gone since
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_folder = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            continue
+        if is_folder:
+            if stop is not None and stop():
+                return
+            yield from walk_images(Path(entry.path), stop)
+        elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and _is_file(entry):
+            yield Path(entry.path)
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 class _Images:

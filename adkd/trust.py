@@ -14,7 +14,10 @@ file is rebuilt only after this module has checked it:
 - no other ``_target_`` (or other Hydra key) anywhere below them, but for the optimiser and
   scheduler, the only other nested ones adkd writes: they must name ``torch.optim`` (or adkd's own
   scheduler) and are then dropped, since inference needs neither;
-- no value holds an interpolation (a resolved run config never does).
+- no value holds an interpolation (a resolved run config never does);
+- the network is built without pretrained weights and reads no weights file (``pretrained`` and
+  ``weights`` are set aside whatever they say, or where they are left out): the weights are the
+  checkpoint's.
 
 Anything else is refused with one message naming the key; nothing in the file is run.
 """
@@ -22,6 +25,7 @@ Anything else is refused with one message naming the key; nothing in the file is
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import re
 from pathlib import Path
@@ -53,11 +57,16 @@ def method_config(config: dict, source: Path) -> dict:
     if not isinstance(network, dict):
         raise CheckpointError(f"{source}: the stored method config has no network: not a model adkd can rebuild.")
     _check_tree(network, "method.network", source)
-    _check_target(network.get("_target_"), "adkd.methods.", "torch.nn:Module", "method.network", source)
+    network_class = _check_target(network.get("_target_"), "adkd.methods.", "torch.nn:Module", "method.network",
+                                  source)  # fmt: skip
     _check_tree(method, "method", source)
     _check_target(method.get("_target_"), "adkd.methods.", "adkd.methods.base:AnomalyModule", "method", source)
-    if "pretrained" in network:  # the weights are the checkpoint's: never a file or a download
-        network = {**network, "pretrained": False, "weights": None}
+    # The weights are the checkpoint's: never a file or a download, whatever the config says or
+    # leaves out (a network left to its default, pretrained=True, would fetch ImageNet weights).
+    accepts = inspect.signature(network_class).parameters
+    for key, value in (("pretrained", False), ("weights", None)):
+        if key in accepts or key in network:
+            network = {**network, key: value}
     method["network"] = network
     if isinstance(method.get("synthesis"), dict):  # training-only; its source folder need not exist here
         method["synthesis"] = {**method["synthesis"], "source": None}
@@ -84,16 +93,21 @@ def image_size(value: object, source: object) -> int:
     return size
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # thresholds live in float32 buffers: a larger value cannot be held
+
+
 def threshold(value: object, key: str, source: object) -> float | None:
-    """A threshold read from a file: a finite number, or None where the model has none (NaN)."""
+    """A threshold read from a file: a finite number a float32 holds, or None where the model has
+    none (NaN)."""
     try:
         number = float(str(value))
     except ValueError:
         raise CheckpointError(f"{source} gives {key} {value!r}: expected a number.") from None
     if math.isnan(number):
         return None
-    if math.isinf(number):
-        raise CheckpointError(f"{source} gives {key} {value!r}: expected a finite number.")
+    if not abs(number) <= FLOAT32_MAX:
+        raise CheckpointError(f"{source} gives {key} {value!r}: expected a finite number within float32's range "
+                              f"(at most {FLOAT32_MAX:.4g} in size).")  # fmt: skip
     return number
 
 
@@ -145,9 +159,9 @@ def _check_tree(node: object, where: str, source: Path, top: bool = True) -> Non
         )
 
 
-def _check_target(target: object, prefix: str, base: str, where: str, source: Path) -> None:
-    """``target`` names a subclass of ``base`` defined under ``prefix``; checked as text before
-    anything is imported, so a file cannot make adkd import a module of its choosing."""
+def _check_target(target: object, prefix: str, base: str, where: str, source: Path) -> type:
+    """``target`` names a subclass of ``base`` defined under ``prefix`` (returned); checked as text
+    before anything is imported, so a file cannot make adkd import a module of its choosing."""
     if not isinstance(target, str) or not _DOTTED.match(target) or not target.startswith(prefix):
         raise _refused(source, f"{where}._target_", target)
     module_name, _, name = target.rpartition(".")
@@ -159,6 +173,7 @@ def _check_target(target: object, prefix: str, base: str, where: str, source: Pa
     expected = getattr(importlib.import_module(base_module), base_name)
     if not (isinstance(cls, type) and issubclass(cls, expected)):
         raise _refused(source, f"{where}._target_", target)
+    return cls
 
 
 def _refused(source: Path, key: str, value: object) -> CheckpointError:

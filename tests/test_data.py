@@ -258,3 +258,21 @@ def test_the_cells_sets_draw_test_cells_that_elpv_held_out_of_training(category)
     assert len(set(test)) == 100 and not set(test) & trained
     assert len(set(test) - test_normals) == (2 if category == "mono" else 0)
     assert (train, test) == cell_sources(category, 160, 100)  # the same set on every machine
+
+
+def test_the_data_check_checks_each_category_of_a_category_all_sweep(tmp_path, capsys):
+    from adkd.data.check import main
+    from tests import replicas
+
+    root = replicas.mvtec_ad(tmp_path / "mvtec", ("bottle", "cable"))
+    assert main(["dataset=folder", f"dataset.root={root}", "category=all"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"folder/all ({c}): 4 training, 0 validation (no validation images: no thresholds), 5 test images "
+        f"(3 anomalous) in {root}" for c in ("bottle", "cable")
+    ]  # fmt: skip
+    broken = next((root / "cable" / "test").rglob("*.png"))
+    broken.write_bytes(b"")
+    assert main(["dataset=folder", f"dataset.root={root}", "category=all"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 problems with the data of the runs to come:")
+    assert f"folder/all (cable): folder/cable: 1 of 9 files cannot be used:\n  - {broken} is empty (0 bytes)" in err

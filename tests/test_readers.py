@@ -287,3 +287,83 @@ def test_downloads_use_anomalibs_archives_and_keep_the_released_layout(tmp_path,
     assert (tmp_path / "btad" / "03" / "ground_truth" / "ko" / "0000.bmp").is_file()
     with pytest.raises(ValueError, match="No download is known for dataset 'mpdd'"):
         download("mpdd", tmp_path / "mpdd")
+
+
+# A reader never drops or borrows a file in silence -------------------------------------------------
+
+
+def test_ksdd2_stops_on_a_test_image_without_its_mask_and_on_a_mask_of_another_size(tmp_path):
+    from adkd.data.ksdd2 import KolektorSDD2DataModule
+    from adkd.errors import DataCheckError
+
+    root = replicas.ksdd2(tmp_path / "ksdd2")
+    (root / "test" / "20001_GT.png").unlink()  # a defect-free test image: its mask is all-zero
+    with pytest.raises(DataCheckError, match=r"20001\.png has no mask 20001_GT\.png beside it"):
+        KolektorSDD2DataModule(root=str(root)).records("test")
+    replicas.ksdd2(root)
+    Image.fromarray(np.zeros((8, 16), dtype=np.uint8)).save(root / "test" / "20003_GT.png")  # all-zero, 16x8
+    with pytest.raises(DataCheckError, match=r"mask .*20003_GT\.png is 16x8 but its image is 16x16"):
+        KolektorSDD2DataModule(root=str(root)).checked_records()
+    replicas.ksdd2(root)
+    (root / "train" / "10002.png").unlink()
+    with pytest.raises(DataCheckError, match=r"mask .*10002_GT\.png has no image 10002\.png"):
+        KolektorSDD2DataModule(root=str(root)).records("train")
+
+
+def test_ksdd_refuses_an_all_zero_mask_of_another_size(tmp_path):
+    from adkd.data.ksdd import KolektorSDDDataModule
+    from adkd.errors import DataCheckError
+
+    root = replicas.ksdd(tmp_path / "ksdd")
+    Image.fromarray(np.zeros((16, 8), dtype=np.uint8)).save(root / "kos01" / "Part0_label.bmp")
+    (root / "kos02" / "Part1_label.bmp").unlink()
+    with pytest.raises(DataCheckError, match=r"2 files cannot be used") as refused:
+        KolektorSDDDataModule(root=str(root)).records("train")
+    assert "Part0_label.bmp is 8x16 but its image is 16x16" in str(refused.value)
+    assert "kos02/Part1.jpg has no mask Part1_label.bmp" in str(refused.value)
+
+
+def test_links_out_of_the_dataset_root_are_refused_by_every_reader(tmp_path):
+    from adkd.data.folder import MVTecADDataModule
+    from adkd.data.visa import VisADataModule
+    from adkd.errors import DataCheckError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    secret = elsewhere / "secret.png"
+    Image.new("RGB", (16, 16)).save(secret)
+
+    root = replicas.mvtec_ad(tmp_path / "mvtec")
+    (root / "bottle" / "train" / "good" / "linked.png").symlink_to(secret)
+    with pytest.raises(DataCheckError, match=r"linked\.png is a link to .*secret\.png, outside the dataset root"):
+        MVTecADDataModule(root=str(root), category="bottle").checked_records()
+    (root / "bottle" / "train" / "good" / "linked.png").unlink()
+    outside = tmp_path / "other_bottle"
+    (root / "bottle" / "test").rename(outside)
+    (root / "bottle" / "test").symlink_to(outside)  # a folder of the tree links out
+    with pytest.raises(DataCheckError, match=r"1 file cannot be used:\n  - .*bottle/test is a link to .*other_bottle"):
+        MVTecADDataModule(root=str(root), category="bottle").checked_records()
+    (root / "bottle" / "test").unlink()
+    outside.rename(root / "bottle" / "test")
+    (root / "bottle" / "train" / "good" / "inside.png").symlink_to(root / "bottle" / "test" / "good" / "000.png")
+    (tmp_path / "mvtec_link").symlink_to(root)  # the root itself may be a link; links inside it stay inside
+    records = MVTecADDataModule(root=str(tmp_path / "mvtec_link"), category="bottle").checked_records()
+    assert any(r.image_path.name == "inside.png" for r in records["train"] + records["val"])
+
+    visa = replicas.visa(tmp_path / "visa")
+    normal = visa / "candle" / "Data" / "Images" / "Normal" / "0000.JPG"
+    normal.unlink()
+    normal.symlink_to(secret)  # the same rule as the split file's paths (within)
+    with pytest.raises(DataCheckError, match=r"0000\.JPG is a link to .*secret\.png, outside the dataset root"):
+        VisADataModule(root=str(visa), category="candle").checked_records()
+
+
+def test_visa_refuses_an_anomalous_row_without_a_mask(tmp_path):
+    from adkd.data.visa import VisADataModule
+    from adkd.errors import DataCheckError
+
+    root = replicas.visa(tmp_path / "visa")
+    split = root / "split_csv" / "1cls.csv"
+    split.write_text(split.read_text().replace(",candle/Data/Masks/Anomaly/001.png", ","))
+    with pytest.raises(DataCheckError, match=r"1cls\.csv, line \d+: the anomalous image .*001\.JPG has no mask"):
+        VisADataModule(root=str(root), category="candle").records("test")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -235,3 +236,316 @@ def test_a_run_whose_images_are_gone_still_serves_new_ones(tiny_mvtec, tmp_path)
 
     images, described = parity_images(session.config)  # an export's parity check falls back to random images
     assert described == "8 random images" and images.shape == (8, 3, 32, 32)
+
+
+# What one request, or one file, must not break ---------------------------------------------------
+
+
+def _lying_png(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header declares ``width`` x ``height`` pixels (its data is
+    one pixel's): only a reader that decodes before it checks the size would spend memory on it."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1), "gray").save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    header = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    return bytes(data)
+
+
+def test_a_bad_save_writes_nothing_and_answers_400(served, run_copy):
+    _, url = served
+    sidecar = run_copy / "checkpoints" / "last.threshold.json"
+    bad = [({"image_threshold": -1e300}, "within float32's range"), ({"image_threshold": 1e39}, "float32"),
+           ({"image_threshold": "1.0"}, "must be a number"), ({"image_threshold": True}, "must be a number"),
+           ({"image_threshold": None}, "must be a number"), ({"image_threshold": [1]}, "must be a number"),
+           ({"image_threshold": 1.0, "other": 2}, "other"), ({}, "image_threshold")]  # fmt: skip
+    for body, message in bad:
+        response = httpx.post(f"{url}/api/threshold", json=body)
+        assert response.status_code == 400 and message in response.json()["detail"], (body, response.text)
+    for text in ('{"image_threshold": 1e400}', '{"image_threshold": NaN}', '{"image_threshold": -Infinity}'):
+        response = httpx.post(f"{url}/api/threshold", content=text, headers={"content-type": "application/json"})
+        assert response.status_code == 400, (text, response.text)
+    assert not sidecar.exists()
+    assert httpx.post(f"{url}/api/threshold", json={"image_threshold": 3.0e38}).status_code == 200  # float32 holds it
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"image_threshold": -1e300, "checkpoint_sha256": "%s"}', "within float32's range"),
+        ('{"image_threshold": "0.5", "checkpoint_sha256": "%s"}', "expected a number"),
+        ('{"image_threshold": NaN, "checkpoint_sha256": "%s"}', "no image threshold (NaN)"),
+        ('{"image_threshold": 0.5, "checkpoint_sha256": "%s", "_target_": "os.system"}', "'_target_', which adkd"),
+        ('{"image_threshold": 0.5, "checkpoint_sha256": 7}', "does not name the checkpoint"),
+        ('{"image_threshold": 0.5, "checkpoint_sha256": "%s", "calibrated_image_threshold": "x"}', "calibrated"),
+        ('{"image_threshold": 0.5', "Cannot read"),
+        ("[1, 2]", "holds no image_threshold"),
+        (" " * 100_000, "not a threshold choice adkd wrote"),
+    ],
+)
+def test_a_bad_threshold_file_is_refused_in_one_line_by_predict_export_and_serve(text, message, run_copy, tmp_path,
+                                                                                   capsys):  # fmt: skip
+    from adkd import operating_point
+    from adkd.errors import CheckpointError
+    from adkd.inference import file_digest
+
+    checkpoint = run_copy / "checkpoints" / "last.ckpt"
+    sidecar = operating_point.sidecar_path(checkpoint)
+    sidecar.write_text(text.replace("%s", file_digest(checkpoint)))
+    with pytest.raises(CheckpointError, match=re.escape(message)) as refused:
+        operating_point.chosen(checkpoint)
+    assert str(sidecar) in str(refused.value) and "delete it" in str(refused.value)
+    if message != "within float32's range":
+        return
+    from adkd.export import main as export
+    from adkd.predict import main as predict
+    from adkd.serve.__main__ import main as serve
+
+    images = run_copy.parent / "images"
+    images.mkdir()
+    (images / "part.png").write_bytes(_lying_png(32, 32))
+    capsys.readouterr()
+    for command in (lambda: predict([str(run_copy), str(images), "--out", str(tmp_path / "out")]),
+                    lambda: export([str(run_copy), "--out", str(tmp_path / "m.onnx")]),
+                    lambda: serve([str(run_copy), "--port", "0"])):  # fmt: skip
+        assert command() == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {sidecar} gives image_threshold -1e+300"), lines
+        assert "delete it (the calibrated threshold is then used) and choose the threshold again" in lines[0]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_many_concurrent_saves_all_succeed_and_leave_one_whole_file(served, run_copy):
+    from concurrent.futures import ThreadPoolExecutor
+
+    session, url = served
+    values = [0.001 * i for i in range(160)]
+    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=32)) as client:
+        post = lambda v: client.post(f"{url}/api/threshold", json={"image_threshold": v})  # noqa: E731
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(post, values))
+    assert [a.status_code for a in answers] == [200] * len(values)
+    folder = run_copy / "checkpoints"
+    saved = json.loads((folder / "last.threshold.json").read_text())["image_threshold"]
+    assert saved in values and session.threshold == pytest.approx(saved)  # the last one saved is the one in use
+    assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == []
+
+
+_SAVER = """
+import sys
+from pathlib import Path
+from adkd import operating_point
+checkpoint = Path(sys.argv[1])
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    operating_point.save(checkpoint, float(i), 0.5)
+"""
+
+
+def test_a_save_killed_at_any_moment_leaves_a_loadable_choice_and_no_temporary_file(tmp_path):
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from adkd import operating_point
+
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(b"weights")
+    sidecar = operating_point.sidecar_path(checkpoint)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    rng, left_behind = random.Random(0), 0
+    for _ in range(12):
+        saver = subprocess.Popen([sys.executable, "-c", _SAVER, str(checkpoint)], env=env, stdout=subprocess.PIPE,
+                                 text=True)  # fmt: skip
+        assert saver.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0.0, 0.05))
+        saver.send_signal(signal.SIGKILL)
+        saver.wait()
+        left_behind += len(list(tmp_path.glob(".last.threshold.json.*.tmp")))
+        value = operating_point.chosen(checkpoint)  # what predict, export and serve read at their start
+        assert value is None or value >= 1.0
+        assert value is None or not sidecar.exists() or json.loads(sidecar.read_text())["image_threshold"] == value
+        assert list(tmp_path.glob(".last.threshold.json.*.tmp")) == []  # cleaned at that start
+    # A dead writer's file goes; one a live writer holds (locked) stays.
+    dead, live = tmp_path / ".last.threshold.json.dead.tmp", tmp_path / ".last.threshold.json.live.tmp"
+    dead.write_text('{"image_threshold": 1')
+    live.write_text("")
+    import fcntl
+
+    with live.open() as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert operating_point.clean_partial(sidecar) == [dead]
+    assert live.exists() and not dead.exists()
+
+
+def test_an_image_larger_than_max_pixels_is_refused_from_its_header(served, tiny_mvtec):
+    session, url = served
+    from adkd.serve import DEFAULT_MAX_PIXELS
+
+    assert session.max_pixels == DEFAULT_MAX_PIXELS == 40_000_000
+    response = httpx.post(f"{url}/predict", files={"file": ("big.png", _lying_png(8000, 6000), "image/png")})
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"] == ("Image big.png is 8000x6000 pixels: this server decodes at most 40,000,000 "
+                                         "pixels (40 megapixels, --max-pixels). Send a smaller image.")  # fmt: skip
+    response = httpx.post(f"{url}/predict", files={"file": ("huge.png", _lying_png(13000, 13000), "image/png")})
+    assert response.status_code == 413 and "this server decodes at most 40,000,000 pixels" in response.text
+    session.max_pixels = 32 * 32
+    with (tiny_mvtec / "widget" / "test" / "good" / "000.png").open("rb") as f:
+        assert httpx.post(f"{url}/predict", files={"file": f}).status_code == 200  # 32x32: at the limit
+    session.max_pixels = 32 * 32 - 1
+    with (tiny_mvtec / "widget" / "test" / "good" / "000.png").open("rb") as f:
+        assert httpx.post(f"{url}/predict", files={"file": f}).status_code == 413
+
+
+def test_only_the_servers_own_names_and_pages_are_answered(run_copy, served):
+    from adkd.serve.app import Guard, create_app, host_names, running
+
+    session, url = served
+    port = url.rsplit(":", 1)[1]
+    sidecar = run_copy / "checkpoints" / "last.threshold.json"
+    save = {"image_threshold": 1.0}
+    refused = [
+        httpx.post(f"{url}/api/threshold", json=save, headers={"Host": "evil.example.com"}),
+        httpx.post(f"{url}/api/threshold", json=save, headers={"Host": f"evil.example.com:{port}"}),
+        httpx.post(f"{url}/api/threshold", json=save, headers={"Host": "127.0.0.1:1"}),
+        httpx.get(f"{url}/api/images", headers={"Host": "evil.example.com"}),
+        httpx.post(f"{url}/api/threshold", json=save, headers={"Origin": "http://evil.example.com"}),
+        httpx.post(f"{url}/api/threshold", json=save, headers={"Origin": f"http://localhost:{int(port) + 1}"}),
+        httpx.post(f"{url}/api/threshold", json=save, headers={"Origin": "null"}),
+        httpx.post(f"{url}/api/threshold", json=save, headers={"Sec-Fetch-Site": "cross-site"}),
+        httpx.post(f"{url}/api/score-folder", json={"path": "/"}, headers={"Origin": "http://evil.example.com"}),
+    ]
+    for response in refused:
+        assert response.status_code == 403 and response.json()["detail"].startswith("Refused: "), response.text
+    assert "DNS rebinding" in refused[0].json()["detail"] and "another origin" in refused[4].json()["detail"]
+    assert not sidecar.exists()
+    for headers in ({}, {"Host": f"localhost:{port}"}, {"Host": "localhost"}, {"Host": f"[::1]:{port}"},
+                    {"Origin": url, "Sec-Fetch-Site": "same-origin"}, {"Origin": f"http://localhost:{port}",
+                                                                       "Host": f"localhost:{port}"}):  # fmt: skip
+        assert httpx.post(f"{url}/api/threshold", json=save, headers=headers).status_code == 200, headers
+    assert httpx.get(f"{url}/api/run", headers={"Origin": "http://evil.example.com"}).status_code == 200  # reads
+    # Served on every address: IP addresses and --allow-host names too, never another name.
+    guard = Guard(None, host_names("0.0.0.0"), any_address=True,
+                  proxied=frozenset({"inspect.example.org"}))  # fmt: skip
+    ask = lambda host: guard.refusal({"method": "GET", "server": ("0.0.0.0", 8000),  # noqa: E731
+                                      "headers": [(b"host", host.encode())]})  # fmt: skip
+    assert ask("192.168.1.20:8000") is None and ask("inspect.example.org") is None and ask("[fe80::1]:8000") is None
+    assert ask("evil.example.com:8000") is not None and ask("192.168.1.20:9000") is not None
+    with running(create_app(session, host="127.0.0.1", allowed_hosts=["inspect.example.org"])) as other:
+        assert httpx.get(f"{other}/api/run", headers={"Host": "inspect.example.org"}).status_code == 200
+
+
+def test_serve_names_the_port_range_and_blames_a_bad_host_on_the_host(trained_run, capsys):
+    from adkd.serve.__main__ import main
+
+    for argv, expected in [
+        (["--port", "99999"], "error: --port 99999 is not a port: give a number from 1 to 65535"),
+        (["--port", "-1"], "error: --port -1 is not a port"),
+        (["--host", "nosuch.invalid"], "error: Cannot listen on --host 'nosuch.invalid': the name cannot be resolved"),
+        (["--host", "192.0.2.1"], "error: Cannot listen on --host 192.0.2.1 (Cannot assign requested address): it is "
+                                  "not an address of this machine"),
+        (["--max-pixels", "0"], "error: --max-pixels must be above 0"),
+    ]:  # fmt: skip
+        assert main([str(trained_run), *argv]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), lines
+        assert "--port" not in lines[0] or "port" in expected
+
+
+def test_folder_scoring_stops_walking_at_its_cap_and_when_the_client_goes(served, tmp_path, monkeypatch):
+    import time
+
+    from adkd.predict import walk_images
+    from adkd.serve import app
+
+    session, url = served
+    image = _lying_png(32, 32)
+    for i in range(10):
+        (tmp_path / "tree" / f"d{i}").mkdir(parents=True)
+        (tmp_path / "tree" / f"d{i}" / "a.png").write_bytes(image)
+    visited = []
+    first = list(walk_images(tmp_path / "tree", stop=lambda: visited.append(1) or False))
+    assert [p.parent.name for p in first] == [f"d{i}" for i in range(10)] and len(visited) == 10
+    monkeypatch.setattr(app, "MAX_FOLDER_IMAGES", 3)
+    visited.clear()
+    with pytest.raises(app.HTTPException, match="holds more than 3 images"):
+        app._score_folder(session, tmp_path / "tree", stop=lambda: visited.append(1) or False)
+    assert len(visited) == 4  # the walk stopped at the 4th image: 6 folders never read
+
+    monkeypatch.setattr(app, "MAX_FOLDER_IMAGES", 5000)
+    scored = []
+    slow = session.predict_file
+
+    def predict_file(*args, **kwargs):  # noqa: ANN002, ANN003
+        scored.append(1)
+        time.sleep(0.05)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(session, "predict_file", predict_file)
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(200):
+        (many / f"{i:03d}.png").write_bytes(image)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/api/score-folder", json={"path": str(many)}, timeout=0.5)
+    time.sleep(1.0)
+    given_up_at = len(scored)
+    time.sleep(0.5)
+    assert len(scored) == given_up_at < 60  # stopped within about half a second of the client going
+
+
+def test_sigterm_stops_the_server_at_once_while_it_scores_a_folder(trained_run, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[1]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    source = folder / "0000.png"
+    Image.new("RGB", (32, 32), "gray").save(source)
+    for i in range(1, 3000):
+        os.link(source, folder / f"{i:04d}.png")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "adkd.serve", str(trained_run), "--port", str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert "Serving" in next(line for line in server.stdout if "Serving" in line or "error" in line)
+        url = f"http://127.0.0.1:{port}"
+        answer = {}
+        post = lambda: answer.update(r=httpx.post(f"{url}/api/score-folder", json={"path": str(folder)}, timeout=120))  # noqa: E731
+        thread = threading.Thread(target=post)
+        thread.start()
+        time.sleep(3.0)  # scoring: 3000 images take far longer
+        start = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        stopped = time.monotonic() - start
+        thread.join(timeout=30)
+    finally:
+        server.kill()
+    assert "r" in answer, "the folder's request got no answer"
+    assert answer["r"].status_code == 503 and "the server is stopping" in answer["r"].json()["detail"], answer
+    assert stopped < 3.0, f"took {stopped:.1f} s to stop"

@@ -148,6 +148,32 @@ def test_onnx_metadata_and_external_weights_are_checked(tmp_path):
     assert OnnxModel(model("32")).image_size == 32
 
 
+@pytest.mark.parametrize("weights", ["file", "default"])
+def test_a_checkpoint_config_naming_weights_opens_no_file_and_fetches_none(weights, trained_run, images, tmp_path,
+                                                                           capsys):  # fmt: skip
+    """A stored config that drops ``pretrained`` (whose default is True: ImageNet weights, fetched)
+    and names a ``weights`` file: predict reads neither; the checkpoint's weights are used."""
+    bait = tmp_path / "bait.pth"
+    bait.write_text("not weights")
+
+    def edit(config: dict) -> None:
+        config["method"]["network"].pop("pretrained")
+        config["method"]["network"]["weights"] = str(bait) if weights == "file" else None
+
+    sent = _tampered(trained_run, tmp_path, edit)
+    assert _predict(sent, images, "--out", tmp_path / "out", "--no-figures") == 0, capsys.readouterr().err
+    assert "images scored" in capsys.readouterr().out
+
+
+def test_a_config_that_cannot_be_rebuilt_is_named_with_its_whole_error(trained_run, tmp_path):
+    from adkd.inference import load_model
+
+    sent = _tampered(trained_run, tmp_path, lambda config: config["method"]["network"].update(layers=[9] * 120))
+    with pytest.raises(CheckpointError, match="Cannot rebuild the model") as refused:
+        load_model(sent)
+    assert f"got {[9] * 120}). Was it written by another version of adkd?" in str(refused.value)
+
+
 # 2. A stale export is never used silently ---------------------------------------------------------
 
 
@@ -364,3 +390,45 @@ def test_report_on_a_folder_that_does_not_exist_says_so(tmp_path, capsys):
 
     assert main([str(tmp_path / "nowhere")]) == 1
     assert f"error: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+def test_one_corrupt_metrics_file_is_left_out_of_the_report_with_one_warning(tmp_path, capsys):
+    from adkd.report.__main__ import main
+
+    for job, auroc in (("0", 0.91), ("1", 0.83)):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "metrics.json").write_text(json.dumps(
+            {"method": "rd4ad", "dataset": "folder", "category": f"c{job}", "seed": 0,
+             "metrics": {"image_auroc": auroc}}))  # fmt: skip
+    for job, text in (("2", '{"method": "rd4ad", "metr'), ("3", "[]")):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "metrics.json").write_text(text)
+    assert main([str(tmp_path), "--metrics", "image_auroc", "--no-curves"]) == 0
+    out, err = capsys.readouterr()
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 2 and all(line.startswith("warning: ") for line in warnings)
+    assert f"warning: {tmp_path / '2' / 'metrics.json'} left out of the report: is not valid JSON" in warnings[0]
+    assert f"warning: {tmp_path / '3' / 'metrics.json'} left out of the report: is not a run's results" in warnings[1]
+    assert "91.0" in out and "83.0" in out and "(2 runs;" in out
+
+
+def test_ctrl_c_during_an_export_prints_one_line_and_leaves_no_half_written_file(trained_run, tmp_path, capsys,
+                                                                                  monkeypatch):  # fmt: skip
+    from adkd import export
+
+    out = tmp_path / "m.onnx"
+
+    def interrupted(deployable, example, path, properties):  # noqa: ANN001 - Ctrl-C mid-write
+        Path(path).write_bytes(b"half an onnx file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "write_onnx", interrupted)
+    try:
+        status = export.main([str(trained_run), "--out", str(out)])
+    except KeyboardInterrupt:  # what a traceback would end in: not pytest's own Ctrl-C
+        pytest.fail("Ctrl-C during an export escaped as a KeyboardInterrupt traceback")
+    assert status == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["Interrupted: the export did not finish (a half-written file is removed); run the command "
+                     "again."]  # fmt: skip
+    assert not out.exists()

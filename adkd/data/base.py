@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from adkd.data.check import check_records
 from adkd.data.dataset import AnomalyDataset
-from adkd.data.records import Record
+from adkd.data.records import Record, leaving_root, refuse
 from adkd.errors import ConfigError
 
 ALL_CATEGORIES = "all"  # category=all: one model on every category (the unified protocol, adkd.data.unified)
@@ -203,8 +203,11 @@ class AnomalyDataModule(L.LightningDataModule):
         else:  # the loss is validated on its normal images; thresholds see all of it
             fit = [r for r in self._own(self.records("train")) if r.gt_label == 0]
             val, calibration = [r for r in labelled if r.gt_label == 0], labelled
-        return {"train": self._limit(fit, self.limit_train), "val": val, "calibration": calibration,
-                "test": self._limit(self._evaluated(labelled), self.limit_test)}  # fmt: skip
+        splits = {"train": self._limit(fit, self.limit_train), "val": val, "calibration": calibration,
+                  "test": self._limit(self._evaluated(labelled), self.limit_test)}  # fmt: skip
+        every = [r for split in splits.values() for r in split]
+        refuse(leaving_root(every, self.root), f"{self.name}/{self.category}" if self.category else self.name)
+        return splits
 
     def _own(self, records: list[Record] | None) -> list[Record] | None:
         """``records`` marked with this datamodule's category (where a reader left it unset)."""

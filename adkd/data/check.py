@@ -104,10 +104,10 @@ def check_sweeps(sweeps: list[list[str]], report=print) -> list[str]:  # noqa: A
     import tempfile
 
     from hydra.errors import HydraException
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from adkd.config import compose
+    from adkd.data.unified import datamodule as build_datamodule
     from adkd.errors import user_error_in
 
     problems, seen = [], set()
@@ -124,22 +124,39 @@ def check_sweeps(sweeps: list[list[str]], report=print) -> list[str]:  # noqa: A
             seen.add(key)
             name = f"{cfg.dataset_name}/{cfg.category}"
             try:
-                datamodule = instantiate(cfg.dataset)
-                if datamodule.prepares_data() and not datamodule.is_present():
-                    report(f"{name}: not at {datamodule.root} yet; its run downloads it (dataset.download)")
-                    continue
-                records = datamodule.checked_records()
+                datamodule = build_datamodule(cfg.dataset)  # category=all: one per category, joined
             except Exception as err:
                 cause = user_error_in(err)
                 if cause is None:
                     raise
                 problems.append(f"{name}: {cause}")
                 continue
-            anomalous = sum(r.gt_label for r in records["test"])
-            unset = "" if records["calibration"] else " (no validation images: no thresholds)"
-            report(f"{name}: {len(records['train'])} training, {len(records['val'])} validation{unset}, "
-                   f"{len(records['test'])} test images ({anomalous} anomalous) in {datamodule.root}")  # fmt: skip
+            # A unified run (category=all) trains on every category: each is checked as its own run would be.
+            members = datamodule.members if datamodule.joins_categories else {None: datamodule}
+            for category, member in members.items():
+                problems += _check_datamodule(member, name if category is None else f"{name} ({category})", report)
     return problems
+
+
+def _check_datamodule(datamodule, name: str, report) -> list[str]:  # noqa: ANN001
+    """Check one datamodule's files, report what it holds; its problems."""
+    from adkd.errors import user_error_in
+
+    try:
+        if datamodule.prepares_data() and not datamodule.is_present():
+            report(f"{name}: not at {datamodule.root} yet; its run downloads it (dataset.download)")
+            return []
+        records = datamodule.checked_records()
+    except Exception as err:
+        cause = user_error_in(err)
+        if cause is None:
+            raise
+        return [f"{name}: {cause}"]
+    anomalous = sum(r.gt_label for r in records["test"])
+    unset = "" if records["calibration"] else " (no validation images: no thresholds)"
+    report(f"{name}: {len(records['train'])} training, {len(records['val'])} validation{unset}, "
+           f"{len(records['test'])} test images ({anomalous} anomalous) in {datamodule.root}")  # fmt: skip
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:

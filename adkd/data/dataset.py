@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from adkd.data.records import Record
-from adkd.errors import ImageReadError
+from adkd.errors import ImageReadError, ImageTooLargeError
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -27,16 +27,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: Path | BinaryIO, name: str | None = None) -> Image.Image:
-    """8-bit RGB, EXIF rotation applied, from a file or a stream (``name``: what errors call it)."""
+def read_image(path: Path | BinaryIO, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
+    """8-bit RGB, EXIF rotation applied, from a file or a stream (``name``: what errors call it).
+    ``max_pixels``: an image whose header declares more (width x height) is refused before any
+    pixel is decoded (ImageTooLargeError): what a server takes from anyone."""
     try:
         with Image.open(path) as img:
+            if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+                raise ImageTooLargeError(str(name or path), f"{img.size[0]}x{img.size[1]}", max_pixels)
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # PIL's own limit, from its header
+        if max_pixels is not None:
+            limit = (Image.MAX_IMAGE_PIXELS or 0) * (2 if isinstance(err, Image.DecompressionBombError) else 1)
+            raise ImageTooLargeError(str(name or path), f"more than {limit:,}", max_pixels) from err
+        raise ImageReadError(f"Cannot read image {name or path}: {err}. Replace or remove the file.") from err
     except UnidentifiedImageError as err:
         raise ImageReadError(f"Cannot read image {name or path}: not an image format PIL can decode. "
                              "Replace or remove the file.") from err  # fmt: skip
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except (OSError, ValueError) as err:
         raise ImageReadError(f"Cannot read image {name or path}: {err}. Replace or remove the file.") from err
 
 

@@ -25,10 +25,9 @@ import math
 import re
 
 import numpy as np
-from PIL import Image
 
 from adkd.data.base import AnomalyDataModule
-from adkd.data.records import Record, visible
+from adkd.data.records import Record, mask_marks_defect, refuse, visible
 from adkd.errors import DatasetNotFoundError
 
 KSDD_LAYOUT = """\
@@ -75,16 +74,17 @@ class KolektorSDDDataModule(AnomalyDataModule):
 
     def _all(self) -> list[Record]:
         """Every image with its label, ``EXCLUDED`` included (the split is drawn over them all)."""
-        records = []
+        records, problems = [], []
         for folder in self._folders():
             for image in sorted(p for p in folder.glob("*.jpg") if visible(p)):
                 mask = image.with_name(f"{image.stem}_label.bmp")
-                if not mask.is_file():
-                    raise DatasetNotFoundError(f"{image} has no mask {mask.name} beside it (KolektorSDD's layout).")
-                with Image.open(mask) as m:
-                    defective = bool(np.asarray(m).any())
+                defective, problem = mask_marks_defect(image, mask)
+                if problem:
+                    problems.append(problem)
+                    continue
                 records.append(Record(image, int(defective), mask if defective else None,
                                       "defect" if defective else "good"))  # fmt: skip
+        refuse(problems, f"KolektorSDD {self.root}")
         if not records:
             raise DatasetNotFoundError(f"No PartN.jpg images in the kos folders of {self.root}.\n{KSDD_LAYOUT}")
         return records

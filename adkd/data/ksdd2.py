@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
-
 from adkd.data.base import AnomalyDataModule
-from adkd.data.records import Record
+from adkd.data.records import Record, mask_marks_defect, refuse, visible
 from adkd.errors import DatasetNotFoundError
 
 KSDD2_LAYOUT = """\
@@ -36,17 +33,25 @@ class KolektorSDD2DataModule(AnomalyDataModule):
         )
 
     def records(self, split: str) -> list[Record]:
+        """Every ``<id>.png`` of the split with its ``<id>_GT.png``: an image without its mask, a
+        mask without its image, or a mask of another size (even an all-zero one) stops the run
+        with every such file named."""
         folder = self.root / split
-        records = []
-        for mask in sorted(folder.glob("*_GT.png")):
-            image = mask.with_name(mask.name.replace("_GT.png", ".png"))
-            if not image.is_file():
-                raise DatasetNotFoundError(f"Mask {mask} has no image {image}")
-            with Image.open(mask) as m:
-                positive = bool(np.asarray(m).any())
+        records, problems = [], []
+        for image in sorted(p for p in folder.glob("*.png") if visible(p) and not p.stem.endswith("_GT")):
+            mask = image.with_name(f"{image.stem}_GT.png")
+            positive, problem = mask_marks_defect(image, mask)
+            if problem:
+                problems.append(problem)
+                continue
             if split == "train" and positive:
                 continue  # the unsupervised protocol trains on negatives only
             records.append(Record(image, int(positive), mask if positive else None, "defect" if positive else "good"))
+        for mask in sorted(p for p in folder.glob("*_GT.png") if visible(p)):
+            image = mask.with_name(mask.name.replace("_GT.png", ".png"))
+            if not image.is_file():
+                problems.append(f"mask {mask} has no image {image.name} beside it")
+        refuse(problems, f"KolektorSDD2 {folder}")
         if not records:
             raise DatasetNotFoundError(f"No image/_GT.png pairs under {folder}")
         return records

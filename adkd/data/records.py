@@ -27,8 +27,8 @@ class Record:
 def within(root: Path, relative: str, where: str) -> Path:
     """``root / relative`` for a path read from one of the dataset's own files (a split CSV),
     refused unless it stays inside ``root``: an absolute path or a ``..`` step would read files
-    the dataset does not hold. (Checked on the text: links the user made inside the root are
-    followed as usual.)"""
+    the dataset does not hold. (Checked on the text here; where a link inside the root leads,
+    :func:`leaving_root` checks for every dataset.)"""
     path = Path(relative.strip())
     if path.is_absolute() or ".." in path.parts or not path.parts:
         raise DataCheckError(
@@ -36,6 +36,62 @@ def within(root: Path, relative: str, where: str) -> Path:
             "inside it, relative to it. Fix or replace that file."
         )
     return root / path
+
+
+def mask_marks_defect(image: Path, mask: Path) -> tuple[bool, str | None]:
+    """Whether a dataset's mask file ``mask`` marks any pixel (any non-zero value), and the problem
+    with it, if any: it must exist, be readable and be its image's size, whatever it holds (an
+    all-zero mask of another size is another image's, or a wrong file). For the datasets whose
+    labels come from their masks (KolektorSDD, KolektorSDD2)."""
+    import numpy as np
+    from PIL import Image
+
+    if not mask.is_file():
+        return False, f"{image} has no mask {mask.name} beside it: restore it (the dataset gives every image one)"
+    try:
+        with Image.open(image) as picture:
+            size = picture.size
+        with Image.open(mask) as marks:
+            if marks.size != size:
+                return False, (f"mask {mask} is {marks.size[0]}x{marks.size[1]} but its image is {size[0]}x{size[1]}: "
+                               "replace it with the image's own")  # fmt: skip
+            return bool(np.asarray(marks).any()), None
+    except (OSError, ValueError) as err:
+        return False, f"{mask} or its image {image.name} cannot be read ({err}): replace or remove them"
+
+
+def refuse(problems: list[str], where: str) -> None:
+    """Raise DataCheckError listing ``problems`` (the first 20) found reading ``where``, if any."""
+    if problems:
+        listed = "\n  - ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        files = "file cannot" if len(problems) == 1 else "files cannot"
+        raise DataCheckError(f"{where}: {len(problems)} {files} be used:\n  - {listed}")
+
+
+def leaving_root(records: list[Record], root: Path | None) -> list[str]:
+    """The problems with ``records`` whose files lie inside ``root`` by their path but elsewhere in
+    fact: a link in the dataset's tree (to a file or a folder) that leads outside it. The rule of a
+    split file's paths (:func:`within`), for the files of every dataset: a dataset reads the files
+    it holds. (The root itself may be a link: it is resolved first.)"""
+    if root is None:
+        return []
+    real_root, problems, seen = root.resolve(), [], set()
+    for path in (p for r in records for p in (r.image_path, r.mask_path) if p is not None):
+        try:
+            inside = path.relative_to(root)
+        except ValueError:
+            continue  # not named under the root: not a link's doing
+        real = path.resolve()
+        if real == real_root or real_root in real.parents:
+            continue
+        link = next((root / Path(*inside.parts[:n]) for n in range(1, len(inside.parts) + 1)
+                     if (root / Path(*inside.parts[:n])).is_symlink()), path)  # fmt: skip
+        if link not in seen:
+            seen.add(link)
+            problems.append(f"{link} is a link to {real if link == path else link.resolve()}, outside the dataset "
+                            f"root {root}: a dataset reads the files it holds. Copy them into it, or set "
+                            "dataset.root to the folder that holds them")  # fmt: skip
+    return problems
 
 
 def visible(path: Path) -> bool:

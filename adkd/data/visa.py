@@ -7,7 +7,7 @@ from pathlib import Path
 
 from adkd.data.base import AnomalyDataModule
 from adkd.data.records import Record, within
-from adkd.errors import DatasetNotFoundError
+from adkd.errors import DataCheckError, DatasetNotFoundError
 
 VISA_LAYOUT = """\
   <root>/split_csv/1cls.csv                     (columns object,split,label,image,mask)
@@ -53,7 +53,10 @@ class VisADataModule(AnomalyDataModule):
                 if split == "train" and anomalous:
                     continue
                 where = f"{self.split_file}, line {line}"
-                mask = within(self.root, row["mask"], where) if anomalous and row.get("mask") else None
+                if anomalous and not (row.get("mask") or "").strip():
+                    raise DataCheckError(f"{where}: the anomalous image {row['image']} has no mask; VisA gives every "
+                                         "anomalous image one. Fix or replace that file.")  # fmt: skip
+                mask = within(self.root, row["mask"], where) if anomalous else None
                 records.append(
                     Record(within(self.root, row["image"], where), int(anomalous), mask,
                            "anomaly" if anomalous else "good")  # fmt: skip

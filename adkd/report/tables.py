@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -60,9 +61,37 @@ def collect(folder: Path) -> list[dict]:
 
 def collect_runs(folder: Path) -> list[tuple[Path, dict]]:
     """(run folder, its metrics.json) for every finished run below ``folder``, in job order; a
-    unified run once per category (:func:`per_category`)."""
+    unified run once per category (:func:`per_category`). A metrics.json that cannot be read as
+    a run's results is left out, with a warning that names it (once)."""
     paths = sorted(Path(folder).rglob("metrics.json"), key=_natural_key)
-    return [(p.parent, result) for p in paths for result in per_category(json.loads(p.read_text()))]
+    runs = []
+    for path in paths:
+        result, problem = read_results(path)
+        if problem:
+            if path not in _WARNED:
+                _WARNED.add(path)
+                print(f"warning: {path} left out of the report: {problem}", file=sys.stderr)
+            continue
+        runs += [(path.parent, r) for r in per_category(result)]
+    return runs
+
+
+_WARNED: set[Path] = set()
+
+
+def read_results(path: Path) -> tuple[dict | None, str | None]:
+    """A run's metrics.json, or what is wrong with it (unreadable, cut short, not a run's results)."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"cannot be read ({err})"
+    except ValueError as err:
+        return None, f"is not valid JSON ({err}); the run's own results.md or its log may hold the numbers"
+    if not isinstance(result, dict) or not isinstance(result.get("method"), str):
+        return None, "is not a run's results (no method)"
+    if not isinstance(result.get("metrics"), dict) and not isinstance(result.get("per_category"), dict):
+        return None, "is not a run's results (no metrics)"
+    return result, None
 
 
 UNIFIED = "unified"
@@ -84,14 +113,17 @@ def unfinished(folder: Path) -> list[str]:
     lines = []
     for status_file in sorted(Path(folder).rglob("status.json"), key=_natural_key):
         run = status_file.parent
+        name = run.relative_to(folder) if run != Path(folder) else run
         if (run / "metrics.json").is_file():
+            problem = read_results(run / "metrics.json")[1]
+            if problem:
+                lines.append(f"{name}: its metrics.json {problem.split(';')[0]}")
             continue
         status = read_status(run)
         state = status.get("status", "unknown")
         if state == "running":
             state = "never finished (killed, or still running)"
         why = status.get("error") or (f"resume from {status['checkpoint']}" if status.get("checkpoint") else "")
-        name = run.relative_to(folder) if run != Path(folder) else run
         lines.append(f"{name}: {state}" + (f" ({why})" if why else ""))
     return lines
 
@@ -226,7 +258,7 @@ def write_report(
     seeds = sorted({r.get("seed") for r in results if r.get("seed") is not None})
     averaged = f"; each cell the mean over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
     units = "scores in %, times in ms"
-    runs = len(list(Path(folder).rglob("metrics.json")))  # a unified run is one run of several rows
+    runs = len({run for run, _ in collect_runs(folder)})  # a unified run is one run of several rows
     md = f"Dataset: {', '.join(datasets)} ({runs} runs; {units}{averaged})\n\n" + to_markdown(header, rows)
     if any(UNDERTRAINED in cell for row in rows for cell in row):
         md += (f"\n{UNDERTRAINED} A run of this cell ended while its training loss was still falling "

@@ -20,23 +20,41 @@ one category at a time (``--category``: its thresholds, its images, its saved ch
 from __future__ import annotations
 
 import argparse
+import errno
 import socket
 import sys
 from pathlib import Path
 
 from adkd.errors import UserError
+from adkd.serve import DEFAULT_MAX_PIXELS
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-
-def _port_free(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
+def _bind_address(host: str, port: int) -> None:
+    """Check that the server can listen on ``host``:``port`` before the model is loaded; a
+    UserError that says which of the two is at fault otherwise."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port: give a number from 1 to 65535 (0: any free port).")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]  # fmt: skip
+    except (socket.gaierror, UnicodeError) as err:
+        raise UserError(f"Cannot listen on --host {host!r}: the name cannot be resolved ({err}). Give an address of "
+                        "this machine (127.0.0.1, the default: this machine only; 0.0.0.0: every network).") \
+            from err  # fmt: skip
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port just freed is free
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as err:
-            raise UserError(f"Cannot listen on {host}:{port} ({err.strerror or err}): another server (an adkd.serve?) "
-                            "holds it; give another --port.") from err  # fmt: skip
+            if err.errno == errno.EADDRINUSE:
+                raise UserError(f"Cannot listen on {host}:{port} ({err.strerror}): another server (an adkd.serve?) "
+                                "holds it; give another --port.") from err  # fmt: skip
+            if err.errno == errno.EACCES:
+                raise UserError(f"Cannot listen on {host}:{port} ({err.strerror}): ports below 1024 are the system's; "
+                                "give a --port from 1024 to 65535.") from err  # fmt: skip
+            raise UserError(f"Cannot listen on --host {host} ({err.strerror or err}): it is not an address of this "
+                            "machine. Give one of its addresses (127.0.0.1, the default; 0.0.0.0: every network).") \
+                from err  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --engine openvino: the export's precision")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body accepted (MB)")
+    parser.add_argument("--max-pixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
+                        help="largest image decoded, in megapixels (width x height; default %(default)g: an "
+                        "inspection camera's frame, with room); larger ones get a 413 from their header")  # fmt: skip
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a name, besides this machine's, that the server answers to in the Host header (a "
+                        "reverse proxy's); repeatable")  # fmt: skip
     parser.add_argument("--category", default=None,
                         help="for a unified model (trained with category=all): the category to serve, with its "
                         "thresholds and images")  # fmt: skip
@@ -59,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         from adkd.predict import _check_device
 
         _check_device(args.device)
-        if args.max_upload_mb <= 0:
+        if not args.max_upload_mb > 0:
             raise UserError(f"--max-upload-mb must be above 0, got {args.max_upload_mb:g}.")
-        _port_free(args.host, args.port)
+        if not 0 < args.max_pixels <= 2000:
+            raise UserError(f"--max-pixels must be above 0 and at most 2000 (megapixels), got {args.max_pixels:g}.")
+        _bind_address(args.host, args.port)
         from adkd.serve.session import Session
 
         if args.precision != "fp32" and args.engine != "openvino":
@@ -75,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     import uvicorn
 
-    from adkd.serve.app import UploadLimit, create_app
+    from adkd.serve.app import GRACE, LOOPBACK, UploadLimit, create_app
 
     local = args.host in LOOPBACK
     if not local:
@@ -83,11 +109,32 @@ def main(argv: list[str] | None = None) -> int:
               "this run's threshold. Folder scoring is off.", file=sys.stderr)  # fmt: skip
     if session.images_note:
         print(f"warning: {session.images_note}", file=sys.stderr)
-    app = UploadLimit(create_app(session, folders=local), int(args.max_upload_mb * 2**20))
+    session.max_pixels = int(args.max_pixels * 1e6)
+    import warnings
+
+    from PIL import Image
+
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sizes are checked against --max-pixels
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, session.max_pixels)  # which PIL's must not undercut
+    app = UploadLimit(create_app(session, folders=local, host=args.host, allowed_hosts=args.allow_host),
+                      int(args.max_upload_mb * 2**20))  # fmt: skip
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"Serving {session.checkpoint} ({session.describe()['method']}, {session.engine_name} on {args.device}) at "
-          f"http://{shown}:{args.port}/  (POST /predict; Ctrl-C stops)", flush=True)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:  # noqa: ANN001
+            await super().startup(sockets)
+            if self.started:  # listening: a client that waits for this line can connect
+                port = self.servers[0].sockets[0].getsockname()[1] if self.servers else args.port
+                what = f"{session.describe()['method']}, {session.engine_name} on {args.device}"
+                print(f"Serving {session.checkpoint} ({what}) at http://{shown}:{port}/  (POST /predict; Ctrl-C stops)",
+                      flush=True)  # fmt: skip
+
+        def handle_exit(self, sig, frame) -> None:  # noqa: ANN001 - Ctrl-C, SIGTERM: long requests end at once
+            session.stopping.set()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=GRACE)
+    Server(config).run()
     print("Stopped.", file=sys.stderr)
     return 0
 

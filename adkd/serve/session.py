@@ -12,19 +12,24 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import math
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from adkd.errors import UserError, user_error_in
+from adkd.serve import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "validation")
 MAP_MEMORY = 256 * 2**20  # maps kept (float16) up to this size; beyond, an overlay computes its own
+DECODERS = min(4, os.cpu_count() or 1)  # images decoded at once (the cores are the limit anyway)
 
 
 @dataclass
@@ -73,6 +78,10 @@ class Session:
             raise UserError(f"--engine {engine!r}: torch, onnx or openvino.")
         self.engine_name = engine
         self._lock = threading.Lock()  # one forward pass at a time: the cores are the model's
+        self._choosing = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(DECODERS)
+        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.stopping = threading.Event()  # set when the server is asked to stop: long requests end
         self.images: dict[str, list[Scored]] = {split: [] for split in SPLITS}
         self._maps: dict[str, list[torch.Tensor]] = {}
         self.images_note = self._score_run_images()
@@ -86,17 +95,22 @@ class Session:
     def pixel_threshold(self) -> float | None:
         return _number(self.post.pixel_threshold)
 
-    def choose(self, image_threshold: float) -> Path:
-        """Keep ``image_threshold`` for this run (:mod:`adkd.operating_point`); used from now on."""
-        import math
-
+    def choose(self, image_threshold: object) -> Path:
+        """Keep ``image_threshold`` for this run (:mod:`adkd.operating_point`); used from now on.
+        Checked before anything is written (a UserError says what is expected); concurrent choices
+        take turns, so the one in use is the one last saved."""
         from adkd import operating_point
 
-        if not math.isfinite(image_threshold):
-            raise UserError(f"The image threshold must be a finite number, got {image_threshold}.")
-        path = operating_point.save(self.checkpoint, image_threshold, self.calibrated, self.category)
-        self.post.set_thresholds(image=image_threshold)
-        log.info("Image threshold %.6g saved to %s", image_threshold, path)
+        value = operating_point.check_choice(image_threshold)
+        with self._choosing:
+            try:
+                path = operating_point.save(self.checkpoint, value, self.calibrated, self.category)
+            except OSError as err:  # a read-only or full disk: the choice stays as it was
+                raise UserError(f"Cannot save the threshold beside {self.checkpoint} ({err.strerror or err}): "
+                                "nothing was changed. The run's checkpoints folder must be writable.") \
+                    from err  # fmt: skip
+            self.post.set_thresholds(image=value)
+        log.info("Image threshold %.6g saved to %s", value, path)
         return path
 
     # -- scoring --------------------------------------------------------------------------------
@@ -109,15 +123,26 @@ class Session:
     def predict_bytes(self, data: bytes, name: str, mask: bool = False) -> dict:
         """One uploaded image: score, normalised score, decision, threshold (and the predicted
         region as a PNG at the image's own size, base64, with ``mask``)."""
+        return self.predict_file(io.BytesIO(data), name, mask)
+
+    def predict_file(self, file: Path | BinaryIO, name: str, mask: bool = False) -> dict:
+        """:meth:`predict_bytes` of an image file or stream. One whose header declares more than
+        ``max_pixels`` is refused before it is decoded (ImageTooLargeError), and at most
+        ``DECODERS`` images are decoded at once: the memory a burst of requests takes is bounded
+        by about DECODERS x 12 bytes x max_pixels, whatever is sent."""
         from adkd.data.dataset import read_image, resized
 
-        image = read_image(io.BytesIO(data), name)
-        tensor = resized(image, (self.image_size, self.image_size)).float()[None] / 255
+        with self._decoding:
+            image = read_image(file, name, self.max_pixels)
+            size = image.size
+            tensor = resized(image, (self.image_size, self.image_size)).float()[None] / 255
+            del image
         anomaly_map, score = self.infer(tensor)
         answer = self.decide(float(score[0]))
-        answer["image_size"] = list(image.size)
+        answer["image_size"] = list(size)
         if mask:
-            answer["mask_png"] = self.mask_png(anomaly_map[0, 0], image.size)
+            with self._decoding:
+                answer["mask_png"] = self.mask_png(anomaly_map[0, 0], size)
         return answer
 
     def decide(self, score: float) -> dict:
@@ -127,7 +152,8 @@ class Session:
         if threshold is not None:
             normalized = self.post.normalize(torch.zeros(1), torch.tensor([score]))[1]
             anomalous = score > threshold
-            answer.update(normalized_score=float(normalized[0]), anomalous=anomalous,
+            value = float(normalized[0])
+            answer.update(normalized_score=value if math.isfinite(value) else None, anomalous=anomalous,
                           decision="anomalous" if anomalous else "normal")  # fmt: skip
         return answer
 
