@@ -87,8 +87,9 @@ def test_a_run_whose_loss_still_fell_steeply_is_undertrained_however_flat_its_va
         summary, _ = _fit_end(0.616, 0.618, losses=torch.linspace(10, 5, 40))  # 10 -> 5: 1.28 a quarter
     assert summary["undertrained"] is True
     assert summary["evidence"]["loss"]["share_of_start"] == pytest.approx((50 / 39) / (10 - 10 / 39), abs=1e-4)
-    assert "took off 13.2% of where it began (over 5%)" in caplog.text
-    assert _fit_end(0.616, 0.618, losses=torch.linspace(10, 5, 40), falling=0.2)[0]["undertrained"] is False
+    assert summary["evidence"]["loss"]["per_step"] == pytest.approx((50 / 39) / (10 - 10 / 39) / 10, abs=1e-5)
+    assert "still fell by 1.32% of where it began a step over its last 10 steps (over 0.50%)" in caplog.text
+    assert _fit_end(0.616, 0.618, losses=torch.linspace(10, 5, 40), falling=0.02)[0]["undertrained"] is False
 
 
 def test_the_loss_evidence_needs_eight_steps():
