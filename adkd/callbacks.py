@@ -167,7 +167,8 @@ class TrainingLength(L.Callback):
     def __init__(self, steps: int | None = None, max_epochs: int | None = None, metric: str = "pixel_auroc",
                  falling: float = 0.005, moving: float = 0.01, share_before: float = 0.75) -> None:  # fmt: skip
         if steps is None and max_epochs is None:
-            raise ConfigError("Neither steps nor max_epochs is set: give one (e.g. steps=300 or max_epochs=10).")
+            raise ConfigError("Neither steps nor max_epochs is set (budget=demo takes steps from the method's "
+                              "recipe.small.steps): give one, e.g. steps=300 or max_epochs=10.")
         self.steps, self.max_epochs = steps, max_epochs
         self.metric, self.falling, self.moving, self.share_before = metric, falling, moving, share_before
         self.batches: int | None = None

@@ -47,7 +47,7 @@ YAML = '''
 post: {map_sigma: 1.0, score: max}
 recipe:
   paper: {max_epochs: 10, batch_size: 4, lr: 0.1}
-  small: {batch_size: 4, lr: 0.1}
+  small: {steps: 30, batch_size: 4, lr: 0.1}
 search_space:
   lr: tag(log, interval(0.01, 1.0))
 method:
