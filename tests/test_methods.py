@@ -119,9 +119,12 @@ def test_inference_layout_leaves_the_maps_unchanged(name, tiny_mvtec, tmp_path):
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     after, score_after = model.predict_maps(x)
-    # float rounding only (reductions run in another order: RD++'s InstanceNorm moves its maps by 2e-5 of their range)
-    close = dict(rtol=1e-4, atol=1e-5)
-    assert torch.allclose(before, after, **close) and torch.allclose(score_before, score_after, **close)
+    # Float rounding only: reductions run in another order. RD++'s InstanceNorm moves its maps by 2e-5
+    # of their range on one CPU and by 1e-3 on another (max 4e-4 of a 0.415 range; scores by 3e-4 of
+    # 3.1), where a wrong layout moves them by the whole range.
+    spread = float(before.max() - before.min())
+    assert torch.allclose(before, after, rtol=1e-4, atol=max(1e-5, 2e-3 * spread))
+    assert torch.allclose(score_before, score_after, rtol=2e-4, atol=1e-5)
 
 
 def test_blur_of_a_map_smaller_than_its_kernel_cuts_the_kernel_to_the_map():

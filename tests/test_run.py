@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from adkd.config import compose
-from tests.conftest import SLOW_IMAGE_SIZE, fixture_steps, method_params, smallest_image, tiny_overrides
+from tests.conftest import (
+    SLOW_IMAGE_SIZE,
+    fixture_seed,
+    fixture_steps,
+    method_params,
+    smallest_image,
+    tiny_overrides,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +43,8 @@ def floor_run(method: str, root: Path, out: Path, *extra: str) -> dict:
     32 px fixture (resized up for a method that needs larger images): a few seconds each."""
     from adkd.run import run
 
-    steps = f"steps={fixture_steps(method)}"
-    overrides = [o for o in tiny_overrides(root, steps) if o != "max_epochs=1"]  # the steps decide
+    steps, seed = f"steps={fixture_steps(method)}", f"seed={fixture_seed(method)}"
+    overrides = [o for o in tiny_overrides(root, steps, seed) if o != "max_epochs=1"]  # the steps decide
     if smallest_image(method) >= SLOW_IMAGE_SIZE:  # EfficientAD: its recipe's batch 1 (at 256 px, 4 s a step)
         overrides = [o for o in overrides if o != "batch_size=4"]
     size = f"image_size={smallest_image(method)}"  # the fixture's 32 px, or the method's smallest
@@ -290,7 +297,7 @@ def test_report_rows_follow_the_job_order(tmp_path):
     for job, category in [(2, "b"), (10, "c"), (1, "a")]:
         run = tmp_path / f"{job}_category={category}"
         run.mkdir()
-        (run / "metrics.json").write_text(json.dumps({"category": category}))
+        (run / "metrics.json").write_text(json.dumps({"method": "rd4ad", "category": category, "metrics": {}}))
     assert [r["category"] for r in collect(tmp_path)] == ["a", "b", "c"]
 
 

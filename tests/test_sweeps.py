@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_each_w_and_b_sweep_command_runs_offline_and_names_its_run(name, tiny_mv
     command, params = agent_command(sweep_file)
     assert command[:4] == ["/usr/bin/env", "python", "-m", "adkd.run"]
     (tmp_path / "datasets" / "mvtec").mkdir(parents=True)
-    (tmp_path / "datasets" / "mvtec" / "bottle").symlink_to(tiny_mvtec / "widget")  # the command's dataset.root
+    shutil.copytree(tiny_mvtec / "widget", tmp_path / "datasets" / "mvtec" / "bottle")  # the command's dataset.root
     python_first = f"{Path(sys.executable).parent}:{ENV['PATH']}"  # the agent runs in the user's environment
     env = {**ENV, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PATH": python_first}
     env.pop("WANDB_API_KEY", None)

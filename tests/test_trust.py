@@ -298,7 +298,7 @@ def test_a_split_file_that_names_a_path_outside_the_root_stops_the_run_naming_th
         ("batch_size=0", "batch_size=0 is not valid: batch_size must be a whole number, 1 or more"),
         ("lr=-1", "lr=-1 is not valid: lr must be a number above 0"),
         ("lr=0", "lr=0 is not valid: lr must be a number above 0 for a method that optimises"),
-        ("max_epochs=0", "max_epochs=0 is not valid: max_epochs must be null (as many epochs as `steps` take) or"),
+        ("max_epochs=0", "max_epochs=0 is not valid: max_epochs must be null"),
         ("steps=0", "steps=0 is not valid: steps must be null or a whole number of optimiser steps, 1 or more"),
         ("max_epochs=-1", "max_epochs=-1 is not valid"),
         ("threshold.mode=best", "threshold.mode='best' is not valid: threshold.mode must be fpr or f1"),

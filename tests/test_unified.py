@@ -15,7 +15,7 @@ from adkd.config import compose
 from adkd.data.folder import FolderDataModule
 from adkd.errors import CheckpointError, ConfigError, DataCheckError
 from adkd.methods.registry import method_names
-from tests.conftest import _texture, fixture_steps, smallest_image, tiny_overrides
+from tests.conftest import _texture, fixture_seed, fixture_steps, smallest_image, tiny_overrides
 
 SIZE = 32
 
@@ -191,7 +191,7 @@ def test_a_model_of_one_category_refuses_a_category(trained_run):
 
 
 def test_the_report_puts_a_unified_run_beside_per_category_runs(unified_run, tmp_path):
-    from adkd.report.tables import write_report
+    from adkd.report.tables import UNDERTRAINED, write_report
 
     unified = json.loads((unified_run / "metrics.json").read_text())
     (tmp_path / "0").mkdir()
@@ -199,12 +199,13 @@ def test_the_report_puts_a_unified_run_beside_per_category_runs(unified_run, tmp
     for job, category, auroc in ((1, "gadget", 0.25), (2, "widget", 0.75)):  # per-category runs of the method
         (tmp_path / str(job)).mkdir()
         separate = {**unified, "category": category, "metrics": {"image_auroc": auroc}, "overrides": []}
-        for key in ("protocol", "per_category"):
+        for key in ("protocol", "per_category", "training"):
             separate.pop(key)
         (tmp_path / str(job) / "metrics.json").write_text(json.dumps(separate))
     md = write_report(tmp_path, ("image_auroc",))[2].splitlines()
     assert md[2] == "| category | rd4ad (unified) image_auroc | rd4ad image_auroc |"
-    own = {c: f"{100 * s['metrics']['image_auroc']:.1f}" for c, s in unified["per_category"].items()}
+    mark = UNDERTRAINED if unified["training"]["undertrained"] else ""  # one epoch: still learning, and said
+    own = {c: f"{100 * s['metrics']['image_auroc']:.1f}{mark}" for c, s in unified["per_category"].items()}
     assert md[4:7] == [f"| gadget | {own['gadget']} | 25.0 |", f"| widget | {own['widget']} | 75.0 |",
                        f"| mean | {100 * unified['metrics']['image_auroc']:.1f} | 50.0 |"]  # fmt: skip
     assert md[0].startswith("Dataset: folder (3 runs;")
@@ -256,7 +257,8 @@ def test_every_method_trains_unified_and_validates_as_it_does_per_category(metho
     from adkd.run import run
 
     overrides = [o for o in _overrides(two_categories) if o not in ("max_epochs=1", "backbone.pretrained=false")]
-    results = run(compose([*overrides, f"method={method}", "budget=demo", f"steps={2 * fixture_steps(method)}",
+    steps, seed = f"steps={2 * fixture_steps(method)}", f"seed={fixture_seed(method)}"  # twice the fixture's images
+    results = run(compose([*overrides, f"method={method}", "budget=demo", steps, seed,
                            f"image_size={smallest_image(method)}"], tmp_path))  # fmt: skip
     assert results["validation"]["pixel_ap"] is not None and results["validation"]["labelled_image_auroc"] is not None
     per_category = results["per_category"]
