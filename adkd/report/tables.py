@@ -261,8 +261,9 @@ def write_report(
     runs = len({run for run, _ in collect_runs(folder)})  # a unified run is one run of several rows
     md = f"Dataset: {', '.join(datasets)} ({runs} runs; {units}{averaged})\n\n" + to_markdown(header, rows)
     if any(UNDERTRAINED in cell for row in rows for cell in row):
-        md += (f"\n{UNDERTRAINED} A run of this cell ended while its training loss was still falling "
-               "(metrics.json's training.undertrained): train it longer (steps=, max_epochs=) before comparing.\n")
+        md += (f"\n{UNDERTRAINED} A run of this cell ended still learning (its loss still falling steeply, or its "
+               "validation not settled: metrics.json's training.undertrained): train it longer (steps=, max_epochs=) "
+               "before comparing.\n")
     if missing:
         md += f"\nNot in the table ({len(missing)} runs without results):\n" + "".join(f"- {m}\n" for m in missing)
     (out / "results.md").write_text(md)
