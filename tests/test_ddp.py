@@ -58,8 +58,10 @@ def test_two_cpu_processes_train_together_and_match_the_single_process_run(tmp_p
     # STFPM's loss is summed over the batch, as its official code sums it, and DDP averages the ranks'
     # gradients: the loss is scaled by the world size (AnomalyModule.ranks), or two ranks of 8 would
     # step at half the single process's rate. What still differs is BatchNorm in the student: each
-    # rank normalises its 8 images, the single process all 16 (SyncBatchNorm needs GPUs), while
-    # seed=1 instead of seed=0 moves these metrics by 0.010-0.013.
+    # rank normalises its 8 images, the single process all 16 (SyncBatchNorm needs GPUs). The
+    # tolerance was 0.005 while the student's BatchNorm was wrongly frozen (measured 0.001 then);
+    # training it, the ranks' batch statistics part the runs by up to 0.0074 in pixel AP (0.4111
+    # against 0.4037 here), less than seed=1 instead of seed=0 moves these metrics (0.010-0.013).
     for name in ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro"):
         print(f"{name}: DDP {together[name]:.4f}, single process {alone[name]:.4f}")
-        assert together[name] == pytest.approx(alone[name], abs=0.005), name
+        assert together[name] == pytest.approx(alone[name], abs=0.01), name
