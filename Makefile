@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(PY) -m adkd.run $(ARGS)
 
-# The browser test of adkd.serve drives Debian's chromium (browser downloads are not used): a root
+# The browser test of adkd.deploy.serve drives Debian's chromium (browser downloads are not used): a root
 # shell installs it with apt-get; elsewhere the test is skipped, saying what to install.
 browser:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \

@@ -1,7 +1,10 @@
 """adkd: knowledge-distillation anomaly detection on PyTorch Lightning and Hydra."""
 
-from adkd.runs import register_resolvers
+from adkd import moved
+from adkd.training.runs import register_resolvers
+from adkd.version import __version__
 
-__version__ = "0.1.0"
+__all__ = ["__version__"]
 
+moved.install()  # the modules of earlier versions, and their commands
 register_resolvers()  # conf/run.yaml names its run folders through them

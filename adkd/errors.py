@@ -33,8 +33,10 @@ class ImageTooLargeError(ImageReadError):
 
     def __init__(self, name: str, size: str, max_pixels: int) -> None:
         self.name, self.size, self.max_pixels = name, size, max_pixels
-        super().__init__(f"Image {name} is {size} pixels, over the limit of {max_pixels:,} pixels "
-                         f"({max_pixels / 1e6:g} megapixels): send a smaller image.")  # fmt: skip
+        super().__init__(
+            f"Image {name} is {size} pixels, over the limit of {max_pixels:,} pixels "
+            f"({max_pixels / 1e6:g} megapixels): send a smaller image."
+        )
 
 
 class BackboneWeightsError(UserError, RuntimeError):

@@ -3,7 +3,7 @@
 # methods, at budget=converged, 3 seeds, on MVTec-layout folders: one folder per category under
 # DATA (e.g. the embedded textures, cells and an ELPV export). Runs JOBS at a time, each a
 # separate `python -m adkd.run`; a run whose metrics.json exists is skipped, so the script can be
-# run again after an interruption. Then: python -m adkd.report OUT (one column per label)
+# run again after an interruption. Then: adkd report OUT (one column per label)
 #
 #   experiments/adps_ablations.sh DATA OUT [JOBS] [PART] [extra overrides...]
 #   PART: ablations | methods | all (default)
@@ -24,7 +24,7 @@ declare -A ABLATIONS=(
 jobs() {  # one line per run: <run folder> <overrides...>; seed by seed (methods first), so a cut-short run has whole seeds
   for seed in "${SEEDS[@]}"; do
     if [[ $PART == methods || $PART == all ]]; then
-      for method in $(python -m adkd.methods.registry); do for set in "${ALL_SETS[@]}"; do
+      for method in $(adkd methods); do for set in "${ALL_SETS[@]}"; do
         echo "$OUT/$method/$set/$seed method=$method label=$method category=$set seed=$seed"
       done; done
     fi

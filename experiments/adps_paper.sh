@@ -22,13 +22,13 @@ CATEGORIES=bottle,cable,capsule,carpet,grid,hazelnut,leather,metal_nut,pill,scre
 ON_MVTEC=(experiment=adps_paper dataset=mvtec dataset.root="$MVTEC" category=$CATEGORIES hydra.sweep.dir="$OUT/mvtec" "$@")
 ON_KSDD=(experiment=adps_paper dataset=ksdd dataset.root="$KSDD" hydra.sweep.dir="$OUT/ksdd" "$@")
 ON_KSDD2=(experiment=adps_paper dataset=ksdd2 dataset.root="$KSDD2" hydra.sweep.dir="$OUT/ksdd2" "$@")
-python -m adkd.data.check "${ON_MVTEC[@]}" -- "${ON_KSDD[@]}" -- "${ON_KSDD2[@]}"
+adkd check "${ON_MVTEC[@]}" -- "${ON_KSDD[@]}" -- "${ON_KSDD2[@]}"
 python -m adkd.run -m "${ON_MVTEC[@]}"
 python -m adkd.run -m "${ON_KSDD[@]}"
 python -m adkd.run -m "${ON_KSDD2[@]}"
 # Each dataset's table shows the metrics its papers report (DATASET_METRICS in adkd/report/tables.py);
 # MVTec AD's adds pixel AP, ADPS's headline there, of which the paper printed only the mean.
-python -m adkd.report "$OUT/mvtec" --metrics image_auroc,pixel_auroc,pixel_aupro,pixel_ap
-python -m adkd.report "$OUT/ksdd"
-python -m adkd.report "$OUT/ksdd2"
-python -m adkd.report "$OUT" --paper adps
+adkd report "$OUT/mvtec" --metrics image_auroc,pixel_auroc,pixel_aupro,pixel_ap
+adkd report "$OUT/ksdd"
+adkd report "$OUT/ksdd2"
+adkd report "$OUT" --paper adps

@@ -15,7 +15,7 @@ import torch
 
 
 def variants(model, images: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: ANN001
-    from adkd.methods.postprocess import PostProcessor
+    from adkd.methods.components.postprocess import PostProcessor
 
     net = model.network
     psm = net.psm
@@ -41,8 +41,8 @@ def main() -> None:
     from hydra.utils import instantiate
     from sklearn.metrics import roc_auc_score  # the scores as they are (torchmetrics would squash them)
 
-    from adkd.inference import load_model
-    from adkd.trust import dataset_config
+    from adkd.deploy.checkpoints import load_model
+    from adkd.deploy.trust import dataset_config
 
     model, config = load_model(args.run)
     dm = instantiate(dataset_config(config, args.run))

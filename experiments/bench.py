@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from adkd.export import write_onnx
-from adkd.inference import Deployable, OnnxModel, OpenVinoModel, for_export
+from adkd.deploy.engines import Deployable, OnnxModel, OpenVinoModel, for_export
+from adkd.deploy.export import write_onnx
 from adkd.methods.registry import build_method, method_names
 
 BASELINE = "rd4ad"
@@ -157,8 +157,9 @@ def build(args: argparse.Namespace) -> dict:
     models = {}
     examples = torch.rand(8, 3, args.image_size, args.image_size)
     for name in args.methods:
-        model = build_method(name, f"backbone={args.backbone}", "backbone.pretrained=false",
-                             f"image_size={args.image_size}")  # fmt: skip
+        model = build_method(
+            name, f"backbone={args.backbone}", "backbone.pretrained=false", f"image_size={args.image_size}"
+        )
         model.fit_example(examples)  # PatchCore: a memory bank of these images' patches
         model = model.to(args.device).prepare_for_inference()
         with torch.no_grad():  # thresholds, as a finished run has (exported graphs hold them)
@@ -189,7 +190,7 @@ def openvino_engines(name: str, onnx: Path, image_size: int, folder: Path) -> di
     speed of int8 does not depend on what it was calibrated on; its accuracy is export's check)."""
     import openvino as ov
 
-    from adkd.openvino_export import quantize, save_ir
+    from adkd.deploy.openvino import quantize, save_ir
 
     engines = {}
     generator = torch.Generator().manual_seed(0)
@@ -214,15 +215,32 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "amp"], default=precisions)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--anomalib", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time anomalib's ReverseDistillation and Stfpm (ResNet backbones)")  # fmt: skip
-    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=not cuda,
-                        help="also time each method exported to ONNX, under ONNX Runtime")  # fmt: skip
-    parser.add_argument("--openvino", action=argparse.BooleanOptionalAction, default=not cuda,
-                        help="also time each ONNX export under OpenVINO (fp32, int8), and anomalib's own OpenVINO "
-                        "exports beside them (with --anomalib)")  # fmt: skip
-    parser.add_argument("--methods", nargs="+", choices=method_names(), default=method_names(),
-                        help=f"which methods (default: all; {BASELINE}, the ratios' baseline, always)")  # fmt: skip
+    parser.add_argument(
+        "--anomalib",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time anomalib's ReverseDistillation and Stfpm (ResNet backbones)",
+    )
+    parser.add_argument(
+        "--onnx",
+        action=argparse.BooleanOptionalAction,
+        default=not cuda,
+        help="also time each method exported to ONNX, under ONNX Runtime",
+    )
+    parser.add_argument(
+        "--openvino",
+        action=argparse.BooleanOptionalAction,
+        default=not cuda,
+        help="also time each ONNX export under OpenVINO (fp32, int8), and anomalib's own OpenVINO "
+        "exports beside them (with --anomalib)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=method_names(),
+        default=method_names(),
+        help=f"which methods (default: all; {BASELINE}, the ratios' baseline, always)",
+    )
     args = parser.parse_args()
     args.methods = list(dict.fromkeys([BASELINE, *args.methods]))
     args.openvino = args.openvino and args.device == "cpu" and args.onnx

@@ -48,8 +48,10 @@ def main() -> None:
             chosen[name] = select()
             times[name].append(time.perf_counter() - start)
     ours, theirs = chosen["adkd greedy_coreset"], chosen["anomalib KCenterGreedy"]
-    print(f"greedy coreset: {args.patches} x {args.dim} features, {keep} kept, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} alternating rounds")  # fmt: skip
+    print(
+        f"greedy coreset: {args.patches} x {args.dim} features, {keep} kept, {torch.get_num_threads()} threads, "
+        f"median of {args.rounds} alternating rounds"
+    )
     for name, values in times.items():
         print(f"  {name:<24}{statistics.median(values):8.2f} s")
     ratio = statistics.median(times["anomalib KCenterGreedy"]) / statistics.median(times["adkd greedy_coreset"])

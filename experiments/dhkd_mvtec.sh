@@ -19,7 +19,7 @@ MVTEC=${1:?path to MVTec AD}; shift
 OUT=${OUT:-outputs/dhkd_mvtec/$(date +%Y-%m-%d_%H-%M-%S)}
 CATEGORIES=bottle,cable,capsule,carpet,grid,hazelnut,leather,metal_nut,pill,screw,tile,toothbrush,transistor,wood,zipper
 ON_MVTEC=(method=dhkd dataset=mvtec dataset.root="$MVTEC" category=$CATEGORIES trainer=gpu hydra.sweep.dir="$OUT" "$@")
-python -m adkd.data.check "${ON_MVTEC[@]}"
+adkd check "${ON_MVTEC[@]}"
 python -m adkd.run -m "${ON_MVTEC[@]}"
-python -m adkd.report "$OUT"
-python -m adkd.report "$OUT" --paper dhkd
+adkd report "$OUT"
+adkd report "$OUT" --paper dhkd

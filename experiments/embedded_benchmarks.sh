@@ -9,9 +9,9 @@ set -euo pipefail
 PART=${1:-all}; shift || true
 OUT=${OUT:-outputs/embedded_benchmarks}
 run() { python -m adkd.run -m "$@"; }
-report() { python -m adkd.report "$1" --metrics "$2"; }
+report() { adkd report "$1" --metrics "$2"; }
 # Every registered method but EfficientAD, which needs 256 px and a teacher file (below).
-METHODS=$(python -m adkd.methods.registry | grep -vx efficientad | paste -sd, -)
+METHODS=$(adkd methods | grep -vx efficientad | paste -sd, -)
 TEACHER=${TEACHER:-$OUT/efficientad_teacher_s.pth}  # or the published one: TEACHER=download
 PIXEL=pixel_ap,pixel_auroc,pixel_aupro,image_auroc
 IMAGE=image_auroc,image_ap
@@ -19,7 +19,7 @@ IMAGE=image_auroc,image_ap
 if [[ $PART == methods || $PART == all ]]; then
   if [[ $TEACHER != download && ! -f $TEACHER ]]; then  # offline: distilled from mobilenet_v2 (minutes)
     mkdir -p "$(dirname "$TEACHER")"
-    python -m adkd.methods.efficientad.distill --backbone mobilenet_v2 --out "$TEACHER"
+    adkd distill --backbone mobilenet_v2 --out "$TEACHER"
   fi
   for set in "textures brick,grass,gravel" "cells mono,poly" "parts washer,mesh,gear" "elpv mono,poly"; do
     read -r dataset categories <<<"$set"

@@ -23,7 +23,7 @@ layer for layer, so that what remains between the sides is their recipes, not th
     python experiments/peer_check_anomalib.py --method stfpm --backbone mobilenet_v2 --category brick --seeds 0 1 2
 
 EfficientAD has no backbone: ``--weights`` is the teacher PDN file both sides load (a download, or
-``python -m adkd.methods.efficientad.distill``'s), ``--steps`` the training steps at batch 1 (both
+``adkd distill``'s), ``--steps`` the training steps at batch 1 (both
 sides: Adam 1e-4, weight decay 1e-5, x0.1 at 95%), ``--size`` s or m; the penalty images are the
 same loader's for both (``--penalty-images``: a folder or ``bundled``; anomalib's own
 transform: twice the size, grey at 0.3, the centre crop). anomalib's side is its ``EfficientAdModel``
@@ -138,8 +138,9 @@ def anomalib_stfpm(backbone: str, image_size: int, weights: str, official: bool 
     finally:
         stfpm.TimmFeatureExtractor = original
     _load_teacher(model.teacher_model.feature_extractor, weights)
-    optimizer = torch.optim.SGD(model.student_model.parameters(), lr=0.4, momentum=0.9, dampening=0.0,
-                                weight_decay=1e-4 if official else 1e-3)  # anomalib's recipe  # fmt: skip
+    optimizer = torch.optim.SGD(
+        model.student_model.parameters(), lr=0.4, momentum=0.9, dampening=0.0, weight_decay=1e-4 if official else 1e-3
+    )  # anomalib's recipe
     loss = STFPMLoss()
     scale = (lambda images: 2.0 / len(images)) if official else (lambda images: 1.0)
     return model, optimizer, lambda images: scale(images) * loss(*model(images))
@@ -154,8 +155,13 @@ def anomalib_patchcore(backbone: str, image_size: int, weights: str):  # noqa: A
     return model, None, None  # one pass stores the embeddings; the coreset follows
 
 
-ANOMALIB = {"rd4ad": anomalib_rd4ad, "stfpm": anomalib_stfpm, "patchcore": anomalib_patchcore,
-            "efficientad": None, "draem": None}  # fmt: skip
+ANOMALIB = {
+    "rd4ad": anomalib_rd4ad,
+    "stfpm": anomalib_stfpm,
+    "patchcore": anomalib_patchcore,
+    "efficientad": None,
+    "draem": None,
+}
 
 
 def training_passes(loader):  # noqa: ANN001, ANN201
@@ -215,8 +221,11 @@ def train_anomalib_efficientad(dm, size: str, weights: str, steps: int, penalty_
     model.mean_std.update(module.teacher_channel_mean_std([_Batch(b) for b in dm.train_dataloader()]))
     folder = image_folder(penalty_images, "penalty images", "--penalty-images")  # anomalib's always has some
     generator = torch.Generator().manual_seed(seed)
-    penalty = endless(torch.utils.data.DataLoader(PenaltyImages(folder, dm.image_size), batch_size=1,
-                                                  shuffle=True, generator=generator))  # fmt: skip
+    penalty = endless(
+        torch.utils.data.DataLoader(
+            PenaltyImages(folder, dm.image_size), batch_size=1, shuffle=True, generator=generator
+        )
+    )
     params = list(model.student.parameters()) + list(model.ae.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(0.95 * steps)), gamma=0.1)
@@ -285,8 +294,15 @@ def check_draem_sizes(model, widths: tuple[int, int]) -> tuple[int, int]:  # noq
     return counts
 
 
-def train_anomalib_draem(dm, epochs: int, source: str, seed: int, official: bool = False,  # noqa: ANN001
-                         widths: tuple[int, int] = (128, 64), official_training: bool = False) -> dict:  # fmt: skip
+def train_anomalib_draem(
+    dm,
+    epochs: int,
+    source: str,
+    seed: int,
+    official: bool = False,  # noqa: ANN001
+    widths: tuple[int, int] = (128, 64),
+    official_training: bool = False,
+) -> dict:
     """anomalib's Draem on adkd's clean training images (``dm`` without synthesis): its anomaly
     generator (on ``source``), networks, loss, optimizer and scheduler (stepped each epoch, as
     Lightning does); ``official``: its focal loss with both classes weighted 1 (alpha None);
@@ -298,7 +314,7 @@ def train_anomalib_draem(dm, epochs: int, source: str, seed: int, official: bool
     from anomalib.models.image.draem.torch_model import DiscriminativeSubNetwork, ReconstructiveSubNetwork
     from kornia.losses import FocalLoss
 
-    from adkd.methods.postprocess import PostProcessor
+    from adkd.methods.components.postprocess import PostProcessor
     from adkd.metrics import AnomalyMetrics
 
     torch.manual_seed(seed)
@@ -342,8 +358,17 @@ def train_anomalib_draem(dm, epochs: int, source: str, seed: int, official: bool
     return {**metrics.compute(), "image_auroc_box21": box.compute()["image_auroc"]}
 
 
-def train_anomalib(method: str, dm, backbone: str, image_size: int, epochs: int, weights: str, seed: int,  # noqa: ANN001
-                   official: bool = False, init: dict | None = None) -> dict:  # fmt: skip
+def train_anomalib(
+    method: str,
+    dm,
+    backbone: str,
+    image_size: int,
+    epochs: int,
+    weights: str,
+    seed: int,  # noqa: ANN001
+    official: bool = False,
+    init: dict | None = None,
+) -> dict:
     """anomalib's network, loss and optimiser on adkd's data, epoch by epoch in adkd's orders;
     ``init``: adkd's initial network (``--same-init``), copied into anomalib's before training."""
     from adkd.metrics import AnomalyMetrics
@@ -390,30 +415,48 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--adkd-only", action="store_true", help="train adkd's side only (anomalib's measured before)")
     parser.add_argument("--anomalib-only", action="store_true", help="train anomalib's side only")
-    parser.add_argument("--keep-runs", default=None, metavar="DIR",
-                        help="keep adkd's run folders (metrics.json with every metric, the checkpoint) under "
-                             "DIR/run_<seed> (default: a temporary folder, removed at the end)")  # fmt: skip
+    parser.add_argument(
+        "--keep-runs",
+        default=None,
+        metavar="DIR",
+        help="keep adkd's run folders (metrics.json with every metric, the checkpoint) under "
+        "DIR/run_<seed> (default: a temporary folder, removed at the end)",
+    )
     official = (
         "stfpm: anomalib's Stfpm with the official code's loss scale and weight decay; draem: anomalib's "
         "Draem with the official focal loss (both classes weighted 1)"
     )
     parser.add_argument("--anomalib-official", action="store_true", help=official)
-    parser.add_argument("--draem-official-training", action="store_true",
-                        help="draem: anomalib's Draem also starts from the official initial weights and steps its "
-                             "rate x0.2 at 80%% and 90%% of the epochs (the official schedule)")  # fmt: skip
-    parser.add_argument("--same-init", action="store_true",
-                        help="rd4ad, stfpm: anomalib's student starts from adkd's initial weights (as adkd builds "
-                             "them under the seed), so the two sides differ only in their recipes")  # fmt: skip
+    parser.add_argument(
+        "--draem-official-training",
+        action="store_true",
+        help="draem: anomalib's Draem also starts from the official initial weights and steps its "
+        "rate x0.2 at 80%% and 90%% of the epochs (the official schedule)",
+    )
+    parser.add_argument(
+        "--same-init",
+        action="store_true",
+        help="rd4ad, stfpm: anomalib's student starts from adkd's initial weights (as adkd builds "
+        "them under the seed), so the two sides differ only in their recipes",
+    )
     parser.add_argument("--steps", type=int, default=300, help="efficientad: training steps at batch 1")
     parser.add_argument("--size", choices=("s", "m"), default="s", help="efficientad: the PDN")
     parser.add_argument("--penalty-images", default="bundled", help="efficientad: a folder, or bundled")
-    parser.add_argument("--anomaly-source", default=None,
-                        help="draem: the folder of texture images both sides fill anomalies from (default: adkd's "
-                             "bundled images, synthesis.source=null's)")  # fmt: skip
-    parser.add_argument("--draem-widths", type=int, nargs=2, default=[128, 64],
-                        metavar=("RECONSTRUCTIVE", "DISCRIMINATIVE"),
-                        help="draem: both sides' base widths (official: 128 64; adkd's recipe.small: 32 16, for a pair "
-                             "a CPU can train)")  # fmt: skip
+    parser.add_argument(
+        "--anomaly-source",
+        default=None,
+        help="draem: the folder of texture images both sides fill anomalies from (default: adkd's "
+        "bundled images, synthesis.source=null's)",
+    )
+    parser.add_argument(
+        "--draem-widths",
+        type=int,
+        nargs=2,
+        default=[128, 64],
+        metavar=("RECONSTRUCTIVE", "DISCRIMINATIVE"),
+        help="draem: both sides' base widths (official: 128 64; adkd's recipe.small: 32 16, for a pair "
+        "a CPU can train)",
+    )
     args = parser.parse_args()
     if args.method == "efficientad" and not args.weights:
         parser.error("--method efficientad needs --weights: the teacher PDN file (or 'download')")
@@ -428,8 +471,8 @@ def main() -> None:
 
     import torchvision
 
-    from adkd.config import compose
-    from adkd.run import run
+    from adkd.training.config import compose
+    from adkd.training.run import run
 
     if args.method == "draem":
         from adkd.data.synthesis import bundled_anomaly_source
@@ -454,20 +497,35 @@ def main() -> None:
                 weights = f"{tmp}/teacher_{seed}.pth"
                 torch.save(getattr(torchvision.models, args.backbone)(weights=None).state_dict(), weights)
             overrides = [
-                f"dataset={args.dataset}", f"category={args.category}", f"backbone={args.backbone}",
-                f"backbone.weights={weights}", f"image_size={args.image_size}", f"batch_size={args.batch_size}",
-                f"max_epochs={args.epochs}", f"seed={seed}", "logger=none", f"method={args.method}", "num_figures=0",
-            ]  # fmt: skip
+                f"dataset={args.dataset}",
+                f"category={args.category}",
+                f"backbone={args.backbone}",
+                f"backbone.weights={weights}",
+                f"image_size={args.image_size}",
+                f"batch_size={args.batch_size}",
+                f"max_epochs={args.epochs}",
+                f"seed={seed}",
+                "logger=none",
+                f"method={args.method}",
+                "num_figures=0",
+            ]
             if args.method == "efficientad":  # no backbone; the teacher file, the steps at batch 1
                 overrides = [o for o in overrides if not o.startswith("backbone.weights=")]
-                overrides += [f"method.teacher_weights={weights}", f"method.steps={args.steps}", "batch_size=1",
-                              "max_epochs=70000", f"method.size={args.size}",
-                              f"method.penalty_images={args.penalty_images}"]  # fmt: skip
+                overrides += [
+                    f"method.teacher_weights={weights}",
+                    f"method.steps={args.steps}",
+                    "batch_size=1",
+                    "max_epochs=70000",
+                    f"method.size={args.size}",
+                    f"method.penalty_images={args.penalty_images}",
+                ]
             if args.method == "draem":  # the same widths (official by default), the shared anomaly source
                 overrides = [o for o in overrides if not o.startswith(("backbone=", "backbone.weights="))]
-                overrides += [f"method.network.reconstructive_width={args.draem_widths[0]}",
-                              f"method.network.discriminative_width={args.draem_widths[1]}",
-                              f"synthesis.source={args.anomaly_source}"]  # fmt: skip
+                overrides += [
+                    f"method.network.reconstructive_width={args.draem_widths[0]}",
+                    f"method.network.discriminative_width={args.draem_widths[1]}",
+                    f"synthesis.source={args.anomaly_source}",
+                ]
             cfg = compose(overrides, f"{tmp}/run_{seed}")
             if not args.anomalib_only:
                 a = run(cfg)["metrics"]
@@ -488,17 +546,24 @@ def main() -> None:
                 shown += f"; anomalib's map under the official 21x21 score: image_auroc {box[-1]:.4f}"
             if "pixel_auroc_adkd_map" in b:
                 under.append((b["image_auroc_adkd_map"], b["pixel_auroc_adkd_map"]))
-                shown += (f"; anomalib's networks under adkd's map: image_auroc {under[-1][0]:.4f} "
-                          f"pixel_auroc {under[-1][1]:.4f}")  # fmt: skip
+                shown += (
+                    f"; anomalib's networks under adkd's map: image_auroc {under[-1][0]:.4f} "
+                    f"pixel_auroc {under[-1][1]:.4f}"
+                )
             print(f"seed {seed}: {shown}", flush=True)
 
     teacher = args.weights or ("ImageNet (shared)" if args.backbone == "mobilenet_v2" else "random (seeded, shared)")
-    network = (f"from scratch at widths {args.draem_widths}, anomalies from {args.anomaly_source}"
-               if args.method == "draem" else f"{args.backbone} weights {teacher}")  # fmt: skip
-    print(f"\n{args.method} vs anomalib on {args.dataset}/{args.category}, {network}, "
-          f"{args.image_size} px, "
-          + (f"{args.steps} steps" if args.method == "efficientad" else f"{args.epochs} epochs")
-          + f", seeds {args.seeds}")  # fmt: skip
+    network = (
+        f"from scratch at widths {args.draem_widths}, anomalies from {args.anomaly_source}"
+        if args.method == "draem"
+        else f"{args.backbone} weights {teacher}"
+    )
+    print(
+        f"\n{args.method} vs anomalib on {args.dataset}/{args.category}, {network}, "
+        f"{args.image_size} px, "
+        + (f"{args.steps} steps" if args.method == "efficientad" else f"{args.epochs} epochs")
+        + f", seeds {args.seeds}"
+    )
     print(f"{'metric':<14}{'adkd':>16}{'anomalib':>16}{'diff':>8}")
     for k in (k for k in keys if ours[k]):
         x, y = ours[k], theirs[k]
@@ -506,8 +571,10 @@ def main() -> None:
     if box:
         print(f"image_auroc of anomalib's map under the official 21x21 score: {_mean_spread(box)}")
     if under:
-        print(f"anomalib's networks under adkd's map: image_auroc {_mean_spread([u[0] for u in under])}, "
-              f"pixel_auroc {_mean_spread([u[1] for u in under])}")  # fmt: skip
+        print(
+            f"anomalib's networks under adkd's map: image_auroc {_mean_spread([u[0] for u in under])}, "
+            f"pixel_auroc {_mean_spread([u[1] for u in under])}"
+        )
     for k in ("image_auroc", "pixel_auroc"):
         if ours[k]:
             gap = abs(statistics.mean(ours[k]) - statistics.mean(theirs[k]))
@@ -526,16 +593,24 @@ def _anomalib(args: argparse.Namespace, cfg, weights: str, seed: int) -> dict:  
         dm = instantiate(cfg.dataset, synthesis=None)
         dm.prepare_data()
         dm.setup()
-        return train_anomalib_draem(dm, args.epochs, args.anomaly_source, seed, args.anomalib_official,
-                                    tuple(args.draem_widths), args.draem_official_training)  # fmt: skip
+        return train_anomalib_draem(
+            dm,
+            args.epochs,
+            args.anomaly_source,
+            seed,
+            args.anomalib_official,
+            tuple(args.draem_widths),
+            args.draem_official_training,
+        )
     init = None
     if args.same_init:  # adkd's network as adkd.run builds it under this seed, before any training
         import lightning as L
 
         L.seed_everything(seed)
         init = instantiate(cfg.method, _convert_="all").network.state_dict()
-    return train_anomalib(args.method, dm, args.backbone, args.image_size, args.epochs, weights, seed,
-                          args.anomalib_official, init)  # fmt: skip
+    return train_anomalib(
+        args.method, dm, args.backbone, args.image_size, args.epochs, weights, seed, args.anomalib_official, init
+    )
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -545,13 +620,15 @@ def _mean_spread(values: list[float]) -> str:
 
 if __name__ == "__main__":
     from adkd.errors import user_error_in
-    from adkd.run import RunInterrupted
+    from adkd.training.run import RunInterrupted
 
     try:
         main()
     except (KeyboardInterrupt, RunInterrupted):  # a seed's comparison is all or nothing: nothing to resume
-        raise SystemExit("\nInterrupted: the peer check keeps no partial comparison; the seeds printed above are "
-                         "complete. Run it again with the remaining --seeds.") from None
+        raise SystemExit(
+            "\nInterrupted: the peer check keeps no partial comparison; the seeds printed above are "
+            "complete. Run it again with the remaining --seeds."
+        ) from None
     except Exception as err:  # a bad --weights file, a missing dataset: its message, as adkd.run prints it
         if (user := user_error_in(err)) is None:
             raise

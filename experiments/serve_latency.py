@@ -22,8 +22,8 @@ import torch
 
 
 def quick_run(folder: Path) -> Path:
-    from adkd.config import compose
-    from adkd.run import run
+    from adkd.training.config import compose
+    from adkd.training.run import run
 
     run(compose(["max_epochs=1", "dataset.limit_train=16", "logger=none", "num_figures=0"], folder))
     return folder
@@ -44,8 +44,8 @@ def main() -> None:
     from PIL import Image
 
     from adkd.data.dataset import resized
-    from adkd.serve.app import UploadLimit, create_app, running
-    from adkd.serve.session import Session
+    from adkd.deploy.serve.app import UploadLimit, create_app, running
+    from adkd.deploy.serve.session import Session
 
     with tempfile.TemporaryDirectory() as scratch:
         source = args.run or quick_run(Path(scratch) / "run")
@@ -74,12 +74,16 @@ def main() -> None:
     ms = lambda v: 1000 * v  # noqa: E731
     engine_median, http_median = ms(statistics.median(engine)), ms(statistics.median(http))
     target = 1.2 * engine_median + 5
-    print(f"{session.describe()['method']} at {size} px, {args.engine} engine, {torch.get_num_threads()} threads, "
-          f"{args.requests} requests, {len(payload):,}-byte PNG")  # fmt: skip
+    print(
+        f"{session.describe()['method']} at {size} px, {args.engine} engine, {torch.get_num_threads()} threads, "
+        f"{args.requests} requests, {len(payload):,}-byte PNG"
+    )
     print(f"  engine batch 1: median {engine_median:.2f} ms, p99 {ms(percentile(engine, 0.99)):.2f} ms")
     print(f"  POST /predict:  median {http_median:.2f} ms, p99 {ms(percentile(http, 0.99)):.2f} ms")
-    print(f"  target: median <= 1.2 x {engine_median:.2f} + 5 = {target:.2f} ms: "
-          f"{'met' if http_median <= target else 'MISSED'} (overhead {http_median - engine_median:.2f} ms)")
+    print(
+        f"  target: median <= 1.2 x {engine_median:.2f} + 5 = {target:.2f} ms: "
+        f"{'met' if http_median <= target else 'MISSED'} (overhead {http_median - engine_median:.2f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What serving holds up to: ``python -m adkd.serve`` in a process of its own on 127.0.0.1, one
+"""What serving holds up to: ``adkd serve`` in a process of its own on 127.0.0.1, one
 client and then 16 at once, good images with bad uploads (not an image) and oversized ones (a
 13000 x 13000 PNG of one colour: 20 KB on disk, 169 megapixels in its header) mixed in, per engine.
 
@@ -79,10 +79,10 @@ def free_port() -> int:
 
 
 def start_server(run: Path, engine: str) -> tuple[subprocess.Popen, str]:
-    """``python -m adkd.serve`` on 127.0.0.1 with ``engine``; its process and URL once it serves."""
+    """``adkd serve`` on 127.0.0.1 with ``engine``; its process and URL once it serves."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    args = [sys.executable, "-m", "adkd.serve", str(run), "--host", "127.0.0.1", "--port", str(port)]
+    args = [sys.executable, "-m", "adkd", "serve", str(run), "--host", "127.0.0.1", "--port", str(port)]
     args += ["--engine", engine] if engine != "openvino" else ["--engine", "openvino", "--precision", "fp32"]
     server = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     said = []
@@ -92,7 +92,7 @@ def start_server(run: Path, engine: str) -> tuple[subprocess.Popen, str]:
             threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()  # drain
             return server, f"http://127.0.0.1:{port}"
     server.wait()
-    raise RuntimeError(f"adkd.serve --engine {engine} did not start: {said[-1] if said else 'no output'}")
+    raise RuntimeError(f"adkd.deploy.serve --engine {engine} did not start: {said[-1] if said else 'no output'}")
 
 
 def oversized_png() -> bytes:
@@ -125,13 +125,15 @@ class Load:
         times = [1000 * a[2] for a in good if a[1] == 200]
         expected = {"good": 200, "bad": 400, "oversized": 413}
         return {
-            "requests": len(self.answers), "5xx": sum(a[1] >= 500 for a in self.answers),
+            "requests": len(self.answers),
+            "5xx": sum(a[1] >= 500 for a in self.answers),
             "good": f"{sum(a[1] == 200 for a in good)}/{len(good)}",
             "as expected": all(a[1] == expected[a[0]] for a in self.answers),
             "median": statistics.median(times) if times else float("nan"),
-            "p99": percentile(times, 0.99) if times else float("nan"), "rate": len(self.answers) / seconds,
+            "p99": percentile(times, 0.99) if times else float("nan"),
+            "rate": len(self.answers) / seconds,
             "good rate": len(times) / seconds,
-        }  # fmt: skip
+        }
 
 
 def phase(url: str, clients: int, per_client: int, seconds: float, mix, server: subprocess.Popen) -> dict:  # noqa: ANN001
@@ -183,11 +185,19 @@ def bench_engine(run: Path, engine: str, args: argparse.Namespace, good: bytes, 
         busy = phase(url, args.clients, args.per_client, args.seconds, mixed, server)
         time.sleep(1.0)
         after = rss_mb(server.pid)
-        rows.append({"engine": engine, "phase": f"{args.clients} clients, mixed", **busy, "before": before,
-                     "after": after})  # fmt: skip
+        rows.append(
+            {"engine": engine, "phase": f"{args.clients} clients, mixed", **busy, "before": before, "after": after}
+        )
         flood = phase(url, args.clients, 4, args.seconds, lambda i: ("oversized", huge_file), server)
-        rows.append({"engine": engine, "phase": f"{args.clients} clients, oversized", **flood,
-                     "after": rss_mb(server.pid), "hwm": rss_mb(server.pid, "VmHWM")})  # fmt: skip
+        rows.append(
+            {
+                "engine": engine,
+                "phase": f"{args.clients} clients, oversized",
+                **flood,
+                "after": rss_mb(server.pid),
+                "hwm": rss_mb(server.pid, "VmHWM"),
+            }
+        )
         start = time.monotonic()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
@@ -209,7 +219,7 @@ def main() -> None:
     args = parser.parse_args()
     from PIL import Image
 
-    from adkd.serve.session import Session  # noqa: F401 - fail here, not in the server, if adkd is missing
+    from adkd.deploy.serve.session import Session  # noqa: F401 - fail here, not in the server, if adkd is missing
 
     huge = oversized_png()
     with tempfile.TemporaryDirectory() as scratch:
@@ -226,11 +236,25 @@ def main() -> None:
                 rows += bench_engine(run, engine, args, good, huge)
             except Exception as err:  # noqa: BLE001 - an engine this machine lacks: say so, go on
                 rows.append({"engine": engine, "phase": f"not run: {str(err)[:100]}"})
-    print(f"adkd.serve under load: {args.clients} clients, good {len(good):,}-byte PNG ({picture.size[0]}x"
-          f"{picture.size[1]}), bad 19-byte text, oversized {len(huge):,}-byte PNG (13000x13000); {os.cpu_count()} "
-          "cores")  # fmt: skip
-    header = ("engine", "phase", "requests", "5xx", "good 200", "as expected", "median ms", "p99 ms", "req/s",
-              "good/s", "peak RSS MB", "RSS before -> after MB")  # fmt: skip
+    print(
+        f"adkd.deploy.serve under load: {args.clients} clients, good {len(good):,}-byte PNG ({picture.size[0]}x"
+        f"{picture.size[1]}), bad 19-byte text, oversized {len(huge):,}-byte PNG (13000x13000); {os.cpu_count()} "
+        "cores"
+    )
+    header = (
+        "engine",
+        "phase",
+        "requests",
+        "5xx",
+        "good 200",
+        "as expected",
+        "median ms",
+        "p99 ms",
+        "req/s",
+        "good/s",
+        "peak RSS MB",
+        "RSS before -> after MB",
+    )
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for r in rows:
         if "requests" not in r:
@@ -241,9 +265,11 @@ def main() -> None:
             change = f"{r['before']:.0f} -> {r['after']:.0f} ({100 * (r['after'] / r['before'] - 1):+.1f}%)"
         elif "hwm" in r:
             change = f"after {r['after']:.0f}; lifetime peak {r['hwm']:.0f}; SIGTERM stop {r['stop']:.1f} s"
-        print(f"| {r['engine']} | {r['phase']} | {r['requests']} | {r['5xx']} | {r['good']} | "
-              f"{'yes' if r['as expected'] else 'NO'} | {r['median']:.1f} | {r['p99']:.1f} | {r['rate']:.1f} | "
-              f"{r['good rate']:.1f} | {r['peak']:.0f} | {change} |")  # fmt: skip
+        print(
+            f"| {r['engine']} | {r['phase']} | {r['requests']} | {r['5xx']} | {r['good']} | "
+            f"{'yes' if r['as expected'] else 'NO'} | {r['median']:.1f} | {r['p99']:.1f} | {r['rate']:.1f} | "
+            f"{r['good rate']:.1f} | {r['peak']:.0f} | {change} |"
+        )
 
 
 if __name__ == "__main__":

@@ -99,13 +99,21 @@ def measure(method: str, args: argparse.Namespace, compute_only: bool) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
-    from adkd.config import compose
+    from adkd.training.config import compose
 
     overrides = [
-        f"method={method}", "dataset=folder", f"dataset.root={args.root}", "category=synthetic",
-        f"backbone={args.backbone}", "backbone.pretrained=false", f"image_size={args.image_size}",
-        f"batch_size={args.batch}", "logger=none", f"dataset.num_workers={args.workers}", *args.overrides,
-    ]  # fmt: skip
+        f"method={method}",
+        "dataset=folder",
+        f"dataset.root={args.root}",
+        "category=synthetic",
+        f"backbone={args.backbone}",
+        "backbone.pretrained=false",
+        f"image_size={args.image_size}",
+        f"batch_size={args.batch}",
+        "logger=none",
+        f"dataset.num_workers={args.workers}",
+        *args.overrides,
+    ]
     cfg = compose(overrides, Path(args.out) / f"{method}-{'compute' if compute_only else 'pipeline'}")
     L.seed_everything(0)
     start = time.perf_counter()
@@ -122,10 +130,18 @@ def measure(method: str, args: argparse.Namespace, compute_only: bool) -> dict:
         fit_kwargs = {"datamodule": datamodule}
     timer = StepTimer(args.trace)
     trainer = L.Trainer(
-        accelerator=args.accelerator, devices=1, precision=args.precision, max_epochs=1 + args.epochs,
-        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer.callback], benchmark=True,
-    )  # fmt: skip
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
+        max_epochs=1 + args.epochs,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer.callback],
+        benchmark=True,
+    )
     trainer.fit(model, **fit_kwargs)
     if args.trace:
         print("epoch, batch, seconds since the previous batch started:")
@@ -159,8 +175,11 @@ def main() -> None:
         compute = measure(method, args, compute_only=True)
         busy = pipeline["images_per_s"] / compute["images_per_s"]
         results[method] = {"pipeline": pipeline, "compute": compute, "busy_share": busy}
-        print(f"{method:<6} pipeline {pipeline['images_per_s']:7.1f} img/s   compute-only "
-              f"{compute['images_per_s']:7.1f} img/s   busy {100 * busy:5.1f}%", flush=True)  # fmt: skip
+        print(
+            f"{method:<6} pipeline {pipeline['images_per_s']:7.1f} img/s   compute-only "
+            f"{compute['images_per_s']:7.1f} img/s   busy {100 * busy:5.1f}%",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -86,17 +86,25 @@ def fixture_seed(method: str) -> int:
 
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
     return [
-        "dataset=folder", f"dataset.root={root}", "category=widget", "image_size=32", "batch_size=4",
-        "max_epochs=1", "backbone.pretrained=false", "logger=none", "num_figures=2", *extra,
-    ]  # fmt: skip
+        "dataset=folder",
+        f"dataset.root={root}",
+        "category=widget",
+        "image_size=32",
+        "batch_size=4",
+        "max_epochs=1",
+        "backbone.pretrained=false",
+        "logger=none",
+        "num_figures=2",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
 def trained_run(tiny_mvtec, tmp_path_factory) -> Path:
     """An RD4AD run on ``tiny_mvtec`` (one epoch), finished: thresholds, test predictions. Tests that
     change it (a chosen threshold) work on a copy."""
-    from adkd.config import compose
-    from adkd.run import run
+    from adkd.training.config import compose
+    from adkd.training.run import run
 
     folder = tmp_path_factory.mktemp("run")
     run(compose(tiny_overrides(tiny_mvtec, "method=rd4ad"), folder))
@@ -114,7 +122,7 @@ def exported_run(trained_run, tmp_path_factory) -> Path:
 
     from filelock import FileLock
 
-    from adkd.export import export
+    from adkd.deploy.export import export
 
     shared = tmp_path_factory.getbasetemp()  # this session's folder; under xdist each worker's, below the session's
     if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -22,8 +22,9 @@ class _Painter:
     def __init__(self, seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)
 
-    def image(self, path: Path, size: tuple[int, int] = (SIZE, SIZE), defect: bool = False,
-              grey: bool = False) -> np.ndarray:  # fmt: skip
+    def image(
+        self, path: Path, size: tuple[int, int] = (SIZE, SIZE), defect: bool = False, grey: bool = False
+    ) -> np.ndarray:
         """Write an image (format from the suffix) and return its defect mask (bool, H x W)."""
         width, height = size
         base = np.tile(np.linspace(60, 180, width), (height, 1)) + self.rng.normal(0, 8, (height, width))

@@ -4,8 +4,9 @@ import torch.nn.functional as F
 
 from adkd.backbones import FeatureExtractor
 from adkd.data.synthesis import AnomalySynthesizer
-from adkd.methods.adps.loss import focal_segmentation_loss, masked_distillation_loss
+from adkd.methods.adps.loss import masked_distillation_loss
 from adkd.methods.adps.network import ADPSNetwork, PatchStudent, from_patches, to_patches
+from adkd.methods.components.losses import focal_segmentation_loss
 
 
 def test_patches_round_trip_in_row_major_order():

@@ -45,26 +45,44 @@ def test_wrong_category_lists_the_valid_ones(tmp_path):
 
 
 def test_the_data_of_a_whole_sweep_is_checked_before_its_first_run(tmp_path, capsys):
-    """``python -m adkd.data.check`` (what the experiment scripts run first): every run of every sweep
+    """``adkd check`` (what the experiment scripts run first): every run of every sweep
     composed as ``adkd.run -m`` composes it, each dataset and category checked once, and every problem
     (a missing category, an unknown one, a missing folder, a misspelt key) listed in one go."""
-    from adkd.data.check import main, sweep_runs
+    from adkd.cli import main as adkd
+    from adkd.training.data_check import sweep_runs
     from tests import replicas
 
     assert sweep_runs(["category=bottle,cable", "seed=range(2)", "logger=none"]) == [
-        ["category=bottle", "seed=0", "logger=none"], ["category=bottle", "seed=1", "logger=none"],
-        ["category=cable", "seed=0", "logger=none"], ["category=cable", "seed=1", "logger=none"],
-    ]  # fmt: skip
+        ["category=bottle", "seed=0", "logger=none"],
+        ["category=bottle", "seed=1", "logger=none"],
+        ["category=cable", "seed=0", "logger=none"],
+        ["category=cable", "seed=1", "logger=none"],
+    ]
     root = replicas.mvtec_ad(tmp_path / "mvtec", ("bottle", "cable"))
     mvtec = ["dataset=mvtec", f"dataset.root={root}", "category=bottle,cable", "seed=0,1"]
-    assert main(mvtec) == 0  # four runs, two datasets to check
+    assert adkd(["check", *mvtec]) == 0  # four runs, two datasets to check
     assert capsys.readouterr().out.splitlines() == [
         f"mvtec/{c}: 4 training, 0 validation (no validation images: no thresholds), 5 test images (3 anomalous) "
-        f"in {root}" for c in ("bottle", "cable")
-    ]  # fmt: skip
+        f"in {root}"
+        for c in ("bottle", "cable")
+    ]
     absent = tmp_path / "absent"
-    assert main([*mvtec[:2], "category=bottle,capsule,bottel", "--", "dataset=ksdd2", f"dataset.root={absent}", "--",
-                 "dataset=ksdd", "dataset.rot=x"]) == 1  # fmt: skip
+    assert (
+        adkd(
+            [
+                "check",
+                *mvtec[:2],
+                "category=bottle,capsule,bottel",
+                "--",
+                "dataset=ksdd2",
+                f"dataset.root={absent}",
+                "--",
+                "dataset=ksdd",
+                "dataset.rot=x",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: 4 problems with the data of the runs to come:")
     assert f"mvtec/capsule: MVTec AD category 'capsule' not found at {root / 'capsule'}" in err
@@ -261,18 +279,19 @@ def test_the_cells_sets_draw_test_cells_that_elpv_held_out_of_training(category)
 
 
 def test_the_data_check_checks_each_category_of_a_category_all_sweep(tmp_path, capsys):
-    from adkd.data.check import main
+    from adkd.cli import main as adkd
     from tests import replicas
 
     root = replicas.mvtec_ad(tmp_path / "mvtec", ("bottle", "cable"))
-    assert main(["dataset=folder", f"dataset.root={root}", "category=all"]) == 0
+    assert adkd(["check", "dataset=folder", f"dataset.root={root}", "category=all"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"folder/all ({c}): 4 training, 0 validation (no validation images: no thresholds), 5 test images "
-        f"(3 anomalous) in {root}" for c in ("bottle", "cable")
-    ]  # fmt: skip
+        f"(3 anomalous) in {root}"
+        for c in ("bottle", "cable")
+    ]
     broken = next((root / "cable" / "test").rglob("*.png"))
     broken.write_bytes(b"")
-    assert main(["dataset=folder", f"dataset.root={root}", "category=all"]) == 1
+    assert adkd(["check", "dataset=folder", f"dataset.root={root}", "category=all"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: 1 problems with the data of the runs to come:")
     assert f"folder/all (cable): folder/cable: 1 of 9 files cannot be used:\n  - {broken} is empty (0 bytes)" in err

@@ -13,18 +13,38 @@ from tests.wandb_file import run_summary
 ROOT = Path(__file__).resolve().parents[1]
 # The embedded textures with the shipped ImageNet MobileNetV2 teacher: a run whose metrics settle,
 # so that two ways of training it can be compared.
-RUN = ["method=stfpm", "dataset=textures", "category=brick", "image_size=64", "max_epochs=8", "lr=0.05",
-       "num_figures=0", "dataset.num_workers=0"]  # fmt: skip
-DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-       "trainer.benchmark=false"]  # fmt: skip
+RUN = [
+    "method=stfpm",
+    "dataset=textures",
+    "category=brick",
+    "image_size=64",
+    "max_epochs=8",
+    "lr=0.05",
+    "num_figures=0",
+    "dataset.num_workers=0",
+]
+DDP = [
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.precision=32-true",
+    "trainer.benchmark=false",
+]
 
 
 def adkd_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ADKD_OFFLINE": "1",
-           "WANDB_MODE": "offline", "WANDB_SILENT": "true"}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "ADKD_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
     env.pop("WANDB_API_KEY", None)
-    res = subprocess.run([sys.executable, "-m", "adkd.run", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "adkd.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     return res
 

@@ -203,7 +203,7 @@ def test_the_step_budget_and_the_rate_decay_at_95_percent() -> None:
     assert scheduler["interval"] == "step" and scheduler["scheduler"].milestones == {95: 1}
     model.trainer = type("Trainer", (), {"estimated_stepping_batches": 40.0})()
     assert model.total_steps() == 40  # the epochs end first
-    from adkd.config import compose
+    from adkd.training.config import compose
 
     paper = compose(["method=efficientad", "dataset=mvtec", "image_size=256"], "outputs/unused")
     recipe = (paper.method.steps, paper.batch_size, paper.lr, paper.method.optimizer.weight_decay)
@@ -314,19 +314,37 @@ def test_a_teacher_distilled_for_a_few_steps_loads_into_the_method(tmp_path) -> 
     method (whether it learns is the timed run's, README: a few steps on noise learn nothing)."""
     from PIL import Image
 
-    from adkd.methods.efficientad.distill import FeatureTargets, main
+    from adkd.cli import main as adkd
+    from adkd.methods.efficientad.distill import FeatureTargets
     from adkd.methods.efficientad.teacher import load_teacher, read_teacher_file
 
     rng = torch.Generator().manual_seed(0)
     for i in range(2):
         Image.fromarray((torch.rand(96, 96, 3, generator=rng) * 255).byte().numpy()).save(tmp_path / f"{i}.png")
     targets = FeatureTargets("mobilenet_v2", 384)
-    assert targets(torch.rand(1, 3, 128, 128)).shape == PatchDescriptionNetwork("s", 384, padding=True)(
-        torch.rand(1, 3, 64, 64)).shape == (1, 384, 16, 16)  # fmt: skip
+    assert (
+        targets(torch.rand(1, 3, 128, 128)).shape
+        == PatchDescriptionNetwork("s", 384, padding=True)(torch.rand(1, 3, 64, 64)).shape
+        == (1, 384, 16, 16)
+    )
     out = tmp_path / "teacher.pth"
-    args = ["--backbone", "mobilenet_v2", "--images", str(tmp_path), "--out", str(out), "--steps", "3",
-            "--batch-size", "2", "--image-size", "32", "--stat-batches", "1"]  # fmt: skip
-    assert main(args) == 0
+    args = [
+        "--backbone",
+        "mobilenet_v2",
+        "--images",
+        str(tmp_path),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--image-size",
+        "32",
+        "--stat-batches",
+        "1",
+    ]
+    assert adkd(["distill", *args]) == 0
     made = torch.load(out, weights_only=True)
     assert made["backbone"] == "mobilenet_v2" and made["steps"] == 3 and made["images"] == 2
     assert 0.1 < made["first_loss"] < 10  # standardised targets: about 1 + the untrained PDN's own spread

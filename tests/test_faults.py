@@ -27,9 +27,15 @@ def _default_sigint() -> None:
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "adkd.run", *args], cwd=cwd, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_default_sigint)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "adkd.run", *args],
+        cwd=cwd,
+        env=ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_default_sigint,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
@@ -86,8 +92,8 @@ def test_a_signal_mid_training_keeps_a_checkpoint_and_resume_ends_like_an_uninte
     assert json.loads((folder / "status.json").read_text())["status"] == "finished"
     if signum == signal.SIGTERM:
         return  # one comparison with the uninterrupted run is enough
-    from adkd.config import compose
-    from adkd.run import run
+    from adkd.training.config import compose
+    from adkd.training.run import run
 
     reference = run(compose(args, tmp_path / "straight"))["metrics"]  # uninterrupted, in this process (one thread)
     resumed = json.loads((folder / "metrics.json").read_text())["metrics"]
@@ -148,11 +154,11 @@ def _bad_inputs(tiny_mvtec: Path, tmp_path: Path) -> dict[str, tuple[list[str], 
         "garbage weights": (
             tiny_overrides(tiny_mvtec, "backbone.pretrained=true", f"backbone.weights={garbage}"),
             f"Cannot read backbone weights {garbage}",
-        ),  # fmt: skip
+        ),
         "another method's checkpoint": (
             tiny_overrides(tiny_mvtec, "method=stfpm", f"ckpt_path={foreign}"),
             f"Checkpoint {foreign} does not fit STFPM",
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -195,8 +201,8 @@ def test_a_one_class_test_split_stores_null_not_zero(tiny_mvtec, tmp_path):
 
 def test_the_resume_command_keeps_a_run_folder_the_user_named():
     """A run started with hydra.run.dir=... continues there only if the printed command says so."""
-    from adkd.config import compose
-    from adkd.run import _resume_command
+    from adkd.training.config import compose
+    from adkd.training.run import _resume_command
 
     compose(["method=rd4ad", "hydra.run.dir=runs/my run"], "unused")
     assert _resume_command() == "python -m adkd.run method=rd4ad 'hydra.run.dir=runs/my run' resume=true"

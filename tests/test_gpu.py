@@ -12,8 +12,8 @@ import warnings
 import pytest
 import torch
 
-from adkd.config import compose
 from adkd.methods.registry import method_names
+from adkd.training.config import compose
 from tests.conftest import smallest_image, tiny_overrides
 
 pytestmark = [
@@ -25,11 +25,18 @@ pytestmark = [
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
 @pytest.mark.parametrize("method", method_names())
 def test_each_method_trains_under_amp_with_finite_losses(method, precision, tiny_mvtec, tmp_path):
-    from adkd.run import run
+    from adkd.training.run import run
 
-    overrides = tiny_overrides(tiny_mvtec, f"method={method}", "trainer=gpu", f"trainer.precision={precision}",
-                               "logger=csv", "max_epochs=2", "dataset.num_workers=0",
-                               f"image_size={smallest_image(method)}")  # fmt: skip
+    overrides = tiny_overrides(
+        tiny_mvtec,
+        f"method={method}",
+        "trainer=gpu",
+        f"trainer.precision={precision}",
+        "logger=csv",
+        "max_epochs=2",
+        "dataset.num_workers=0",
+        f"image_size={smallest_image(method)}",
+    )
     cfg = compose(overrides, tmp_path)
     run(cfg)
     rows = list(csv.DictReader((tmp_path / "logs" / "metrics.csv").open()))

@@ -119,7 +119,7 @@ def test_anomalibs_draem_loss_gives_normal_pixels_no_segmentation_loss():
     # one) weights both classes by 1.
     from anomalib.models.image.draem.loss import DraemLoss
 
-    from adkd.methods.adps.loss import focal_segmentation_loss
+    from adkd.methods.components.losses import focal_segmentation_loss
 
     logits = torch.tensor([-1.0, 2.0]).view(1, 2, 1, 1).expand(1, 2, 4, 4).clone()  # "anomalous" everywhere
     normal = torch.zeros(1, 1, 4, 4)
@@ -146,8 +146,9 @@ def test_draem_ssim_is_the_gaussian_window_ssim():
     x = torch.rand(1, 1, 48, 48)
     y = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
     # inside the border (where zero padding reaches no window), scikit-image's Gaussian SSIM
-    reference = structural_similarity(x[0, 0].numpy(), y[0, 0].numpy(), gaussian_weights=True, sigma=1.5,
-                                      use_sample_covariance=False, data_range=1.0)  # fmt: skip
+    reference = structural_similarity(
+        x[0, 0].numpy(), y[0, 0].numpy(), gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+    )
     assert float(ssim_map(x, y)[..., 5:-5, 5:-5].mean()) == pytest.approx(reference, abs=1e-5)
     # constant images: (2ab + C1) / (a^2 + b^2 + C1)
     a, b = (torch.full((1, 1, 32, 32), v, dtype=torch.float64) for v in (0.2, 0.6))
@@ -156,7 +157,7 @@ def test_draem_ssim_is_the_gaussian_window_ssim():
 
 
 def test_draem_scores_the_maximum_of_the_maps_21_pixel_means():
-    from adkd.methods.postprocess import PostProcessor
+    from adkd.methods.components.postprocess import PostProcessor
 
     raw = torch.zeros(1, 1, 64, 64)
     raw[..., 10:13, 40:43] = 1.0  # 9 hot pixels: the best 21 x 21 window holds all 9
@@ -166,10 +167,12 @@ def test_draem_scores_the_maximum_of_the_maps_21_pixel_means():
 
 
 def test_draem_scores_by_the_official_window_in_its_paper_recipe_and_by_the_map_max_in_the_small_one(tmp_path):
-    from adkd.config import compose
+    from adkd.training.config import compose
 
-    boxes = {b: compose(["method=draem", "dataset=textures", f"budget={b}"], tmp_path).post.score_box for b in
-             ("paper", "demo", "converged")}  # fmt: skip
+    boxes = {
+        b: compose(["method=draem", "dataset=textures", f"budget={b}"], tmp_path).post.score_box
+        for b in ("paper", "demo", "converged")
+    }
     assert boxes == {"paper": 21, "demo": 1, "converged": 1}
 
 

@@ -20,8 +20,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ADKD_OFFL
 
 
 def multirun(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "adkd.run", "-m", *args], cwd=cwd, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "adkd.run", "-m", *args],
+        cwd=cwd,
+        env=ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def job_folders(cwd: Path) -> list[Path]:
@@ -57,8 +63,10 @@ def test_each_job_runs_in_a_process_of_its_own_and_writes_a_complete_run_folder(
 
 
 def test_a_job_warned_of_preemption_checkpoints_is_requeued_and_continues_in_its_folder(tiny_mvtec, tmp_path):
-    args = ["hydra/launcher=local", *tiny_overrides(tiny_mvtec, "method=stfpm", "backbone=resnet18", "max_epochs=8",
-                                                    "dataset.num_workers=0")]  # fmt: skip
+    args = [
+        "hydra/launcher=local",
+        *tiny_overrides(tiny_mvtec, "method=stfpm", "backbone=resnet18", "max_epochs=8", "dataset.num_workers=0"),
+    ]
     proc = multirun(args, tmp_path)
     deadline, first = time.time() + 120, None
     while time.time() < deadline and first is None:  # training under way: an epoch's checkpoint exists
@@ -80,12 +88,15 @@ def test_a_job_warned_of_preemption_checkpoints_is_requeued_and_continues_in_its
 
 
 def test_jobs_sharing_a_node_each_hold_a_gpu_of_their_own(tmp_path):
-    code = ("import sys, time; from adkd.devices import claim; print(claim(2, sys.argv[1]), flush=True); "
-            "time.sleep(float(sys.argv[2]))")  # fmt: skip
+    code = (
+        "import sys, time; from adkd.training.devices import claim; print(claim(2, sys.argv[1]), flush=True); "
+        "time.sleep(float(sys.argv[2]))"
+    )
 
     def hold(seconds: float) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(seconds)], env=ENV, text=True,
-                                stdout=subprocess.PIPE)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path), str(seconds)], env=ENV, text=True, stdout=subprocess.PIPE
+        )
 
     first = hold(30)
     assert first.stdout.readline().strip() == "0"
@@ -100,15 +111,25 @@ def test_the_slurm_launcher_carries_the_keys_people_set_and_requeues_timeouts():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from adkd.config import CONF_DIR
+    from adkd.training.config import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = hydra_compose("run", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                            return_hydra_config=True)  # fmt: skip
+        cfg = hydra_compose(
+            "run", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
-    for key in ("timeout_min", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
-                "account", "qos", "setup"):  # fmt: skip
+    for key in (
+        "timeout_min",
+        "gpus_per_node",
+        "tasks_per_node",
+        "cpus_per_task",
+        "mem_gb",
+        "array_parallelism",
+        "account",
+        "qos",
+        "setup",
+    ):
         assert key in launcher, key
     assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # a job at its time limit comes back
     text = (ROOT / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text()
@@ -133,7 +154,7 @@ def test_the_slurm_config_reaches_sbatch(tmp_path, monkeypatch):
     from omegaconf import open_dict
     from submitit.slurm.slurm import SlurmExecutor
 
-    from adkd.config import CONF_DIR
+    from adkd.training.config import CONF_DIR
 
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
@@ -141,8 +162,11 @@ def test_the_slurm_config_reaches_sbatch(tmp_path, monkeypatch):
     (fake_bin / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")  # submitit looks for srun before anything
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = hydra_compose("run", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                                              "hydra.launcher.account=proj"], return_hydra_config=True)  # fmt: skip
+        cfg = hydra_compose(
+            "run",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=proj"],
+            return_hydra_config=True,
+        )
     with open_dict(cfg):
         cfg.hydra.sweep.dir = str(tmp_path / "sweep")
         cfg.hydra.job.name = "run"
@@ -158,7 +182,15 @@ def test_the_slurm_config_reaches_sbatch(tmp_path, monkeypatch):
     launcher.launch([["category=brick"], ["category=grass"]], initial_job_idx=0)
     assert len(submitted["jobs"]) == 2
     sbatch = submitted["executor"]._make_submission_file_text("python -u -m submitit.core._submit", "0")
-    for line in ("--signal=USR2@120", "--time=240", "--partition=gpu", "--account=proj", "--gpus-per-node=1",
-                 "--cpus-per-task=8", "--mem=32GB", "--ntasks-per-node=1"):  # fmt: skip
+    for line in (
+        "--signal=USR2@120",
+        "--time=240",
+        "--partition=gpu",
+        "--account=proj",
+        "--gpus-per-node=1",
+        "--cpus-per-task=8",
+        "--mem=32GB",
+        "--ntasks-per-node=1",
+    ):
         assert f"#SBATCH {line}" in sbatch, line
     assert submitted["executor"].max_num_timeout == 3

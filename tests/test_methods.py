@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from adkd.methods.postprocess import gaussian_blur
+from adkd.methods.components.postprocess import gaussian_blur
 from adkd.methods.rd4ad import RD4ADNetwork
 from adkd.methods.rd4ad.loss import reverse_distillation_loss
 from adkd.methods.registry import build_method, method_names
@@ -78,7 +78,7 @@ def test_blur_matches_the_full_2d_gaussian_kernel():
 def test_rd4ad_and_rdpp_upsample_their_maps_with_aligned_corners_like_the_official_code():
     """The official cal_anomaly_map (RD4AD's, kept by RD++) upsamples with align_corners=True: a
     coarse cell's value sits exactly on the image's corner pixel (anomalib's port agrees)."""
-    from adkd.methods.maps import combine_scales
+    from adkd.methods.components.maps import combine_scales
     from adkd.methods.rdpp.network import RDPPNetwork
 
     coarse = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
@@ -92,9 +92,15 @@ def test_rd4ad_and_rdpp_upsample_their_maps_with_aligned_corners_like_the_offici
         with torch.no_grad():
             out = net(images)
             teacher, student = out if isinstance(out, tuple) else (out["teacher"], out["student"])
-            expected = sum(torch.nn.functional.interpolate(1 - torch.nn.functional.cosine_similarity(t, s).unsqueeze(1),
-                                                           size=(64, 64), mode="bilinear", align_corners=True)
-                           for t, s in zip(teacher, student, strict=True))  # fmt: skip
+            expected = sum(
+                torch.nn.functional.interpolate(
+                    1 - torch.nn.functional.cosine_similarity(t, s).unsqueeze(1),
+                    size=(64, 64),
+                    mode="bilinear",
+                    align_corners=True,
+                )
+                for t, s in zip(teacher, student, strict=True)
+            )
             assert torch.allclose(net.anomaly_map(images), expected, atol=1e-6)
 
 
@@ -141,6 +147,7 @@ def test_what_trains_starts_in_training_mode(name):
     trains with its BatchNorm statistics frozen at their initial values (STFPM's and ADPS's
     students did, until this test)."""
     model = build_method(name, "backbone.pretrained=false", f"image_size={max(64, smallest_image(name))}")
+
     def trains(m: torch.nn.Module) -> bool:
         return any(p.requires_grad for p in m.parameters(False))
 

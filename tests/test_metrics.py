@@ -138,7 +138,7 @@ def test_metrics_a_one_class_test_split_cannot_define_are_none(caplog):
 
 
 def test_thresholds_from_normal_validation_meet_the_false_positive_target_on_held_out_normals():
-    from adkd.methods.postprocess import PostProcessor
+    from adkd.methods.components.postprocess import PostProcessor
 
     gen = torch.Generator().manual_seed(0)
     val_scores, held_out = torch.randn(4000, generator=gen), torch.randn(20000, generator=gen)
@@ -163,7 +163,7 @@ def test_precision_recall_and_fpr_at_the_threshold():
 
 
 def test_the_top_share_score_is_the_mean_of_the_top_pixels_and_traces_for_export():
-    from adkd.methods.postprocess import PostProcessor
+    from adkd.methods.components.postprocess import PostProcessor
 
     post = PostProcessor(map_sigma=0, score="topk", topk=0.05)  # 5% of 10 x 10: the top 5 pixels
     raw = torch.arange(100.0).reshape(1, 1, 10, 10).repeat(2, 1, 1, 1)
@@ -179,8 +179,10 @@ def test_scores_are_ranked_as_they_are_whatever_each_batch_holds():
 
     from adkd.metrics import AnomalyMetrics
 
-    batches = [(torch.tensor([0.2, 0.9]), torch.tensor([0, 1])),
-               (torch.tensor([1.5, 30.0, 40.0]), torch.tensor([0, 1, 0]))]  # fmt: skip
+    batches = [
+        (torch.tensor([0.2, 0.9]), torch.tensor([0, 1])),
+        (torch.tensor([1.5, 30.0, 40.0]), torch.tensor([0, 1, 0])),
+    ]
     metrics = AnomalyMetrics(pixel=True)
     for scores, labels in batches:
         maps = scores[:, None, None, None].expand(-1, 1, 2, 2)

@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from adkd.mvtec_ad2_submission import MAPS, SEGMENTATIONS, archive, main, problems, write_category
+from adkd.cli import main as adkd
+from adkd.deploy.submission import MAPS, SEGMENTATIONS, archive, problems, write_category
 from tests import replicas
 
 
 @pytest.fixture(scope="module")
 def written(trained_run, tmp_path_factory):
-    from adkd.inference import load_model
+    from adkd.deploy.checkpoints import load_model
 
     root = replicas.mvtec_ad2(tmp_path_factory.mktemp("mvtec_ad2"))
     out = tmp_path_factory.mktemp("submission") / "submission"
@@ -51,7 +52,7 @@ def test_one_map_and_one_segmentation_per_private_image_at_its_size(written):
 def test_the_map_is_the_runs_map_in_units_of_its_pixel_threshold(written):
     """(map - lowest validation value) / (threshold - lowest validation value), at the image's size."""
     from adkd.data.dataset import read_image, resized
-    from adkd.inference import Deployable
+    from adkd.deploy.engines import Deployable
 
     model, config, root, out, _ = written
     path = root / "can" / "test_private_mixed" / "001_mixed.png"
@@ -99,7 +100,7 @@ def test_archive_is_laid_out_as_mvtecs_checker_packs_it(written, tmp_path):
 
 def test_only_finished_mvtec_ad2_runs_are_taken(written, trained_run, tmp_path, capsys):
     model, config, root, _, _ = written
-    assert main([str(trained_run), "--out", str(tmp_path / "out"), "--root", str(root)]) == 1
+    assert adkd(["submit", str(trained_run), "--out", str(tmp_path / "out"), "--root", str(root)]) == 1
     assert "was trained on 'folder', not mvtec_ad2" in capsys.readouterr().err
     pixel = model.post.pixel_threshold.clone()
     try:
@@ -118,8 +119,8 @@ def test_a_run_on_mvtec_ad2_then_its_submission(tmp_path, capsys):
     its category and says which are still missing."""
     import json
 
-    from adkd.config import compose
-    from adkd.run import run
+    from adkd.training.config import compose
+    from adkd.training.run import run
     from tests.conftest import tiny_overrides
 
     root = replicas.mvtec_ad2(tmp_path / "mvtec_ad2")
@@ -132,7 +133,7 @@ def test_a_run_on_mvtec_ad2_then_its_submission(tmp_path, capsys):
     assert metrics["thresholds"]["segmentation"] is not None  # the dataset's config asks for SegF1
     assert 0 <= metrics["metrics"]["pixel_seg_f1"] <= 1
     out = tmp_path / "submission"
-    assert main([str(folder), "--out", str(out), "--archive"]) == 1  # 1 of 8 categories: not packed
+    assert adkd(["submit", str(folder), "--out", str(out), "--archive"]) == 1  # 1 of 8 categories: not packed
     printed = capsys.readouterr()
     assert "can: 4 maps and segmentations" in printed.out and "still missing: fabric" in printed.out
     assert "--archive packs a complete submission only" in printed.err

@@ -32,7 +32,7 @@ class MeanImageNetwork(nn.Module):
         return (images - self.mean).abs().mean(1, keepdim=True)
 '''
 
-MODULE = '''
+MODULE = """
 from adkd.methods.base import AnomalyModule
 
 
@@ -40,9 +40,9 @@ class MeanImage(AnomalyModule):
     def loss(self, batch):
         images, mean = self.network(batch["image"])
         return (images - mean).pow(2).mean()
-'''
+"""
 
-YAML = '''
+YAML = """
 # @package _global_
 post: {map_sigma: 1.0, score: max}
 recipe:
@@ -60,13 +60,13 @@ method:
     _partial_: true
     lr: ${lr}
   scheduler: null
-'''
+"""
 
 
 @pytest.fixture
 def toy_method(tmp_path, monkeypatch):
     """The three files, in a package and a config folder of their own (a copy of adkd's conf/)."""
-    import adkd.config
+    import adkd.training.config
 
     package = tmp_path / "src" / "toy_method"
     package.mkdir(parents=True)
@@ -74,9 +74,9 @@ def toy_method(tmp_path, monkeypatch):
     (package / "network.py").write_text(textwrap.dedent(NETWORK))
     (package / "module.py").write_text(textwrap.dedent(MODULE))
     conf = tmp_path / "conf"
-    shutil.copytree(adkd.config.CONF_DIR, conf)
+    shutil.copytree(adkd.training.config.CONF_DIR, conf)
     (conf / "method" / "toy.yaml").write_text(textwrap.dedent(YAML))
-    monkeypatch.setattr(adkd.config, "CONF_DIR", str(conf))
+    monkeypatch.setattr(adkd.training.config, "CONF_DIR", str(conf))
     monkeypatch.syspath_prepend(str(tmp_path / "src"))
     yield "toy"
     sys.modules.pop("toy_method.network", None)
@@ -87,11 +87,17 @@ def test_a_method_is_a_network_a_module_and_a_yaml(toy_method, tiny_mvtec, tmp_p
     from adkd.methods.registry import method_names
 
     assert toy_method in method_names()
-    from adkd.config import compose
-    from adkd.run import run
+    from adkd.training.config import compose
+    from adkd.training.run import run
 
-    results = run(compose(tiny_overrides(tiny_mvtec, f"method={toy_method}", "budget=demo", "max_epochs=10",
-                                         "post.score=topk", "post.topk=0.05"), tmp_path / "run"))  # fmt: skip
+    results = run(
+        compose(
+            tiny_overrides(
+                tiny_mvtec, f"method={toy_method}", "budget=demo", "max_epochs=10", "post.score=topk", "post.topk=0.05"
+            ),
+            tmp_path / "run",
+        )
+    )
     assert results["method"] == toy_method
     assert finds_the_square(results), (results["metrics"], FLOOR)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

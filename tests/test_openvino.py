@@ -14,7 +14,7 @@ import torch
 @pytest.fixture(scope="module")
 def exported(exported_run, tmp_path_factory) -> tuple[Path, dict]:
     """A copy of the trained run with its ONNX and fp32 OpenVINO exports."""
-    from adkd.openvino_export import export_openvino
+    from adkd.deploy.openvino import export_openvino
 
     run = Path(shutil.copytree(exported_run, tmp_path_factory.mktemp("openvino") / "run"))
     path, differences = export_openvino(run, "fp32")
@@ -28,9 +28,10 @@ def run_copy(exported, tmp_path) -> Path:
 
 
 def test_fp32_and_int8_exports_and_predict_with_openvino(exported, run_copy, tiny_mvtec, tmp_path, capsys):
-    from adkd.inference import Deployable, OnnxModel, OpenVinoModel, load_model
-    from adkd.openvino_export import export_openvino, openvino_path
-    from adkd.predict import main as predict
+    from adkd.cli import main as adkd
+    from adkd.deploy.checkpoints import load_model
+    from adkd.deploy.engines import Deployable, OnnxModel, OpenVinoModel
+    from adkd.deploy.openvino import export_openvino, openvino_path
 
     path, differences = run_copy / "export" / "model.xml", exported[1]
     assert max(differences.values()) <= 1e-4
@@ -46,10 +47,25 @@ def test_fp32_and_int8_exports_and_predict_with_openvino(exported, run_copy, tin
         assert torch.allclose(got, expected, atol=1e-4 * max(1.0, float(expected.abs().max())))
 
     out = tmp_path / "predicted"
-    assert predict([str(run_copy), str(tiny_mvtec / "widget" / "test"), "--engine", "openvino", "--out", str(out),
-                    "--no-figures"]) == 0  # fmt: skip
-    tested = {Path(r["image_path"]).name + Path(r["image_path"]).parent.name: float(r["pred_score"])
-              for r in csv.DictReader((run_copy / "test_predictions.csv").open())}  # fmt: skip
+    assert (
+        adkd(
+            [
+                "predict",
+                str(run_copy),
+                str(tiny_mvtec / "widget" / "test"),
+                "--engine",
+                "openvino",
+                "--out",
+                str(out),
+                "--no-figures",
+            ]
+        )
+        == 0
+    )
+    tested = {
+        Path(r["image_path"]).name + Path(r["image_path"]).parent.name: float(r["pred_score"])
+        for r in csv.DictReader((run_copy / "test_predictions.csv").open())
+    }
     for row in csv.DictReader((out / "predictions.csv").open()):
         key = Path(row["image_path"]).name + Path(row["image_path"]).parent.name
         assert float(row["pred_score"]) == pytest.approx(tested[key], abs=1e-4)
@@ -61,24 +77,27 @@ def test_fp32_and_int8_exports_and_predict_with_openvino(exported, run_copy, tin
 
 
 def test_int8_that_loses_accuracy_is_refused_with_the_loss_named(run_copy, monkeypatch):
-    from adkd import openvino_export
+    from adkd.deploy import openvino
     from adkd.errors import UserError
 
     results = iter([{"image_auroc": 0.99, "pixel_auroc": 0.98}, {"image_auroc": 0.95, "pixel_auroc": 0.979}])
-    monkeypatch.setattr(openvino_export, "split_auroc", lambda infer, datamodule: next(results))
-    monkeypatch.setattr(openvino_export, "_quantize", lambda network, config, n: network)  # the check is tested
-    with pytest.raises(UserError, match=r"int8 loses 4\.00 points of image_auroc on the test split \(image_auroc "
-                                        r"99\.00 -> 95\.00, pixel_auroc 98\.00 -> 97\.90\); at most 0\.5 allowed"):
-        openvino_export.export_openvino(run_copy, "int8")
-    assert not openvino_export.openvino_path(run_copy, "int8").exists()  # nothing left behind
+    monkeypatch.setattr(openvino, "split_auroc", lambda infer, datamodule: next(results))
+    monkeypatch.setattr(openvino, "_quantize", lambda network, config, n: network)  # the check is tested
+    with pytest.raises(
+        UserError,
+        match=r"int8 loses 4\.00 points of image_auroc on the test split \(image_auroc "
+        r"99\.00 -> 95\.00, pixel_auroc 98\.00 -> 97\.90\); at most 0\.5 allowed",
+    ):
+        openvino.export_openvino(run_copy, "int8")
+    assert not openvino.openvino_path(run_copy, "int8").exists()  # nothing left behind
     assert not list((run_copy / "export").glob(".*partial*"))
 
 
 def test_a_bare_ir_older_than_its_run_is_refused(run_copy, capsys):
-    from adkd.predict import main as predict
+    from adkd.cli import main as adkd
 
     path = run_copy / "export" / "model.xml"
     checkpoint = run_copy / "checkpoints" / "last.ckpt"
     checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")  # the run trained on since
-    assert predict([str(path), str(run_copy), "--out", str(run_copy / "p")]) == 1
+    assert adkd(["predict", str(path), str(run_copy), "--out", str(run_copy / "p")]) == 1
     assert "was exported from another checkpoint" in capsys.readouterr().err

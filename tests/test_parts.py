@@ -92,11 +92,18 @@ def test_normal_parts_vary_and_a_defect_has_the_grey_levels_of_normal_parts(cate
 def test_the_parts_config_loads_through_hydra(tmp_path):
     from hydra.utils import instantiate
 
-    from adkd.config import compose
     from adkd.data.unified import datamodule
+    from adkd.training.config import compose
 
-    overrides = ["dataset=parts", f"dataset.root={tmp_path / 'parts'}", "dataset.n_train=4", "dataset.n_val=2",
-                 "dataset.n_test_good=2", "dataset.n_test_defect=3", "batch_size=4"]  # fmt: skip
+    overrides = [
+        "dataset=parts",
+        f"dataset.root={tmp_path / 'parts'}",
+        "dataset.n_train=4",
+        "dataset.n_val=2",
+        "dataset.n_test_good=2",
+        "dataset.n_test_defect=3",
+        "batch_size=4",
+    ]
     cfg = compose([*overrides, "category=mesh"], tmp_path / "run")
     assert (cfg.category, cfg.image_size, cfg.dataset.size) == ("mesh", 128, 128)
     assert cfg.max_epochs == compose(["dataset=textures"], tmp_path / "run").max_epochs  # the demo budget

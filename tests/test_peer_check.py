@@ -29,7 +29,7 @@ def test_training_passes_give_each_epoch_its_own_order(peer, tiny_mvtec, tmp_pat
     trains every epoch on the first one's batches, as the peer check's anomalib side once did."""
     from hydra.utils import instantiate
 
-    from adkd.config import compose
+    from adkd.training.config import compose
 
     cfg = compose(tiny_overrides(tiny_mvtec, "method=stfpm", "seed=3"), tmp_path / "run")
     torch.manual_seed(3)
@@ -57,7 +57,7 @@ def test_same_init_gives_anomalib_the_student_adkd_starts_from(peer, method, bac
     from hydra.utils import instantiate
 
     from adkd.backbones.registry import BACKBONES
-    from adkd.config import compose
+    from adkd.training.config import compose
 
     torch.manual_seed(0)
     weights = tmp_path / "teacher.pth"
@@ -65,8 +65,9 @@ def test_same_init_gives_anomalib_the_student_adkd_starts_from(peer, method, bac
         torch.save(torchvision.models.resnet18().state_dict(), weights)
     else:
         weights = BACKBONES[backbone].offline()
-    cfg = compose([f"method={method}", f"backbone={backbone}", f"backbone.weights={weights}", "image_size=64"],
-                  tmp_path / "run")  # fmt: skip
+    cfg = compose(
+        [f"method={method}", f"backbone={backbone}", f"backbone.weights={weights}", "image_size=64"], tmp_path / "run"
+    )
     L.seed_everything(1)
     ours = instantiate(cfg.method, _convert_="all").network.eval()
     builder = peer.anomalib_rd4ad if method == "rd4ad" else peer.anomalib_stfpm

@@ -18,8 +18,16 @@ from tests.conftest import tiny_overrides
 def test_histogram_counts_each_defect_type_in_shared_bins():
     scores = [0.0, 0.1, 0.3, 0.9, 1.0, 0.6, 0.95, float("nan")]
     labels = [0, 0, 0, 1, 1, 1, 1, 0]
-    paths = ["t/good/0.png", "t/good/1.png", "t/good/2.png", "t/crack/0.png", "t/crack/1.png", "t/scratch/0.png",
-             "t/scratch/1.png", "t/good/3.png"]  # fmt: skip
+    paths = [
+        "t/good/0.png",
+        "t/good/1.png",
+        "t/good/2.png",
+        "t/crack/0.png",
+        "t/crack/1.png",
+        "t/scratch/0.png",
+        "t/scratch/1.png",
+        "t/good/3.png",
+    ]
     groups = plots.score_groups(labels, paths)
     assert groups == ["normal"] * 3 + ["crack", "crack", "scratch", "scratch", "normal"]
     edges, counts = plots.histogram_counts(scores, groups, bins=4)  # [0, .25) [.25, .5) [.5, .75) [.75, 1]
@@ -67,8 +75,9 @@ def test_the_pixel_curve_is_the_one_behind_pixel_ap_over_three_batches():
     maps = torch.randn(6, 1, 32, 32, generator=generator) + 1.5 * masks  # overlapping classes
     metrics = AnomalyMetrics()
     for i in range(0, 6, 2):
-        metrics.update(maps[i : i + 2].flatten(1).amax(1), masks[i : i + 2].flatten(1).amax(1),
-                       maps[i : i + 2], masks[i : i + 2])  # fmt: skip
+        metrics.update(
+            maps[i : i + 2].flatten(1).amax(1), masks[i : i + 2].flatten(1).amax(1), maps[i : i + 2], masks[i : i + 2]
+        )
     pixel_ap = metrics.compute()["pixel_ap"]
     precision, recall, thresholds = metrics.pixel_pr_curve(max_points=None)
     assert len(precision) == len(recall) == len(thresholds) + 1 > 2000  # every distinct score
@@ -93,8 +102,8 @@ def test_the_pixel_curve_is_the_one_behind_pixel_ap_over_three_batches():
 def test_a_tiny_run_writes_its_plots_from_its_own_numbers(tiny_mvtec, tmp_path, monkeypatch):
     """The curves drawn are the test's metrics; the worst false alarm is the highest-scoring normal
     image of test_predictions.csv, the worst escape the lowest-scoring anomalous one."""
-    from adkd.config import compose
-    from adkd.run import run
+    from adkd.training.config import compose
+    from adkd.training.run import run
 
     drawn, samples = {}, {}
     plot_pr, draw_sample = plots.plot_pr, plots.draw_sample
@@ -111,10 +120,23 @@ def test_a_tiny_run_writes_its_plots_from_its_own_numbers(tiny_mvtec, tmp_path, 
     monkeypatch.setattr(plots, "draw_sample", spy_sample)
     run(compose(tiny_overrides(tiny_mvtec, "method=stfpm", "num_figures=4"), tmp_path))
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert names == ["image_pr.png", "image_roc.png", "pixel_pr.csv", "pixel_pr.png", "score_histogram.png",
-                     "worst_fn_00.png", "worst_fn_01.png", "worst_fp_00.png", "worst_fp_01.png"]  # fmt: skip
+    assert names == [
+        "image_pr.png",
+        "image_roc.png",
+        "pixel_pr.csv",
+        "pixel_pr.png",
+        "score_histogram.png",
+        "worst_fn_00.png",
+        "worst_fn_01.png",
+        "worst_fp_00.png",
+        "worst_fp_01.png",
+    ]
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
-        "00_normal.png", "01_normal.png", "02_anomalous.png", "03_anomalous.png"]  # fmt: skip
+        "00_normal.png",
+        "01_normal.png",
+        "02_anomalous.png",
+        "03_anomalous.png",
+    ]
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert drawn["image_pr.png"] == pytest.approx((metrics["image_ap"],) * 2, abs=1e-6)  # scikit-learn's = ours
     assert drawn["pixel_pr.png"][0] == metrics["pixel_ap"]
@@ -135,7 +157,7 @@ def test_a_tiny_run_writes_its_plots_from_its_own_numbers(tiny_mvtec, tmp_path, 
 
 
 def test_a_split_without_anomalies_and_an_uncalibrated_model_get_only_what_is_defined(tmp_path, monkeypatch):
-    from adkd.methods.postprocess import PostProcessor
+    from adkd.methods.components.postprocess import PostProcessor
 
     titles = []
     monkeypatch.setattr(plots, "draw_sample", lambda post, sample, title, path: titles.append(title))
@@ -154,7 +176,7 @@ def test_the_report_draws_every_runs_curves_per_category(tmp_path):
     where the column holds several), with the run's own AUROC and AP."""
     from sklearn.metrics import roc_auc_score
 
-    from adkd.report.__main__ import main
+    from adkd.cli import main as adkd
     from adkd.report.curves import curve_lines
 
     rng = np.random.default_rng(0)
@@ -163,8 +185,14 @@ def test_the_report_draws_every_runs_curves_per_category(tmp_path):
     for i, ((method, seed), shift) in enumerate(runs.items()):
         run = tmp_path / str(i)
         (run / "plots").mkdir(parents=True)
-        result = {"method": method, "label": method, "dataset": "folder", "category": "widget", "seed": seed,
-                  "metrics": {"image_auroc": 1.0}}  # fmt: skip
+        result = {
+            "method": method,
+            "label": method,
+            "dataset": "folder",
+            "category": "widget",
+            "seed": seed,
+            "metrics": {"image_auroc": 1.0},
+        }
         (run / "metrics.json").write_text(json.dumps(result))
         scores = rng.normal(0, 1, 12) + shift * np.array(labels)
         rows = "".join(f"{run}/{y}.png,{y},{s}\n" for y, s in zip(labels, scores, strict=True))
@@ -173,9 +201,14 @@ def test_the_report_draws_every_runs_curves_per_category(tmp_path):
         runs[(method, seed)] = roc_auc_score(labels, scores)
     lines = curve_lines(tmp_path)["widget"]
     assert [(name, auroc) for name, _, _, auroc in lines["image_roc"]] == [
-        ("rd4ad", pytest.approx(runs[("rd4ad", 0)])), ("adps (seed 0)", pytest.approx(runs[("adps", 0)])),
-        ("adps (seed 1)", pytest.approx(runs[("adps", 1)]))]  # fmt: skip
+        ("rd4ad", pytest.approx(runs[("rd4ad", 0)])),
+        ("adps (seed 0)", pytest.approx(runs[("adps", 0)])),
+        ("adps (seed 1)", pytest.approx(runs[("adps", 1)])),
+    ]
     assert [ap for *_, ap in lines["pixel_pr"]] == [pytest.approx(0.42)] * 3
-    assert main([str(tmp_path)]) == 0
+    assert adkd(["report", str(tmp_path)]) == 0
     assert sorted(p.name for p in (tmp_path / "curves").iterdir()) == [
-        "widget_image_pr.png", "widget_image_roc.png", "widget_pixel_pr.png"]  # fmt: skip
+        "widget_image_pr.png",
+        "widget_image_roc.png",
+        "widget_pixel_pr.png",
+    ]

@@ -1,31 +1,36 @@
-"""adkd.predict: a trained run scores new images as its test did, with thresholds and decisions."""
+"""adkd.deploy.predict: a trained run scores new images as its test did, with thresholds and decisions."""
 
 import csv
 import shutil
 
 import pytest
 
-from adkd.config import compose
 from adkd.methods.registry import method_names
+from adkd.training.config import compose
 from tests.conftest import smallest_image, tiny_overrides
 
 
 def test_predict_reproduces_the_test_scores_and_decides_at_the_threshold(trained_run, tiny_mvtec, tmp_path, capsys):
-    from adkd.predict import main
+    from adkd.cli import main as adkd
 
     test_images = tmp_path / "images"
     shutil.copytree(tiny_mvtec / "widget" / "test", test_images)
     (test_images / "spot" / "zz_broken.png").write_bytes(b"not an image")  # skipped, not fatal
-    assert main([str(trained_run), str(test_images), "--out", str(tmp_path / "out"), "--masks", "--batch", "3"]) == 0
+    assert (
+        adkd(["predict", str(trained_run), str(test_images), "--out", str(tmp_path / "out"), "--masks", "--batch", "3"])
+        == 0
+    )
     captured = capsys.readouterr()
     assert "8 images scored" in captured.out
     assert "1 files skipped (unreadable)" in captured.err and "zz_broken.png" in captured.err
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
-    from adkd.predict import FIELDS
+    from adkd.deploy.predict import FIELDS
 
     assert list(rows[0]) == FIELDS and FIELDS[:4] == ["image_path", "pred_score", "normalized_score", "pred_label"]
-    tested = {r["image_path"].split("/test/")[1]: float(r["pred_score"])
-              for r in csv.DictReader((trained_run / "test_predictions.csv").open())}  # fmt: skip
+    tested = {
+        r["image_path"].split("/test/")[1]: float(r["pred_score"])
+        for r in csv.DictReader((trained_run / "test_predictions.csv").open())
+    }
     for row in rows:
         assert float(row["pred_score"]) == pytest.approx(tested[row["image_path"].split("/images/")[1]], abs=1e-5)
         above = float(row["pred_score"]) > float(row["image_threshold"])
@@ -35,23 +40,23 @@ def test_predict_reproduces_the_test_scores_and_decides_at_the_threshold(trained
 
 
 def test_predict_says_what_is_missing(tmp_path, capsys):
-    from adkd.predict import main
+    from adkd.cli import main as adkd
 
     image = tmp_path / "a.png"
     image.write_bytes(b"")
-    assert main([str(tmp_path), str(image)]) == 1
+    assert adkd(["predict", str(tmp_path), str(image)]) == 1
     assert f"error: No checkpoint at {tmp_path / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().err
-    assert main([str(tmp_path), str(tmp_path / "nowhere" / "*.png")]) == 1
+    assert adkd(["predict", str(tmp_path), str(tmp_path / "nowhere" / "*.png")]) == 1
     assert "error: No image at" in capsys.readouterr().err
 
 
 def _export_and_predict(run_folder, images, fmt, tmp_path):
-    from adkd.export import export
+    from adkd.deploy.export import export
 
     path, differences = export(run_folder, fmt, tmp_path / f"model.{fmt}")
     assert path.is_file() and set(differences) >= {"anomaly_map", "pred_score"}
-    from adkd.export import parity_tolerance
-    from adkd.inference import load_model
+    from adkd.deploy.checkpoints import load_model
+    from adkd.deploy.export import parity_tolerance
 
     assert max(differences["anomaly_map"], differences["pred_score"]) <= parity_tolerance(load_model(run_folder)[0])
     return path
@@ -60,10 +65,11 @@ def _export_and_predict(run_folder, images, fmt, tmp_path):
 def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(exported_run, tiny_mvtec, tmp_path, capsys):
     import torch
 
-    from adkd.inference import Deployable, OnnxModel, load_model
-    from adkd.predict import main
+    from adkd.cli import main as adkd
+    from adkd.deploy.checkpoints import load_model
+    from adkd.deploy.engines import Deployable, OnnxModel
 
-    trained_run, path = exported_run, exported_run / "export" / "model.onnx"  # adkd.export's own check passed
+    trained_run, path = exported_run, exported_run / "export" / "model.onnx"  # adkd.deploy.export's own check passed
     model = OnnxModel(path)
     assert model.image_size == 32 and model.image_threshold is not None
     images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # a batch size it never saw
@@ -74,9 +80,14 @@ def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(exported_run,
     for got, expected in zip(outputs[:2], reference[:2], strict=True):
         assert torch.allclose(got, expected, atol=1e-4 * max(1.0, float(expected.abs().max())))
     out = tmp_path / "onnx_out"
-    assert main([str(path), str(tiny_mvtec / "widget" / "test"), "--engine", "onnx", "--out", str(out)]) == 0
+    assert adkd(["predict", str(path), str(tiny_mvtec / "widget" / "test"), "--engine", "onnx", "--out", str(out)]) == 0
     torch_rows = tmp_path / "torch_out"
-    assert main([str(trained_run), str(tiny_mvtec / "widget" / "test"), "--out", str(torch_rows), "--no-figures"]) == 0
+    assert (
+        adkd(
+            ["predict", str(trained_run), str(tiny_mvtec / "widget" / "test"), "--out", str(torch_rows), "--no-figures"]
+        )
+        == 0
+    )
     onnx_scores = [float(r["pred_score"]) for r in csv.DictReader((out / "predictions.csv").open())]
     torch_scores = [float(r["pred_score"]) for r in csv.DictReader((torch_rows / "predictions.csv").open())]
     assert onnx_scores == pytest.approx(torch_scores, abs=1e-4)
@@ -85,7 +96,7 @@ def test_export_to_onnx_matches_the_checkpoint_and_predict_runs_it(exported_run,
 @pytest.mark.slow
 @pytest.mark.parametrize("method", method_names())
 def test_every_method_exports_with_parity(method, tiny_mvtec, tmp_path):
-    from adkd.run import run
+    from adkd.training.run import run
 
     size = f"image_size={smallest_image(method)}"  # the fixture's 32 px, or the method's smallest
     run(compose(tiny_overrides(tiny_mvtec, f"method={method}", size), tmp_path / "run"))
@@ -96,7 +107,7 @@ def test_every_method_exports_with_parity(method, tiny_mvtec, tmp_path):
 def test_a_labelled_validation_folder_is_scored_and_offers_the_f1_optimal_threshold(tiny_mvtec, tmp_path, caplog):
     import logging
 
-    from adkd.run import run
+    from adkd.training.run import run
 
     root = tmp_path / "data"
     shutil.copytree(tiny_mvtec, root)
@@ -120,7 +131,7 @@ def test_a_labelled_validation_folder_is_scored_and_offers_the_f1_optimal_thresh
 def test_the_f1_optimal_threshold_separates_what_it_can():
     import torch
 
-    from adkd.callbacks import f1_optimal_threshold
+    from adkd.training.callbacks import f1_optimal_threshold
 
     scores, labels = torch.tensor([0.1, 0.3, 0.35, 0.8, 0.9]), torch.tensor([0, 0, 1, 1, 1]).bool()
     threshold, f1 = f1_optimal_threshold(scores, labels)
@@ -132,7 +143,7 @@ def test_a_checkpoint_of_the_earlier_layout_predicts_as_it_did(trained_run, tiny
     the backbone and the map's smoothing all under method) still load, with the same scores."""
     import torch
 
-    from adkd.predict import main
+    from adkd.cli import main as adkd
 
     checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     method = checkpoint["adkd_config"]["method"]
@@ -144,7 +155,18 @@ def test_a_checkpoint_of_the_earlier_layout_predicts_as_it_did(trained_run, tiny
     torch.save(checkpoint, old)
     rows = {}
     for name, source in (("now", trained_run), ("old", old)):
-        assert main([str(source), str(tiny_mvtec / "widget" / "test"), "--out", str(tmp_path / name),
-                     "--no-figures"]) == 0  # fmt: skip
+        assert (
+            adkd(
+                [
+                    "predict",
+                    str(source),
+                    str(tiny_mvtec / "widget" / "test"),
+                    "--out",
+                    str(tmp_path / name),
+                    "--no-figures",
+                ]
+            )
+            == 0
+        )
         rows[name] = [float(r["pred_score"]) for r in csv.DictReader((tmp_path / name / "predictions.csv").open())]
     assert rows["old"] == rows["now"] and len(rows["now"]) == 8

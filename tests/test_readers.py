@@ -25,10 +25,14 @@ def ours(records: list[Record]) -> list[tuple]:
 def theirs(samples, defect=lambda label: label) -> list[tuple]:  # noqa: ANN001
     """anomalib's samples DataFrame as records; ``defect`` maps its label column to adkd's defect type."""
     return sorted(
-        (str(Path(row.image_path)), int(row.label_index), str(Path(row.mask_path)) if row.label_index else None,
-         defect(row.label))
+        (
+            str(Path(row.image_path)),
+            int(row.label_index),
+            str(Path(row.mask_path)) if row.label_index else None,
+            defect(row.label),
+        )
         for row in samples.itertuples()
-    )  # fmt: skip
+    )
 
 
 def held_out_union(datamodule) -> None:  # noqa: ANN001
@@ -221,13 +225,17 @@ def test_mvtec_ad2_reads_as_anomalib_with_its_own_validation_split(tmp_path):
 
 @pytest.mark.parametrize(
     ("dataset", "category", "write"),
-    [("ksdd", "ksdd", replicas.ksdd), ("mvtec_ad2", "can", replicas.mvtec_ad2), ("btad", "03", replicas.btad),
-     ("mpdd", "bracket_black", replicas.mpdd)],
-)  # fmt: skip
+    [
+        ("ksdd", "ksdd", replicas.ksdd),
+        ("mvtec_ad2", "can", replicas.mvtec_ad2),
+        ("btad", "03", replicas.btad),
+        ("mpdd", "bracket_black", replicas.mpdd),
+    ],
+)
 def test_each_dataset_config_reads_its_replica(tmp_path, dataset, category, write):
     from hydra.utils import instantiate
 
-    from adkd.config import compose
+    from adkd.training.config import compose
 
     root = write(tmp_path / "data")
     cfg = compose([f"dataset={dataset}", f"dataset.root={root}", f"category={category}"], tmp_path / "run")
@@ -239,11 +247,13 @@ def test_each_dataset_config_reads_its_replica(tmp_path, dataset, category, writ
 
 @pytest.mark.parametrize(
     ("module", "cls", "category", "where"),
-    [("ksdd", "KolektorSDDDataModule", "ksdd", "vicos.si/resources/kolektorsdd"),
-     ("mvtec_ad2", "MVTecAD2DataModule", "can", "mvtec-ad-2"),
-     ("btad", "BTADDataModule", "02", "btad.zip"),
-     ("mpdd", "MPDDDataModule", "tubes", "sharepoint.com")],
-)  # fmt: skip
+    [
+        ("ksdd", "KolektorSDDDataModule", "ksdd", "vicos.si/resources/kolektorsdd"),
+        ("mvtec_ad2", "MVTecAD2DataModule", "can", "mvtec-ad-2"),
+        ("btad", "BTADDataModule", "02", "btad.zip"),
+        ("mpdd", "MPDDDataModule", "tubes", "sharepoint.com"),
+    ],
+)
 def test_missing_dataset_and_wrong_category_say_what_to_do(tmp_path, module, cls, category, where):
     import importlib
 

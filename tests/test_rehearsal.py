@@ -30,8 +30,17 @@ MVTEC_CATEGORIES = MVTecADDataModule.categories  # the reader's list: the script
 # tests/conftest.py's tiny_overrides at the scripts' level: the toy size, the CPU, a random teacher that
 # needs no download. dataset.num_workers=0 saves starting loader processes in 32 runs; the real run
 # keeps its workers and its image cache (left on here).
-TOY = ["trainer=cpu", "backbone=mobilenet_v2", "backbone.pretrained=false", "image_size=32", "max_epochs=1",
-       "batch_size=4", "dataset.num_workers=0", "logger=none", "num_figures=2"]  # fmt: skip
+TOY = [
+    "trainer=cpu",
+    "backbone=mobilenet_v2",
+    "backbone.pretrained=false",
+    "image_size=32",
+    "max_epochs=1",
+    "batch_size=4",
+    "dataset.num_workers=0",
+    "logger=none",
+    "num_figures=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +58,21 @@ def data(tmp_path_factory) -> dict[str, Path]:
 def run_script(script: str, out: Path, *arguments: Path | str) -> str:
     """``OUT=<out> bash experiments/<script> <arguments> <TOY>`` with this environment's python first on
     PATH; its output, or a failure showing the end of it."""
-    env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
-    done = subprocess.run(["bash", f"experiments/{script}", *map(str, arguments), *TOY], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=1200)  # fmt: skip
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    done = subprocess.run(
+        ["bash", f"experiments/{script}", *map(str, arguments), *TOY],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{output[-6000:]}"
     return output
@@ -93,8 +113,11 @@ def paper_cells(path: Path) -> dict[tuple[str, str, str, str], dict[str, str]]:
 
 
 def published_value(paper: str, dataset: str, category: str, method: str, metric: str) -> float:
-    (value,) = [p.value for p in published() if (p.paper, p.dataset, p.category, p.method, p.metric)
-                == (paper, dataset, category, method, metric)]  # fmt: skip
+    (value,) = [
+        p.value
+        for p in published()
+        if (p.paper, p.dataset, p.category, p.method, p.metric) == (paper, dataset, category, method, metric)
+    ]
     return value
 
 

@@ -1,4 +1,4 @@
-"""`python -m adkd.report <sweep> --paper <name>` on toy sweeps (run folders holding only metrics.json),
+"""`adkd report <sweep> --paper <name>` on toy sweeps (run folders holding only metrics.json),
 the published numbers it reads, and which metrics a dataset's table shows by default."""
 
 import csv
@@ -7,12 +7,27 @@ from pathlib import Path
 
 import pytest
 
-from adkd.report.__main__ import main
+from adkd.cli import main as adkd
 from adkd.report.paper import MEAN, paper_names, published
 from adkd.report.tables import KNOWN_METRICS, default_metrics
 
-MVTEC = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw", "tile",
-         "toothbrush", "transistor", "wood", "zipper"]  # fmt: skip
+MVTEC = [
+    "bottle",
+    "cable",
+    "capsule",
+    "carpet",
+    "grid",
+    "hazelnut",
+    "leather",
+    "metal_nut",
+    "pill",
+    "screw",
+    "tile",
+    "toothbrush",
+    "transistor",
+    "wood",
+    "zipper",
+]
 
 
 def sweep(folder: Path, runs: list[dict]) -> Path:
@@ -35,22 +50,47 @@ def table_rows(md: str) -> dict[str, list[str]]:
 
 
 def test_dhkd_table_in_its_layout_with_ours_published_and_difference(tmp_path):
-    sweep(tmp_path, [
-        run("dhkd", "grid", image_auroc=0.990, pixel_auroc=0.975),
-        run("dhkd", "tile", image_auroc=0.97, pixel_auroc=None),
-        run("rd4ad", "grid", image_auroc=0.995),
-        run("dhkd", "grid", dataset="folder", image_auroc=0.1),  # another dataset: not in the table
-    ])  # fmt: skip
-    assert main([str(tmp_path), "--paper", "dhkd"]) == 0
+    sweep(
+        tmp_path,
+        [
+            run("dhkd", "grid", image_auroc=0.990, pixel_auroc=0.975),
+            run("dhkd", "tile", image_auroc=0.97, pixel_auroc=None),
+            run("rd4ad", "grid", image_auroc=0.995),
+            run("dhkd", "grid", dataset="folder", image_auroc=0.1),  # another dataset: not in the table
+        ],
+    )
+    assert adkd(["report", str(tmp_path), "--paper", "dhkd"]) == 0
     md = (tmp_path / "paper_dhkd.md").read_text()
     rows = table_rows(md)
     # the README's category order, its spellings mapped ("Mental nut" -> metal_nut), then the means
-    assert list(rows)[1:] == ["grid", "leather", "tile", "carpet", "wood", "bottle", "capsule", "pill", "transistor",
-                              "zipper", "cable", "hazelnut", "metal_nut", "screw", "toothbrush", "mean",
-                              "mean (printed)"]  # fmt: skip
+    assert list(rows)[1:] == [
+        "grid",
+        "leather",
+        "tile",
+        "carpet",
+        "wood",
+        "bottle",
+        "capsule",
+        "pill",
+        "transistor",
+        "zipper",
+        "cable",
+        "hazelnut",
+        "metal_nut",
+        "screw",
+        "toothbrush",
+        "mean",
+        "mean (printed)",
+    ]
     header = rows["category"]
-    assert header == ["draem (no run) image_auroc", "stfpm (no run) image_auroc", "rd4ad image_auroc",
-                      "rd4ad pixel_auroc", "dhkd image_auroc", "dhkd pixel_auroc"]  # fmt: skip
+    assert header == [
+        "draem (no run) image_auroc",
+        "stfpm (no run) image_auroc",
+        "rd4ad image_auroc",
+        "rd4ad pixel_auroc",
+        "dhkd image_auroc",
+        "dhkd pixel_auroc",
+    ]
     cell = dict(zip(header, rows["grid"], strict=True))
     assert cell["dhkd image_auroc"] == "99.0 / 99.8 (-0.8)"  # DHKD README: Grid, Ours, 99.8
     assert cell["dhkd pixel_auroc"] == "97.5 / 98.1 (-0.6)"
@@ -75,7 +115,7 @@ def test_dhkd_table_in_its_layout_with_ours_published_and_difference(tmp_path):
 def test_the_mean_is_recomputed_from_the_rows_not_taken_as_printed(tmp_path):
     rows = [p for p in published() if (p.paper, p.method, p.metric) == ("dhkd", "rd4ad", "image_auroc")]
     runs = [run("rd4ad", p.category, image_auroc=(p.value + 1) / 100) for p in rows if p.category != MEAN]
-    assert main([str(sweep(tmp_path, runs)), "--paper", "dhkd"]) == 0
+    assert adkd(["report", str(sweep(tmp_path, runs)), "--paper", "dhkd"]) == 0
     rows = table_rows((tmp_path / "paper_dhkd.md").read_text())
     mean = dict(zip(rows["category"], rows["mean"], strict=True))["rd4ad image_auroc"]
     assert mean == "99.5 / 98.5 (+1.0)"  # the 15 rows average 98.47; printed: 98.2
@@ -83,31 +123,42 @@ def test_the_mean_is_recomputed_from_the_rows_not_taken_as_printed(tmp_path):
 
 
 def test_a_paper_with_means_only_compares_our_mean_and_says_over_what(tmp_path):
-    sweep(tmp_path, [
-        run("rd4ad", "grid", image_auroc=0.99, pixel_aupro=0.92, pixel_auroc=None),
-        run("rd4ad", "tile", image_auroc=0.97, pixel_aupro=0.90, pixel_auroc=None),
-        run("rd4ad", "grid", label="rd4ad-ablation", image_auroc=0.5),  # its own label: not the paper's method
-    ])  # fmt: skip
-    assert main([str(tmp_path), "--paper", "rd4ad"]) == 0
+    sweep(
+        tmp_path,
+        [
+            run("rd4ad", "grid", image_auroc=0.99, pixel_aupro=0.92, pixel_auroc=None),
+            run("rd4ad", "tile", image_auroc=0.97, pixel_aupro=0.90, pixel_auroc=None),
+            run("rd4ad", "grid", label="rd4ad-ablation", image_auroc=0.5),  # its own label: not the paper's method
+        ],
+    )
+    assert adkd(["report", str(tmp_path), "--paper", "rd4ad"]) == 0
     rows = table_rows((tmp_path / "paper_rd4ad.md").read_text())
     assert rows["category"] == ["rd4ad image_auroc", "rd4ad pixel_auroc", "rd4ad pixel_aupro"]
-    assert rows["mean"] == ["98.0 / 98.5 (-0.5) [2 categories]", "n/a / 97.8 [2 categories]",
-                            "91.0 / 93.9 (-2.9) [2 categories]"]  # fmt: skip
+    assert rows["mean"] == [
+        "98.0 / 98.5 (-0.5) [2 categories]",
+        "n/a / 97.8 [2 categories]",
+        "91.0 / 93.9 (-2.9) [2 categories]",
+    ]
 
 
 def test_a_variant_is_matched_by_its_label_and_a_missing_paper_is_refused(tmp_path, capsys):
-    sweep(tmp_path, [run("efficientad", "grid", image_auroc=0.985),
-                     run("efficientad", "grid", label="efficientad_m", image_auroc=0.995)])  # fmt: skip
-    assert main([str(tmp_path), "--paper", "efficientad"]) == 0
+    sweep(
+        tmp_path,
+        [
+            run("efficientad", "grid", image_auroc=0.985),
+            run("efficientad", "grid", label="efficientad_m", image_auroc=0.995),
+        ],
+    )
+    assert adkd(["report", str(tmp_path), "--paper", "efficientad"]) == 0
     rows = table_rows((tmp_path / "paper_efficientad.md").read_text())
     assert rows["mean"] == ["98.5 / 98.8 (-0.3) [1 category]", "99.5 / 99.1 (+0.4) [1 category]"]
-    assert main([str(tmp_path / "nowhere"), "--paper", "adps"]) == 1
+    assert adkd(["report", str(tmp_path / "nowhere"), "--paper", "adps"]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_adps_on_kolektorsdd2_is_a_category_row(tmp_path):
     sweep(tmp_path, [run("adps", "ksdd2", dataset="ksdd2", pixel_ap=0.70)])
-    assert main([str(tmp_path), "--paper", "adps", "--out", str(tmp_path / "tables")]) == 0
+    assert adkd(["report", str(tmp_path), "--paper", "adps", "--out", str(tmp_path / "tables")]) == 0
     md = (tmp_path / "tables" / "paper_adps.md").read_text()
     assert "| ksdd2 | 70.0 / 72.5 (-2.5) |" in md and "| mean | no run / 77.4 |" in md
 
@@ -131,17 +182,21 @@ def test_a_datasets_table_shows_the_metrics_its_papers_report():
     assert default_metrics([{"dataset": "mvtec"}]) == ("image_auroc", "pixel_auroc", "pixel_aupro")
     assert default_metrics([{"dataset": "mvtec_ad2"}]) == ("pixel_aupro_005", "pixel_seg_f1")
     assert default_metrics([{"dataset": "ksdd2"}, {"dataset": "mvtec"}]) == (
-        "image_auroc", "pixel_auroc", "pixel_ap", "pixel_aupro")  # fmt: skip
+        "image_auroc",
+        "pixel_auroc",
+        "pixel_ap",
+        "pixel_aupro",
+    )
     assert default_metrics([{"dataset": "folder"}]) == ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")
 
 
 def test_the_report_picks_the_datasets_metrics_unless_told(tmp_path):
     metrics = {"image_auroc": 0.9, "pixel_aupro_005": 0.41, "pixel_seg_f1": 0.33}
     sweep(tmp_path, [run("rd4ad", "vial", dataset="mvtec_ad2", **metrics)])
-    assert main([str(tmp_path), "--no-curves"]) == 0
+    assert adkd(["report", str(tmp_path), "--no-curves"]) == 0
     md = (tmp_path / "results.md").read_text()
     assert "| category | rd4ad pixel_aupro_005 | rd4ad pixel_seg_f1 |" in md and "| vial | 41.0 | 33.0 |" in md
-    assert main([str(tmp_path), "--no-curves", "--metrics", "image_auroc"]) == 0
+    assert adkd(["report", str(tmp_path), "--no-curves", "--metrics", "image_auroc"]) == 0
     assert "| vial | 90.0 |" in (tmp_path / "results.md").read_text()
 
 
@@ -151,14 +206,20 @@ def test_the_report_cli_loads_neither_torch_nor_anomalib_for_its_tables():
     import subprocess
     import sys
 
-    probe = "import sys, adkd.report.__main__; print(sorted({'torch', 'anomalib', 'lightning'} & set(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    probe = "import sys, adkd.cli.report; print(sorted({'torch', 'anomalib', 'lightning'} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize(("paper", "methods"), [("draem", ["draem"]),
-                                                ("destseg", ["destseg", "stfpm", "draem", "patchcore"])])  # fmt: skip
+@pytest.mark.parametrize(
+    ("paper", "methods"), [("draem", ["draem"]), ("destseg", ["destseg", "stfpm", "draem", "patchcore"])]
+)
 def test_a_papers_category_rows_average_to_its_printed_mean(paper, methods):
     """Each per-category table as transcribed: 15 categories per column, averaging to the printed mean
     within the rounding (each cell and the mean to 0.1), which a slip in one cell would break."""
@@ -172,25 +233,31 @@ def test_a_papers_category_rows_average_to_its_printed_mean(paper, methods):
 
 
 def test_draem_per_category_cells_and_a_mean_only_metric_beside_our_mean(tmp_path):
-    sweep(tmp_path, [
-        run("draem", "grid", image_auroc=0.97, pixel_auroc=0.99, pixel_ap=0.60),
-        run("draem", "tile", image_auroc=0.99, pixel_auroc=0.98, pixel_ap=0.90),
-    ])  # fmt: skip
-    assert main([str(tmp_path), "--paper", "draem"]) == 0
+    sweep(
+        tmp_path,
+        [
+            run("draem", "grid", image_auroc=0.97, pixel_auroc=0.99, pixel_ap=0.60),
+            run("draem", "tile", image_auroc=0.99, pixel_auroc=0.98, pixel_ap=0.90),
+        ],
+    )
+    assert adkd(["report", str(tmp_path), "--paper", "draem"]) == 0
     rows = table_rows((tmp_path / "paper_draem.md").read_text())
     assert rows["category"] == ["draem pixel_auroc", "draem pixel_ap", "draem image_auroc"]
     assert list(rows)[1:4] == ["bottle", "capsule", "grid"]  # table 2's row order
     assert rows["grid"] == ["99.0 / 99.7 (-0.7)", "60.0 / 65.7 (-5.7)", "97.0 / -"]  # DRAEM table 2: grid 99.7 / 65.7
     assert rows["tile"][:2] == ["98.0 / 99.2 (-1.2)", "90.0 / 92.3 (-2.3)"]
     # pixel metrics over grid and tile (99.45 printed as 99.5); image AUROC: only its mean was read, ours over both runs
-    assert rows["mean"] == ["98.5 / 99.5 (-1.0) [2 of 15]", "75.0 / 79.0 (-4.0) [2 of 15]",
-                            "98.0 / 98.0 (+0.0) [2 categories]"]  # fmt: skip
+    assert rows["mean"] == [
+        "98.5 / 99.5 (-1.0) [2 of 15]",
+        "75.0 / 79.0 (-4.0) [2 of 15]",
+        "98.0 / 98.0 (+0.0) [2 categories]",
+    ]
     assert rows["mean (printed)"] == ["97.3", "68.4", "98.0"]
 
 
 def test_destseg_shows_its_reevaluated_columns_adkd_has(tmp_path):
     sweep(tmp_path, [run("destseg", "transistor", pixel_auroc=0.90, pixel_ap=0.60, image_auroc=0.95)])
-    assert main([str(tmp_path), "--paper", "destseg"]) == 0
+    assert adkd(["report", str(tmp_path), "--paper", "destseg"]) == 0
     md = (tmp_path / "paper_destseg.md").read_text()
     rows = table_rows(md)
     cell = dict(zip(rows["category"], rows["transistor"], strict=True))
@@ -198,5 +265,6 @@ def test_destseg_shows_its_reevaluated_columns_adkd_has(tmp_path):
     assert cell["draem (no run) pixel_ap"] == "no run / 51.7" and cell["stfpm (no run) pixel_auroc"] == "no run / 81.9"
     assert not any("US" in h or "DSR" in h for h in rows["category"])
     assert dict(zip(rows["category"], rows["mean"], strict=True))["destseg image_auroc"] == (
-        "95.0 / 98.6 (-3.6) [1 category]")  # fmt: skip
+        "95.0 / 98.6 (-3.6) [1 category]"
+    )
     assert "- DeSTSeg (Zhang et al., CVPR 2023; arXiv 2211.11317), table 2 (pixel AUROC / AP)\n" in md

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adkd.config import compose
+from adkd.training.config import compose
 from tests.conftest import (
     SLOW_IMAGE_SIZE,
     fixture_seed,
@@ -41,7 +41,7 @@ def floor_run(method: str, root: Path, out: Path, *extra: str) -> dict:
     """A method as its yaml builds it, with its small-data settings (budget=demo's batch size and
     rate; :func:`fixture_steps`) and the offline ImageNet weights of mobilenet_v2, on the
     32 px fixture (resized up for a method that needs larger images): a few seconds each."""
-    from adkd.run import run
+    from adkd.training.run import run
 
     steps, seed = f"steps={fixture_steps(method)}", f"seed={fixture_seed(method)}"
     overrides = [o for o in tiny_overrides(root, steps, seed) if o != "max_epochs=1"]  # the steps decide
@@ -57,8 +57,10 @@ def test_every_method_finds_the_square_and_writes_its_run_folder(method, tiny_mv
     assert results["method"] == method and results["category"] == "widget"
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert metrics == results["metrics"]
-    assert finds_the_square(results), f"{method}: image AUROC {metrics['image_auroc']:.3f}, pixel AUROC " \
-                                      f"{metrics['pixel_auroc']:.3f}; a working method reaches {FLOOR}"  # fmt: skip
+    assert finds_the_square(results), (
+        f"{method}: image AUROC {metrics['image_auroc']:.3f}, pixel AUROC "
+        f"{metrics['pixel_auroc']:.3f}; a working method reaches {FLOOR}"
+    )
     assert set(metrics) >= {"image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_f1max"}
     assert all(0.0 <= metrics[k] <= 1.0 for k in metrics if k != "inference_ms_per_image" and metrics[k] is not None)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
@@ -93,12 +95,24 @@ def test_every_methods_demo_recipe_learns_from_a_small_folder(method, textures_r
     """budget=demo as a user with 50 good images gets it: brick's first 50 training crops (at 64 px,
     EfficientAD at its 256), the recipe's own steps and settings. Counted in epochs (ten of them:
     20 steps at STFPM's batch 32), STFPM's recipe failed here: pixel AUROC 0.64 (``steps=20``)."""
-    from adkd.run import run
+    from adkd.training.run import run
 
     size = max(64, smallest_image(method))
-    results = run(compose(["dataset=textures", "category=brick", f"dataset.root={textures_root}", f"method={method}",
-                           "dataset.limit_train=50", f"image_size={size}", "num_figures=0", "logger=none"],
-                          tmp_path))  # fmt: skip
+    results = run(
+        compose(
+            [
+                "dataset=textures",
+                "category=brick",
+                f"dataset.root={textures_root}",
+                f"method={method}",
+                "dataset.limit_train=50",
+                f"image_size={size}",
+                "num_figures=0",
+                "logger=none",
+            ],
+            tmp_path,
+        )
+    )
     metrics = {k: round(results["metrics"][k], 3) for k in SMALL_FOLDER_FLOOR}
     assert all(metrics[k] >= floor for k, floor in SMALL_FOLDER_FLOOR.items()), (method, metrics, results["training"])
 
@@ -142,7 +156,7 @@ def test_a_nan_training_loss_ends_the_run_with_a_clear_error_and_keeps_the_last_
 
 def test_sweep_objective_is_a_validation_metric():
     from adkd.errors import ConfigError
-    from adkd.run import objective
+    from adkd.training.run import objective
 
     results = {"metrics": {"pixel_ap": 0.9}, "validation": {"pixel_ap": 0.4}}
     assert objective(results, "val/pixel_ap") == 0.4 and objective(results, None) is None
@@ -155,7 +169,7 @@ def test_sweep_objective_is_a_validation_metric():
 def test_training_resumes_from_last_checkpoint(tiny_mvtec, tmp_path):
     import torch
 
-    from adkd.run import run
+    from adkd.training.run import run
 
     run(compose(tiny_overrides(tiny_mvtec), tmp_path / "a"))
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
@@ -168,16 +182,32 @@ def test_training_resumes_from_last_checkpoint(tiny_mvtec, tmp_path):
 
 
 def test_image_only_dataset_reports_image_metrics_only(tmp_path):
-    from adkd.run import run
+    from adkd.training.run import run
 
     cfg = compose(
-        ["dataset=elpv", "image_size=32", "max_epochs=1", "backbone.pretrained=false", "logger=none",
-         "dataset.limit_train=8", "dataset.limit_test=12", "batch_size=4"],
+        [
+            "dataset=elpv",
+            "image_size=32",
+            "max_epochs=1",
+            "backbone.pretrained=false",
+            "logger=none",
+            "dataset.limit_train=8",
+            "dataset.limit_test=12",
+            "batch_size=4",
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
     results = run(cfg)
-    assert set(results["metrics"]) == {"image_auroc", "image_ap", "image_f1max", "inference_ms_per_image",
-                                       "image_f1", "image_precision", "image_recall", "image_fpr"}  # fmt: skip
+    assert set(results["metrics"]) == {
+        "image_auroc",
+        "image_ap",
+        "image_f1max",
+        "inference_ms_per_image",
+        "image_f1",
+        "image_precision",
+        "image_recall",
+        "image_fpr",
+    }
     assert results["pixel_metrics"] is False
     assert not (tmp_path / "plots" / "pixel_pr.png").exists() and (tmp_path / "plots" / "image_pr.png").is_file()
 
@@ -199,8 +229,15 @@ def test_multirun_then_report_gives_the_per_category_table(tiny_mvtec, tmp_path)
     if not (tiny_mvtec / "gadget").exists():
         shutil.copytree(tiny_mvtec / "widget", tiny_mvtec / "gadget")
     overrides = [o for o in tiny_overrides(tiny_mvtec) if not o.startswith("category=")]
-    res = cli("adkd.run", "-m", "method=rd4ad,stfpm", "category=widget,gadget", *overrides,
-              "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+    res = cli(
+        "adkd.run",
+        "-m",
+        "method=rd4ad,stfpm",
+        "category=widget,gadget",
+        *overrides,
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(list((tmp_path / "sweep").rglob("metrics.json"))) == 4
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1", "2", "3"]  # short
@@ -214,7 +251,7 @@ def test_multirun_then_report_gives_the_per_category_table(tiny_mvtec, tmp_path)
 
 
 def test_wandb_logs_offline_without_an_account(tiny_mvtec, tmp_path, monkeypatch):
-    from adkd.run import run
+    from adkd.training.run import run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -241,8 +278,13 @@ def test_report_gives_each_labelled_variant_its_own_column():
     from adkd.report.tables import build_table
 
     def result(label, category, auroc):
-        return {"method": "adps", "label": label, "category": category, "backbone": "mobilenet_v2",
-                "metrics": {"image_auroc": auroc}}  # fmt: skip
+        return {
+            "method": "adps",
+            "label": label,
+            "category": category,
+            "backbone": "mobilenet_v2",
+            "metrics": {"image_auroc": auroc},
+        }
 
     header, rows = build_table(
         [result("adps", "a", 0.9), result("adps-k1", "a", 0.5), result("adps", "b", 0.7), result("adps-k1", "b", 0.6)],
@@ -279,13 +321,16 @@ def test_report_averages_seeds():
 def test_report_writes_into_a_new_out_folder(tmp_path):
     import json
 
-    from adkd.report.__main__ import main
+    from adkd.cli import main as adkd
 
     run = tmp_path / "runs" / "0_category=a"
     run.mkdir(parents=True)
     result = {"method": "rd4ad", "dataset": "elpv", "category": "a", "metrics": {"image_auroc": 0.75}}
     (run / "metrics.json").write_text(json.dumps(result))
-    assert main([str(tmp_path / "runs"), "--metrics", "image_auroc", "--out", str(tmp_path / "new" / "tables")]) == 0
+    assert (
+        adkd(["report", str(tmp_path / "runs"), "--metrics", "image_auroc", "--out", str(tmp_path / "new" / "tables")])
+        == 0
+    )
     assert "| a | 75.0 |" in (tmp_path / "new" / "tables" / "results.md").read_text()
 
 
@@ -331,7 +376,7 @@ def test_report_keeps_undefined_metrics_out_of_means_and_formats_by_kind():
 
 def test_report_lists_runs_that_did_not_finish(tmp_path):
     from adkd.report.tables import write_report
-    from adkd.runs import write_status
+    from adkd.training.runs import write_status
 
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "metrics.json").write_text(json.dumps(_result("a", {"image_auroc": 0.75})))
@@ -347,7 +392,7 @@ def test_report_lists_runs_that_did_not_finish(tmp_path):
 def test_resume_picks_the_newest_unfinished_run_of_the_same_command(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from adkd import runs
+    from adkd.training import runs
 
     parent = tmp_path / "outputs" / "rd4ad" / "folder" / "widget"
 
@@ -394,7 +439,7 @@ def test_debug_configs_compose_onto_the_cpu_without_a_logger(debug, tmp_path):
 def test_overfitting_two_batches_drives_the_training_loss_down(tiny_mvtec, tmp_path):
     import csv
 
-    from adkd.run import run
+    from adkd.training.run import run
 
     overrides = tiny_overrides(tiny_mvtec, "method=stfpm", "debug=overfit", "max_epochs=8", "logger=csv")
     run(compose(overrides, tmp_path))
@@ -404,7 +449,7 @@ def test_overfitting_two_batches_drives_the_training_loss_down(tiny_mvtec, tmp_p
 
 
 def test_a_fast_dev_run_writes_the_config_tree_and_tags(tiny_mvtec, tmp_path):
-    from adkd.run import run
+    from adkd.training.run import run
 
     results = run(compose(tiny_overrides(tiny_mvtec, "debug=fdr", "tags=[smoke,widget]"), tmp_path))
     assert results["tags"] == ["smoke", "widget"]
@@ -424,8 +469,8 @@ def test_the_segmentation_threshold_travels_from_calibration_to_the_evaluation()
 
     import torch
 
-    from adkd.callbacks import Calibrate
-    from adkd.evaluation import Evaluation
+    from adkd.training.callbacks import Calibrate
+    from adkd.training.evaluation import Evaluation
 
     trainer = SimpleNamespace(callback_metrics={}, loggers=[], global_step=0, callbacks=[])
     maps = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2)
@@ -438,9 +483,9 @@ def test_the_segmentation_threshold_travels_from_calibration_to_the_evaluation()
 
 @pytest.mark.slow
 def test_a_dataset_that_asks_for_the_segmentation_f1_gets_it_at_a_validation_threshold(tiny_mvtec, tmp_path):
-    from adkd.config import validate
     from adkd.errors import ConfigError
-    from adkd.run import run
+    from adkd.training.config import validate
+    from adkd.training.run import run
 
     results = run(compose(tiny_overrides(tiny_mvtec, "method=stfpm", "segmentation.rule=fpr"), tmp_path))
     thresholds, metrics = results["thresholds"], results["metrics"]

@@ -1,4 +1,4 @@
-"""adkd.serve over real HTTP: /predict scores as the run's test did, refuses bad requests with 4xx
+"""adkd.deploy.serve over real HTTP: /predict scores as the run's test did, refuses bad requests with 4xx
 and a message, the chosen threshold is saved beside the checkpoint and used by predict and export;
 and the page in a real headless browser (Debian's chromium)."""
 
@@ -22,8 +22,8 @@ def run_copy(exported_run, tmp_path) -> Path:
 
 @pytest.fixture()
 def served(run_copy):
-    from adkd.serve.app import UploadLimit, create_app, running
-    from adkd.serve.session import Session
+    from adkd.deploy.serve.app import UploadLimit, create_app, running
+    from adkd.deploy.serve.session import Session
 
     session = Session(run_copy)
     with running(UploadLimit(create_app(session), 200_000)) as url:
@@ -31,8 +31,10 @@ def served(run_copy):
 
 
 def _test_scores(run: Path) -> dict[str, float]:
-    return {"/".join(Path(r["image_path"]).parts[-2:]): float(r["pred_score"])
-            for r in csv.DictReader((run / "test_predictions.csv").open())}  # fmt: skip
+    return {
+        "/".join(Path(r["image_path"]).parts[-2:]): float(r["pred_score"])
+        for r in csv.DictReader((run / "test_predictions.csv").open())
+    }
 
 
 def test_predict_over_http_scores_as_the_test_did_and_decides_at_the_threshold(served, tiny_mvtec, run_copy):
@@ -64,28 +66,41 @@ def test_predict_over_http_scores_as_the_test_did_and_decides_at_the_threshold(s
 def test_bad_requests_get_a_4xx_that_says_what_to_send(served, tiny_mvtec):
     _, url = served
     cases = [
-        (httpx.post(f"{url}/predict", files={"file": ("notes.txt", b"no image here", "text/plain")}),
-         400, "Cannot read image notes.txt: not an image format"),
+        (
+            httpx.post(f"{url}/predict", files={"file": ("notes.txt", b"no image here", "text/plain")}),
+            400,
+            "Cannot read image notes.txt: not an image format",
+        ),
         (httpx.post(f"{url}/predict", files={"file": ("empty.png", b"", "image/png")}), 400, "is empty"),
         (httpx.post(f"{url}/predict", data={"other": "x"}), 400, "multipart form field 'file'"),
         (httpx.post(f"{url}/predict?mask=perhaps", files={"file": ("a.png", b"x", "image/png")}), 400, "query.mask"),
-        (httpx.post(f"{url}/predict", files={"file": ("big.png", b"0" * 300_000, "image/png")}),
-         413, "this server takes at most 200,000 bytes"),
-        (httpx.post(f"{url}/predict", content=iter([b"0" * 150_000, b"0" * 150_000]),
-                    headers={"content-type": "multipart/form-data; boundary=x"}), 413, "more than"),  # chunked
+        (
+            httpx.post(f"{url}/predict", files={"file": ("big.png", b"0" * 300_000, "image/png")}),
+            413,
+            "this server takes at most 200,000 bytes",
+        ),
+        (
+            httpx.post(
+                f"{url}/predict",
+                content=iter([b"0" * 150_000, b"0" * 150_000]),
+                headers={"content-type": "multipart/form-data; boundary=x"},
+            ),
+            413,
+            "more than",
+        ),  # chunked
         (httpx.get(f"{url}/api/overlay/test/99.png"), 404, "No image test/99"),
         (httpx.post(f"{url}/api/threshold", json={"image_threshold": "high"}), 400, "image_threshold"),
         (httpx.post(f"{url}/api/score-folder", json={"path": "/nowhere/at/all"}), 400, "is not a folder"),
-    ]  # fmt: skip
+    ]
     for response, status, message in cases:
         assert response.status_code == status, response.text
         assert message in response.json()["detail"]
 
 
 def test_a_saved_threshold_is_used_by_serve_predict_and_export(served, run_copy, tiny_mvtec, tmp_path, capsys):
-    from adkd import operating_point
-    from adkd.export import stale_export
-    from adkd.predict import main as predict
+    from adkd.cli import main as adkd
+    from adkd.deploy import operating_point
+    from adkd.deploy.export import stale_export
 
     session, url = served
     calibrated = session.threshold
@@ -93,21 +108,22 @@ def test_a_saved_threshold_is_used_by_serve_predict_and_export(served, run_copy,
     chosen = (scores[0] + scores[1]) / 2  # all but the lowest-scoring test image are now anomalous
     saved = httpx.post(f"{url}/api/threshold", json={"image_threshold": chosen}).json()
     checkpoint = run_copy / "checkpoints" / "last.ckpt"
-    assert Path(saved["saved"]) == operating_point.sidecar_path(checkpoint) == checkpoint.with_name(
-        "last.threshold.json")
+    assert (
+        Path(saved["saved"]) == operating_point.sidecar_path(checkpoint) == checkpoint.with_name("last.threshold.json")
+    )
     record = json.loads(Path(saved["saved"]).read_text())
     assert record["image_threshold"] == pytest.approx(chosen) and record["calibrated_image_threshold"] == calibrated
     with (tiny_mvtec / "widget" / "test" / "good" / "001.png").open("rb") as f:
         assert httpx.post(f"{url}/predict", files={"file": f}).json()["threshold"] == pytest.approx(chosen)
 
     out = tmp_path / "predicted"
-    assert predict([str(run_copy), str(tiny_mvtec / "widget" / "test"), "--out", str(out), "--no-figures"]) == 0
+    assert adkd(["predict", str(run_copy), str(tiny_mvtec / "widget" / "test"), "--out", str(out), "--no-figures"]) == 0
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert [float(r["image_threshold"]) for r in rows] == pytest.approx([chosen] * len(rows))
     assert sum(r["decision"] == "anomalous" for r in rows) == len(rows) - 1
 
-    from adkd.export import metadata
-    from adkd.inference import load_model
+    from adkd.deploy.checkpoints import load_model
+    from adkd.deploy.export import metadata
 
     model, config = load_model(run_copy)
     exported = metadata(config, model)  # what an export made now carries
@@ -125,15 +141,15 @@ def test_a_saved_threshold_is_used_by_serve_predict_and_export(served, run_copy,
 def test_serve_says_why_it_cannot_start(trained_run, tmp_path, capsys):
     import socket
 
-    from adkd.serve.__main__ import main
+    from adkd.cli import main as adkd
 
-    assert main([str(tmp_path), "--port", "0"]) == 1
+    assert adkd(["serve", str(tmp_path), "--port", "0"]) == 1
     assert "error: No checkpoint at" in capsys.readouterr().err
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main([str(trained_run), "--port", str(port)]) == 1
+        assert adkd(["serve", str(trained_run), "--port", str(port)]) == 1
     assert f"Cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
@@ -178,8 +194,9 @@ def test_the_page_in_a_headless_browser(served, run_copy, tiny_mvtec, tmp_path):
         assert int(text("test-tp")) + int(text("test-fp")) == above
         assert int(text("test-fp")) == sum(s > session.threshold for s in normal.values())
         assert len(browser.find_elements(By.CSS_SELECTOR, "#grid .card")) == 8
-        assert browser.execute_script("return document.querySelector('#grid img').naturalWidth") > 0 or \
-            wait.until(lambda b: b.execute_script("return document.querySelector('#grid img').naturalWidth") > 0)
+        assert browser.execute_script("return document.querySelector('#grid img').naturalWidth") > 0 or wait.until(
+            lambda b: b.execute_script("return document.querySelector('#grid img').naturalWidth") > 0
+        )
 
         slider = browser.find_element(By.ID, "slider")
         slider.send_keys(Keys.END)  # the highest threshold: nothing is flagged
@@ -218,9 +235,9 @@ document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfe
 
 
 def test_a_run_whose_images_are_gone_still_serves_new_ones(tiny_mvtec, tmp_path):
-    from adkd.config import compose
-    from adkd.run import run
-    from adkd.serve.session import Session
+    from adkd.deploy.serve.session import Session
+    from adkd.training.config import compose
+    from adkd.training.run import run
     from tests.conftest import tiny_overrides
 
     data = Path(shutil.copytree(tiny_mvtec, tmp_path / "data"))
@@ -232,7 +249,7 @@ def test_a_run_whose_images_are_gone_still_serves_new_ones(tiny_mvtec, tmp_path)
     assert "No training images" in session.images_note
     assert session.images == {"test": [], "validation": []}
     assert session.predict_bytes(image, "000.png")["decision"] in ("normal", "anomalous")
-    from adkd.export import parity_images
+    from adkd.deploy.export import parity_images
 
     images, described = parity_images(session.config)  # an export's parity check falls back to random images
     assert described == "8 random images" and images.shape == (8, 3, 32, 32)
@@ -262,10 +279,16 @@ def _lying_png(width: int, height: int) -> bytes:
 def test_a_bad_save_writes_nothing_and_answers_400(served, run_copy):
     _, url = served
     sidecar = run_copy / "checkpoints" / "last.threshold.json"
-    bad = [({"image_threshold": -1e300}, "within float32's range"), ({"image_threshold": 1e39}, "float32"),
-           ({"image_threshold": "1.0"}, "must be a number"), ({"image_threshold": True}, "must be a number"),
-           ({"image_threshold": None}, "must be a number"), ({"image_threshold": [1]}, "must be a number"),
-           ({"image_threshold": 1.0, "other": 2}, "other"), ({}, "image_threshold")]  # fmt: skip
+    bad = [
+        ({"image_threshold": -1e300}, "within float32's range"),
+        ({"image_threshold": 1e39}, "float32"),
+        ({"image_threshold": "1.0"}, "must be a number"),
+        ({"image_threshold": True}, "must be a number"),
+        ({"image_threshold": None}, "must be a number"),
+        ({"image_threshold": [1]}, "must be a number"),
+        ({"image_threshold": 1.0, "other": 2}, "other"),
+        ({}, "image_threshold"),
+    ]
     for body, message in bad:
         response = httpx.post(f"{url}/api/threshold", json=body)
         assert response.status_code == 400 and message in response.json()["detail"], (body, response.text)
@@ -290,11 +313,12 @@ def test_a_bad_save_writes_nothing_and_answers_400(served, run_copy):
         (" " * 100_000, "not a threshold choice adkd wrote"),
     ],
 )
-def test_a_bad_threshold_file_is_refused_in_one_line_by_predict_export_and_serve(text, message, run_copy, tmp_path,
-                                                                                   capsys):  # fmt: skip
-    from adkd import operating_point
+def test_a_bad_threshold_file_is_refused_in_one_line_by_predict_export_and_serve(
+    text, message, run_copy, tmp_path, capsys
+):
+    from adkd.deploy import operating_point
+    from adkd.deploy.trust import file_digest
     from adkd.errors import CheckpointError
-    from adkd.inference import file_digest
 
     checkpoint = run_copy / "checkpoints" / "last.ckpt"
     sidecar = operating_point.sidecar_path(checkpoint)
@@ -304,17 +328,17 @@ def test_a_bad_threshold_file_is_refused_in_one_line_by_predict_export_and_serve
     assert str(sidecar) in str(refused.value) and "delete it" in str(refused.value)
     if message != "within float32's range":
         return
-    from adkd.export import main as export
-    from adkd.predict import main as predict
-    from adkd.serve.__main__ import main as serve
+    from adkd.cli import main as adkd
 
     images = run_copy.parent / "images"
     images.mkdir()
     (images / "part.png").write_bytes(_lying_png(32, 32))
     capsys.readouterr()
-    for command in (lambda: predict([str(run_copy), str(images), "--out", str(tmp_path / "out")]),
-                    lambda: export([str(run_copy), "--out", str(tmp_path / "m.onnx")]),
-                    lambda: serve([str(run_copy), "--port", "0"])):  # fmt: skip
+    for command in (
+        lambda: adkd(["predict", str(run_copy), str(images), "--out", str(tmp_path / "out")]),
+        lambda: adkd(["export", str(run_copy), "--out", str(tmp_path / "m.onnx")]),
+        lambda: adkd(["serve", str(run_copy), "--port", "0"]),
+    ):
         assert command() == 1
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {sidecar} gives image_threshold -1e+300"), lines
@@ -341,7 +365,7 @@ def test_many_concurrent_saves_all_succeed_and_leave_one_whole_file(served, run_
 _SAVER = """
 import sys
 from pathlib import Path
-from adkd import operating_point
+from adkd.deploy import operating_point
 checkpoint = Path(sys.argv[1])
 print("ready", flush=True)
 i = 0
@@ -359,7 +383,7 @@ def test_a_save_killed_at_any_moment_leaves_a_loadable_choice_and_no_temporary_f
     import sys
     import time
 
-    from adkd import operating_point
+    from adkd.deploy import operating_point
 
     checkpoint = tmp_path / "last.ckpt"
     checkpoint.write_bytes(b"weights")
@@ -368,8 +392,9 @@ def test_a_save_killed_at_any_moment_leaves_a_loadable_choice_and_no_temporary_f
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     rng, left_behind = random.Random(0), 0
     for _ in range(12):
-        saver = subprocess.Popen([sys.executable, "-c", _SAVER, str(checkpoint)], env=env, stdout=subprocess.PIPE,
-                                 text=True)  # fmt: skip
+        saver = subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(checkpoint)], env=env, stdout=subprocess.PIPE, text=True
+        )
         assert saver.stdout.readline() == "ready\n"
         time.sleep(rng.uniform(0.0, 0.05))
         saver.send_signal(signal.SIGKILL)
@@ -393,13 +418,15 @@ def test_a_save_killed_at_any_moment_leaves_a_loadable_choice_and_no_temporary_f
 
 def test_an_image_larger_than_max_pixels_is_refused_from_its_header(served, tiny_mvtec):
     session, url = served
-    from adkd.serve import DEFAULT_MAX_PIXELS
+    from adkd.deploy.serve import DEFAULT_MAX_PIXELS
 
     assert session.max_pixels == DEFAULT_MAX_PIXELS == 40_000_000
     response = httpx.post(f"{url}/predict", files={"file": ("big.png", _lying_png(8000, 6000), "image/png")})
     assert response.status_code == 413, response.text
-    assert response.json()["detail"] == ("Image big.png is 8000x6000 pixels: this server decodes at most 40,000,000 "
-                                         "pixels (40 megapixels, --max-pixels). Send a smaller image.")  # fmt: skip
+    assert response.json()["detail"] == (
+        "Image big.png is 8000x6000 pixels: this server decodes at most 40,000,000 "
+        "pixels (40 megapixels, --max-pixels). Send a smaller image."
+    )
     response = httpx.post(f"{url}/predict", files={"file": ("huge.png", _lying_png(13000, 13000), "image/png")})
     assert response.status_code == 413 and "this server decodes at most 40,000,000 pixels" in response.text
     session.max_pixels = 32 * 32
@@ -411,7 +438,7 @@ def test_an_image_larger_than_max_pixels_is_refused_from_its_header(served, tiny
 
 
 def test_only_the_servers_own_names_and_pages_are_answered(run_copy, served):
-    from adkd.serve.app import Guard, create_app, host_names, running
+    from adkd.deploy.serve.app import Guard, create_app, host_names, running
 
     session, url = served
     port = url.rsplit(":", 1)[1]
@@ -432,16 +459,28 @@ def test_only_the_servers_own_names_and_pages_are_answered(run_copy, served):
         assert response.status_code == 403 and response.json()["detail"].startswith("Refused: "), response.text
     assert "DNS rebinding" in refused[0].json()["detail"] and "another origin" in refused[4].json()["detail"]
     assert not sidecar.exists()
-    for headers in ({}, {"Host": f"localhost:{port}"}, {"Host": "localhost"}, {"Host": f"[::1]:{port}"},
-                    {"Origin": url, "Sec-Fetch-Site": "same-origin"}, {"Origin": f"http://localhost:{port}",
-                                                                       "Host": f"localhost:{port}"}):  # fmt: skip
+    for headers in (
+        {},
+        {"Host": f"localhost:{port}"},
+        {"Host": "localhost"},
+        {"Host": f"[::1]:{port}"},
+        {"Origin": url, "Sec-Fetch-Site": "same-origin"},
+        {"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"},
+    ):
         assert httpx.post(f"{url}/api/threshold", json=save, headers=headers).status_code == 200, headers
     assert httpx.get(f"{url}/api/run", headers={"Origin": "http://evil.example.com"}).status_code == 200  # reads
     # Served on every address: IP addresses and --allow-host names too, never another name.
-    guard = Guard(None, host_names("0.0.0.0"), any_address=True,
-                  proxied=frozenset({"inspect.example.org"}))  # fmt: skip
-    ask = lambda host: guard.refusal({"method": "GET", "server": ("0.0.0.0", 8000),  # noqa: E731
-                                      "headers": [(b"host", host.encode())]})  # fmt: skip
+    guard = Guard(None, host_names("0.0.0.0"), any_address=True, proxied=frozenset({"inspect.example.org"}))
+
+    def ask(host):
+        return guard.refusal(
+            {
+                "method": "GET",
+                "server": ("0.0.0.0", 8000),
+                "headers": [(b"host", host.encode())],
+            }
+        )
+
     assert ask("192.168.1.20:8000") is None and ask("inspect.example.org") is None and ask("[fe80::1]:8000") is None
     assert ask("evil.example.com:8000") is not None and ask("192.168.1.20:9000") is not None
     with running(create_app(session, host="127.0.0.1", allowed_hosts=["inspect.example.org"])) as other:
@@ -449,17 +488,20 @@ def test_only_the_servers_own_names_and_pages_are_answered(run_copy, served):
 
 
 def test_serve_names_the_port_range_and_blames_a_bad_host_on_the_host(trained_run, capsys):
-    from adkd.serve.__main__ import main
+    from adkd.cli import main as adkd
 
     for argv, expected in [
         (["--port", "99999"], "error: --port 99999 is not a port: give a number from 1 to 65535"),
         (["--port", "-1"], "error: --port -1 is not a port"),
         (["--host", "nosuch.invalid"], "error: Cannot listen on --host 'nosuch.invalid': the name cannot be resolved"),
-        (["--host", "192.0.2.1"], "error: Cannot listen on --host 192.0.2.1 (Cannot assign requested address): it is "
-                                  "not an address of this machine"),
+        (
+            ["--host", "192.0.2.1"],
+            "error: Cannot listen on --host 192.0.2.1 (Cannot assign requested address): it is "
+            "not an address of this machine",
+        ),
         (["--max-pixels", "0"], "error: --max-pixels must be above 0"),
-    ]:  # fmt: skip
-        assert main([str(trained_run), *argv]) == 1
+    ]:
+        assert adkd(["serve", str(trained_run), *argv]) == 1
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(expected), lines
         assert "--port" not in lines[0] or "port" in expected
@@ -468,8 +510,8 @@ def test_serve_names_the_port_range_and_blames_a_bad_host_on_the_host(trained_ru
 def test_folder_scoring_stops_walking_at_its_cap_and_when_the_client_goes(served, tmp_path, monkeypatch):
     import time
 
-    from adkd.predict import walk_images
-    from adkd.serve import app
+    from adkd.deploy.predict import walk_images
+    from adkd.deploy.serve import app
 
     session, url = served
     image = _lying_png(32, 32)
@@ -529,8 +571,13 @@ def test_sigterm_stops_the_server_at_once_while_it_scores_a_folder(trained_run, 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "adkd.serve", str(trained_run), "--port", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "adkd", "serve", str(trained_run), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert "Serving" in next(line for line in server.stdout if "Serving" in line or "error" in line)
         url = f"http://127.0.0.1:{port}"

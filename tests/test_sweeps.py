@@ -1,5 +1,5 @@
 """Searches on validation: Hydra's Optuna sweeper (conf/hparams_search/) and W&B sweeps
-(adkd.wandb_sweep, experiments/sweep_mvtec.yaml) over each method's search_space, run end to end
+(adkd.training.wandb_sweep, experiments/sweep_mvtec.yaml) over each method's search_space, run end to end
 on tiny data."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from adkd.config import compose
 from adkd.methods.registry import method_names
+from adkd.training.config import compose
 from tests.conftest import tiny_overrides
 from tests.wandb_file import run_summary
 
@@ -24,8 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ADKD_OFFLINE": "1"}
 # What a unit test changes in a sweep's command (later overrides win): tiny images, a small
 # backbone with random weights, one epoch, the CPU.
-TEST_SCALE = ["image_size=32", "batch_size=4", "max_epochs=1", "backbone=resnet18", "backbone.pretrained=false",
-              "trainer=cpu", "num_figures=2", "dataset.num_workers=0"]  # fmt: skip
+TEST_SCALE = [
+    "image_size=32",
+    "batch_size=4",
+    "max_epochs=1",
+    "backbone=resnet18",
+    "backbone.pretrained=false",
+    "trainer=cpu",
+    "num_figures=2",
+    "dataset.num_workers=0",
+]
 
 
 def search_space(method: str) -> dict[str, str]:
@@ -34,7 +42,7 @@ def search_space(method: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("method", method_names())
 def test_each_search_tunes_knobs_its_method_has_on_a_validation_metric(method, tmp_path):
-    from adkd.wandb_sweep import sweep_config
+    from adkd.training.wandb_sweep import sweep_config
 
     for spelling in ([f"hparams_search={method}"], ["hparams_search=optuna", f"method={method}"]):
         cfg = compose(spelling, tmp_path)
@@ -48,10 +56,13 @@ def test_each_search_tunes_knobs_its_method_has_on_a_validation_metric(method, t
 
 
 def test_search_grammar_translates_to_w_and_b():
-    from adkd.wandb_sweep import parameter
+    from adkd.training.wandb_sweep import parameter
 
     assert parameter("lr", "tag(log, interval(1.0e-4, 3.0e-3))") == {
-        "distribution": "log_uniform_values", "min": 1e-4, "max": 3e-3}  # fmt: skip
+        "distribution": "log_uniform_values",
+        "min": 1e-4,
+        "max": 3e-3,
+    }
     assert parameter("w", "interval(0.25, 4.0)") == {"distribution": "uniform", "min": 0.25, "max": 4.0}
     assert parameter("k", "choice(1, 2, 4, 8)") == {"values": [1, 2, 4, 8]}
     assert parameter("c", "choice(mul, add)") == {"values": ["mul", "add"]}
@@ -59,10 +70,17 @@ def test_search_grammar_translates_to_w_and_b():
 
 
 def test_a_two_trial_optuna_study_keeps_the_best_validation_value(tiny_mvtec, tmp_path):
-    args = ["hparams_search=optuna", "method=stfpm", "hydra.sweeper.study_name=stfpm", "hydra.sweeper.n_trials=2", "hydra.sweeper.storage=sqlite:///study.db",
-            *tiny_overrides(tiny_mvtec)]  # fmt: skip
-    res = subprocess.run([sys.executable, "-m", "adkd.run", *args], cwd=tmp_path, env=ENV, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    args = [
+        "hparams_search=optuna",
+        "method=stfpm",
+        "hydra.sweeper.study_name=stfpm",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.storage=sqlite:///study.db",
+        *tiny_overrides(tiny_mvtec),
+    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "adkd.run", *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
     study = OmegaConf.load(sweep / "optimization_results.yaml")
@@ -103,11 +121,11 @@ def agent_command(sweep_file: Path) -> tuple[list[str], dict]:
 # config is checked in the default suite (test_each_search_tunes_knobs_its_method_has_on_a_validation_metric)
 @pytest.mark.parametrize("name", ["mvtec", pytest.param("stfpm", marks=pytest.mark.slow)])
 def test_each_w_and_b_sweep_command_runs_offline_and_names_its_run(name, tiny_mvtec, tmp_path):
-    """The category grid of experiments/sweep_mvtec.yaml, and a method's search (adkd.wandb_sweep;
+    """The category grid of experiments/sweep_mvtec.yaml, and a method's search (adkd.training.wandb_sweep;
     every method's is built the same way, from its search_space)."""
     sweep_file = ROOT / "experiments" / "sweep_mvtec.yaml"
     if name != "mvtec":
-        from adkd.wandb_sweep import sweep_config
+        from adkd.training.wandb_sweep import sweep_config
 
         sweep_file = tmp_path / f"sweep_{name}.yaml"
         overrides = [f"method={name}", "dataset=mvtec", "dataset.root=datasets/mvtec", "category=bottle"]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adkd.config import compose
 from adkd.errors import CheckpointError, ConfigError, DataCheckError
+from adkd.training.config import compose
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ADKD_OFFL
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_mvtec, tmp_path_factory):
-    from adkd.run import run
+    from adkd.training.run import run
 
     folder = tmp_path_factory.mktemp("trusted_run")
     run(compose(tiny_overrides(tiny_mvtec, "method=stfpm", "backbone=resnet18"), folder))
@@ -61,9 +61,9 @@ def _tampered(run: Path, tmp_path: Path, edit) -> Path:  # noqa: ANN001
 
 
 def _predict(*args) -> tuple[int, str]:  # noqa: ANN002
-    from adkd.predict import main
+    from adkd.cli import main as adkd
 
-    return main([str(a) for a in args])
+    return adkd(["predict", *(str(a) for a in args)])
 
 
 # 1. A checkpoint's stored config cannot run code --------------------------------------------------
@@ -73,19 +73,25 @@ def _predict(*args) -> tuple[int, str]:  # noqa: ANN002
 def test_a_checkpoint_whose_config_names_foreign_code_is_refused_by_predict_and_export(
     payload, trained_run, images, tmp_path, capsys
 ):
-    from adkd.export import main as export_main
+    from adkd.cli import main as adkd
 
     victim, marker, evil = tmp_path / "victim.txt", tmp_path / "marker", tmp_path / "evil.pkl"
     victim.write_text("keep me")
     evil.write_bytes(pickle.dumps(_Payload(marker)))
-    factory = ({"_target_": "builtins.open", "_args_": [str(victim), "w"]} if payload == "open"
-               else {"_target_": "torch.load", "f": str(evil), "weights_only": False})  # fmt: skip
+    factory = (
+        {"_target_": "builtins.open", "_args_": [str(victim), "w"]}
+        if payload == "open"
+        else {"_target_": "torch.load", "f": str(evil), "weights_only": False}
+    )
     sent = _tampered(trained_run, tmp_path, lambda config: config["method"].update(optimizer=factory))
     assert _predict(sent, images, "--out", tmp_path / "out") == 1
     err = capsys.readouterr().err
-    assert f"error: Refused {sent}: its stored config asks to build '{factory['_target_']}' at " \
-           "method.optimizer._target_" in err and "Nothing in it was run." in err  # fmt: skip
-    assert export_main([str(sent), "--out", str(tmp_path / "m.onnx")]) == 1
+    assert (
+        f"error: Refused {sent}: its stored config asks to build '{factory['_target_']}' at method.optimizer._target_"
+        in err
+        and "Nothing in it was run." in err
+    )
+    assert adkd(["export", str(sent), "--out", str(tmp_path / "m.onnx")]) == 1
     assert "method.optimizer._target_" in capsys.readouterr().err
     assert victim.read_text() == "keep me" and not marker.exists()
     assert not (tmp_path / "out" / "predictions.csv").exists() and not (tmp_path / "m.onnx").exists()
@@ -95,15 +101,18 @@ def test_a_checkpoint_whose_config_names_foreign_code_is_refused_by_predict_and_
     ("where", "edit"),
     [
         ("dataset._target_", lambda c: c["dataset"].update({"_target_": "torch.load", "f": "x.pkl"})),
-        ("method._target_", lambda c: c["method"].update({"_target_": "adkd.runs.write_status"})),
+        ("method._target_", lambda c: c["method"].update({"_target_": "adkd.training.runs.write_status"})),
         ("method.network._target_", lambda c: c["method"]["network"].update({"_target_": "builtins.print"})),
-        ("method.network._target_", lambda c: c["method"]["network"].update({"_target_": "adkd.runs.RunTaken"})),
+        (
+            "method.network._target_",
+            lambda c: c["method"]["network"].update({"_target_": "adkd.training.runs.RunTaken"}),
+        ),
         ("method.network.layers._target_", lambda c: c["method"]["network"].update(layers={"_target_": "os.system"})),
         ("method.layers", lambda c: c["method"].update(layers="${oc.decode:'{_target_: builtins.print}'}")),
     ],
 )
 def test_no_other_target_or_interpolation_is_built_from_a_checkpoint(where, edit, trained_run, tmp_path):
-    from adkd.export import export
+    from adkd.deploy.export import export
 
     sent = _tampered(trained_run, tmp_path, edit)
     with pytest.raises(CheckpointError, match=f"Refused .* at {where.replace('.', '[.]')}"):
@@ -124,7 +133,7 @@ def test_onnx_metadata_and_external_weights_are_checked(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from adkd.inference import OnnxModel
+    from adkd.deploy.engines import OnnxModel
 
     def model(size: str, location: str | None = None) -> Path:
         weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [1.0])
@@ -132,9 +141,13 @@ def test_onnx_metadata_and_external_weights_are_checked(tmp_path):
             weight.ClearField("float_data")
             weight.data_location = TensorProto.EXTERNAL
             weight.external_data.add(key="location", value=location)
-        graph = helper.make_graph([helper.make_node("Add", ["images", "w"], ["out"])], "g",
-                                  [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1])],
-                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])], [weight])  # fmt: skip
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["images", "w"], ["out"])],
+            "g",
+            [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+            [weight],
+        )
         proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
         proto.metadata_props.add(key="image_size", value=size)
         path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.onnx"
@@ -149,8 +162,9 @@ def test_onnx_metadata_and_external_weights_are_checked(tmp_path):
 
 
 @pytest.mark.parametrize("weights", ["file", "default"])
-def test_a_checkpoint_config_naming_weights_opens_no_file_and_fetches_none(weights, trained_run, images, tmp_path,
-                                                                           capsys):  # fmt: skip
+def test_a_checkpoint_config_naming_weights_opens_no_file_and_fetches_none(
+    weights, trained_run, images, tmp_path, capsys
+):
     """A stored config that drops ``pretrained`` (whose default is True: ImageNet weights, fetched)
     and names a ``weights`` file: predict reads neither; the checkpoint's weights are used."""
     bait = tmp_path / "bait.pth"
@@ -166,7 +180,7 @@ def test_a_checkpoint_config_naming_weights_opens_no_file_and_fetches_none(weigh
 
 
 def test_a_config_that_cannot_be_rebuilt_is_named_with_its_whole_error(trained_run, tmp_path):
-    from adkd.inference import load_model
+    from adkd.deploy.checkpoints import load_model
 
     sent = _tampered(trained_run, tmp_path, lambda config: config["method"]["network"].update(layers=[9] * 120))
     with pytest.raises(CheckpointError, match="Cannot rebuild the model") as refused:
@@ -178,7 +192,7 @@ def test_a_config_that_cannot_be_rebuilt_is_named_with_its_whole_error(trained_r
 
 
 def test_an_export_older_than_its_checkpoint_is_exported_again_or_refused(trained_run, images, tmp_path, capsys):
-    from adkd.export import export
+    from adkd.deploy.export import export
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -209,7 +223,7 @@ def test_a_second_predict_into_a_folder_being_written_is_refused(trained_run, im
         assert _predict(trained_run, images, "--out", out, "--no-figures") == 1
     finally:
         release(held)
-    assert f"error: {out} is being written by another adkd.predict (pid {os.getpid()}" in capsys.readouterr().err
+    assert f"error: {out} is being written by another adkd.deploy.predict (pid {os.getpid()}" in capsys.readouterr().err
     assert not (out / "predictions.csv").exists()
     assert _predict(trained_run, images, "--out", out, "--no-figures") == 0  # free again
     assert len(list(csv.DictReader((out / "predictions.csv").open()))) == 8
@@ -225,7 +239,7 @@ def test_predict_never_scores_its_own_outputs(trained_run, images, tmp_path, cap
 
 
 def test_a_status_is_written_in_place_when_the_disk_is_full(tmp_path, monkeypatch):
-    from adkd import runs
+    from adkd.training import runs
 
     runs.write_status(tmp_path, "running")
 
@@ -252,8 +266,9 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_fails_the_run_in_one_line_and_keeps_the_last_checkpoint(small_disk, tiny_mvtec, tmp_path):
     args = [*tiny_overrides(tiny_mvtec, "method=rd4ad", "max_epochs=3"), f"paths.output_root={small_disk}"]
-    proc = subprocess.run([sys.executable, "-m", "adkd.run", *args], cwd=tmp_path, env=ENV, text=True,
-                          capture_output=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "adkd.run", *args], cwd=tmp_path, env=ENV, text=True, capture_output=True, timeout=300
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "a checkpoint needs about" in proc.stdout  # warned before training (the log)
     (run,) = [p.parent for p in small_disk.rglob("status.json")]
@@ -264,8 +279,9 @@ def test_a_full_disk_fails_the_run_in_one_line_and_keeps_the_last_checkpoint(sma
     assert not [p for p in small_disk.rglob("*") if ".tmp" in p.name]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     (small_disk / "filler").write_bytes(b"\0" * shutil.disk_usage(small_disk).free)  # now nothing is left
-    proc = subprocess.run([sys.executable, "-m", "adkd.run", *args], cwd=tmp_path, env=ENV, text=True,
-                          capture_output=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "adkd.run", *args], cwd=tmp_path, env=ENV, text=True, capture_output=True, timeout=300
+    )
     assert proc.returncode == 1 and proc.stderr.startswith("error: no space to start a run in"), proc.stderr[-2000:]
     assert [p.parent for p in small_disk.rglob("status.json")] == [run]  # no folder without a status
 
@@ -273,8 +289,14 @@ def test_a_full_disk_fails_the_run_in_one_line_and_keeps_the_last_checkpoint(sma
 # 5. Split files stay inside the dataset root ------------------------------------------------------
 
 
-@pytest.mark.parametrize("row", ["candle,train,normal,../pin/A00.png,", "candle,train,normal,/etc/hostname,",
-                                 "candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,/etc/hostname"])  # fmt: skip
+@pytest.mark.parametrize(
+    "row",
+    [
+        "candle,train,normal,../pin/A00.png,",
+        "candle,train,normal,/etc/hostname,",
+        "candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,/etc/hostname",
+    ],
+)
 def test_a_split_file_that_names_a_path_outside_the_root_stops_the_run_naming_the_row(row, tmp_path):
     from adkd.data.visa import VisADataModule
 
@@ -305,7 +327,7 @@ def test_a_split_file_that_names_a_path_outside_the_root_stops_the_run_naming_th
     ],
 )
 def test_a_bad_value_is_refused_before_any_data_is_read(override, message, tmp_path):
-    from adkd.run import run
+    from adkd.training.run import run
 
     # The dataset is nowhere: the value's error must come first, before anything looks for data.
     cfg = compose(["dataset=folder", f"dataset.root={tmp_path / 'nowhere'}", override], tmp_path / "run")
@@ -337,8 +359,8 @@ def test_predict_checks_its_options_before_loading_anything(tmp_path, capsys):
 
 def test_a_run_being_trained_by_a_live_process_is_not_trained_again(trained_run, tmp_path):
     from adkd.locks import release, try_lock
-    from adkd.run import run
-    from adkd.runs import RunTaken, write_status
+    from adkd.training.run import run
+    from adkd.training.runs import RunTaken, write_status
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -356,12 +378,14 @@ def test_a_run_being_trained_by_a_live_process_is_not_trained_again(trained_run,
 def test_resume_with_nothing_to_resume_says_a_new_run_starts(tiny_mvtec, tmp_path, caplog):
     import logging
 
-    from adkd.run import run
+    from adkd.training.run import run
 
     with caplog.at_level(logging.WARNING):
         run(compose(tiny_overrides(tiny_mvtec, "method=stfpm", "backbone=resnet18", "resume=true"), tmp_path / "new"))
-    assert f"resume=true: no unfinished run of this command under {tmp_path}; starting a new run in " \
-           f"{tmp_path / 'new'}" in caplog.text  # fmt: skip
+    assert (
+        f"resume=true: no unfinished run of this command under {tmp_path}; starting a new run in "
+        f"{tmp_path / 'new'}" in caplog.text
+    )
     assert "Resuming" not in caplog.text
 
 
@@ -386,24 +410,32 @@ def test_a_model_that_never_finished_says_so_before_scoring(trained_run, images,
 
 
 def test_report_on_a_folder_that_does_not_exist_says_so(tmp_path, capsys):
-    from adkd.report.__main__ import main
+    from adkd.cli import main as adkd
 
-    assert main([str(tmp_path / "nowhere")]) == 1
+    assert adkd(["report", str(tmp_path / "nowhere")]) == 1
     assert f"error: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
 
 
 def test_one_corrupt_metrics_file_is_left_out_of_the_report_with_one_warning(tmp_path, capsys):
-    from adkd.report.__main__ import main
+    from adkd.cli import main as adkd
 
     for job, auroc in (("0", 0.91), ("1", 0.83)):
         (tmp_path / job).mkdir()
-        (tmp_path / job / "metrics.json").write_text(json.dumps(
-            {"method": "rd4ad", "dataset": "folder", "category": f"c{job}", "seed": 0,
-             "metrics": {"image_auroc": auroc}}))  # fmt: skip
+        (tmp_path / job / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "method": "rd4ad",
+                    "dataset": "folder",
+                    "category": f"c{job}",
+                    "seed": 0,
+                    "metrics": {"image_auroc": auroc},
+                }
+            )
+        )
     for job, text in (("2", '{"method": "rd4ad", "metr'), ("3", "[]")):
         (tmp_path / job).mkdir()
         (tmp_path / job / "metrics.json").write_text(text)
-    assert main([str(tmp_path), "--metrics", "image_auroc", "--no-curves"]) == 0
+    assert adkd(["report", str(tmp_path), "--metrics", "image_auroc", "--no-curves"]) == 0
     out, err = capsys.readouterr()
     warnings = err.strip().splitlines()
     assert len(warnings) == 2 and all(line.startswith("warning: ") for line in warnings)
@@ -412,9 +444,11 @@ def test_one_corrupt_metrics_file_is_left_out_of_the_report_with_one_warning(tmp
     assert "91.0" in out and "83.0" in out and "(2 runs;" in out
 
 
-def test_ctrl_c_during_an_export_prints_one_line_and_leaves_no_half_written_file(trained_run, tmp_path, capsys,
-                                                                                  monkeypatch):  # fmt: skip
-    from adkd import export
+def test_ctrl_c_during_an_export_prints_one_line_and_leaves_no_half_written_file(
+    trained_run, tmp_path, capsys, monkeypatch
+):
+    from adkd.cli import main as adkd
+    from adkd.deploy import export
 
     out = tmp_path / "m.onnx"
 
@@ -424,11 +458,10 @@ def test_ctrl_c_during_an_export_prints_one_line_and_leaves_no_half_written_file
 
     monkeypatch.setattr(export, "write_onnx", interrupted)
     try:
-        status = export.main([str(trained_run), "--out", str(out)])
+        status = adkd(["export", str(trained_run), "--out", str(out)])
     except KeyboardInterrupt:  # what a traceback would end in: not pytest's own Ctrl-C
         pytest.fail("Ctrl-C during an export escaped as a KeyboardInterrupt traceback")
     assert status == 130
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["Interrupted: the export did not finish (a half-written file is removed); run the command "
-                     "again."]  # fmt: skip
+    assert lines == ["Interrupted: the export did not finish (a half-written file is removed); run the command again."]
     assert not out.exists()

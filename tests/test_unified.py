@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from adkd.config import compose
 from adkd.data.folder import FolderDataModule
 from adkd.errors import CheckpointError, ConfigError, DataCheckError
 from adkd.methods.registry import method_names
+from adkd.training.config import compose
 from tests.conftest import _texture, fixture_seed, fixture_steps, smallest_image, tiny_overrides
 
 SIZE = 32
@@ -68,7 +68,7 @@ def _overrides(root: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def unified_run(two_categories, tmp_path_factory) -> Path:
-    from adkd.run import run
+    from adkd.training.run import run
 
     folder = tmp_path_factory.mktemp("unified")
     # Batches of 3: the test's batches hold images of both categories (images 6 to 8), as real ones do.
@@ -109,7 +109,7 @@ def test_one_model_trains_once_on_every_categorys_normal_images(two_categories, 
 
 
 def test_per_category_metrics_are_each_categorys_own_test_with_the_same_model(two_categories, unified_run):
-    from adkd.inference import load_model
+    from adkd.deploy.checkpoints import load_model
     from adkd.metrics import AnomalyMetrics
 
     results = json.loads((unified_run / "metrics.json").read_text())
@@ -135,16 +135,19 @@ def test_per_category_metrics_are_each_categorys_own_test_with_the_same_model(tw
 
 
 def test_each_category_gets_thresholds_from_its_own_validation_images(two_categories, unified_run):
-    from adkd.inference import load_model
-    from adkd.methods.postprocess import _upper_quantile
+    from adkd.deploy.checkpoints import load_model
+    from adkd.methods.components.postprocess import _upper_quantile
 
     results = json.loads((unified_run / "metrics.json").read_text())
     thresholds = {c: s["thresholds"] for c, s in results["per_category"].items()}
     assert results["thresholds"]["image"] is None  # the model has none of its own
     for category in ("gadget", "widget"):
         model, _ = load_model(unified_run, category=category)
-        calibration = [r for r in _category_datamodule(two_categories, category).checked_records()["calibration"]
-                       if r.gt_label == 0]  # fmt: skip
+        calibration = [
+            r
+            for r in _category_datamodule(two_categories, category).checked_records()["calibration"]
+            if r.gt_label == 0
+        ]
         maps, scores, _ = _scored(model, calibration)
         assert len(calibration) == {"gadget": 3, "widget": 1}[category]
         assert thresholds[category]["image"] == pytest.approx(_upper_quantile(scores, 0.01), rel=1e-5)
@@ -153,22 +156,27 @@ def test_each_category_gets_thresholds_from_its_own_validation_images(two_catego
     assert thresholds["gadget"]["image"] > 1.01 * thresholds["widget"]["image"]  # its noisier images score higher
 
 
-def test_predict_export_and_serve_pick_a_categorys_thresholds_or_ask_for_one(unified_run, two_categories, tmp_path,
-                                                                              capsys):  # fmt: skip
+def test_predict_export_and_serve_pick_a_categorys_thresholds_or_ask_for_one(
+    unified_run, two_categories, tmp_path, capsys
+):
     import csv
 
-    from adkd import export, predict
-    from adkd.inference import load_model
-    from adkd.serve.session import Session
+    from adkd.cli import main as adkd
+    from adkd.deploy.checkpoints import load_model
+    from adkd.deploy.serve.session import Session
 
     per_category = json.loads((unified_run / "metrics.json").read_text())["per_category"]
     thresholds = {category: section["thresholds"]["image"] for category, section in per_category.items()}
     images = str(two_categories / "gadget" / "test")
-    assert predict.main([str(unified_run), images, "--out", str(tmp_path / "p"), "--no-figures"]) == 1
+    assert adkd(["predict", str(unified_run), images, "--out", str(tmp_path / "p"), "--no-figures"]) == 1
     assert "one model for the categories gadget, widget" in capsys.readouterr().err
-    assert export.main([str(unified_run)]) == 1 and "--category" in capsys.readouterr().err
-    assert predict.main([str(unified_run), images, "--out", str(tmp_path / "p"), "--no-figures",
-                         "--category", "gadget"]) == 0  # fmt: skip
+    assert adkd(["export", str(unified_run)]) == 1 and "--category" in capsys.readouterr().err
+    assert (
+        adkd(
+            ["predict", str(unified_run), images, "--out", str(tmp_path / "p"), "--no-figures", "--category", "gadget"]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((tmp_path / "p" / "predictions.csv").open()))
     assert [float(r["image_threshold"]) for r in rows] == pytest.approx([thresholds["gadget"]] * 8)
     with pytest.raises(CheckpointError, match="no category 'bolt': it holds thresholds for gadget, widget"):
@@ -184,7 +192,7 @@ def test_predict_export_and_serve_pick_a_categorys_thresholds_or_ask_for_one(uni
 
 
 def test_a_model_of_one_category_refuses_a_category(trained_run):
-    from adkd.inference import load_model
+    from adkd.deploy.checkpoints import load_model
 
     with pytest.raises(CheckpointError, match="a model of category 'widget' alone"):
         load_model(trained_run, category="widget")
@@ -206,8 +214,11 @@ def test_the_report_puts_a_unified_run_beside_per_category_runs(unified_run, tmp
     assert md[2] == "| category | rd4ad (unified) image_auroc | rd4ad image_auroc |"
     mark = UNDERTRAINED if unified["training"]["undertrained"] else ""  # one epoch: still learning, and said
     own = {c: f"{100 * s['metrics']['image_auroc']:.1f}{mark}" for c, s in unified["per_category"].items()}
-    assert md[4:7] == [f"| gadget | {own['gadget']} | 25.0 |", f"| widget | {own['widget']} | 75.0 |",
-                       f"| mean | {100 * unified['metrics']['image_auroc']:.1f} | 50.0 |"]  # fmt: skip
+    assert md[4:7] == [
+        f"| gadget | {own['gadget']} | 25.0 |",
+        f"| widget | {own['widget']} | 75.0 |",
+        f"| mean | {100 * unified['metrics']['image_auroc']:.1f} | 50.0 |",
+    ]
     assert md[0].startswith("Dataset: folder (3 runs;")
 
 
@@ -237,7 +248,7 @@ def test_the_data_check_names_the_category_of_a_bad_file(two_categories, tmp_pat
 
 
 def test_stored_per_category_thresholds_are_checked_as_values_from_a_file():
-    from adkd import trust
+    from adkd.deploy import trust
 
     good = {"a": {"image_threshold": 1.0, "pixel_threshold": 2.0, "image_floor": 0.0, "pixel_floor": float("nan")}}
     assert trust.category_thresholds(good, "x")["a"]["image_threshold"] == 1.0
@@ -254,12 +265,16 @@ def test_every_method_trains_unified_and_validates_as_it_does_per_category(metho
     on twice its images, offline ImageNet weights) on both categories at once:
     its validation (synthetic anomalies in the loader for ADPS, DeSTSeg, DRAEM; gadget's labelled
     val/) runs on the union, each category gets its own thresholds, and both find the squares."""
-    from adkd.run import run
+    from adkd.training.run import run
 
     overrides = [o for o in _overrides(two_categories) if o not in ("max_epochs=1", "backbone.pretrained=false")]
     steps, seed = f"steps={2 * fixture_steps(method)}", f"seed={fixture_seed(method)}"  # twice the fixture's images
-    results = run(compose([*overrides, f"method={method}", "budget=demo", steps, seed,
-                           f"image_size={smallest_image(method)}"], tmp_path))  # fmt: skip
+    results = run(
+        compose(
+            [*overrides, f"method={method}", "budget=demo", steps, seed, f"image_size={smallest_image(method)}"],
+            tmp_path,
+        )
+    )
     assert results["validation"]["pixel_ap"] is not None and results["validation"]["labelled_image_auroc"] is not None
     per_category = results["per_category"]
     assert list(per_category) == ["gadget", "widget"]
@@ -278,24 +293,39 @@ def test_a_categorys_export_carries_its_thresholds_and_says_whose(unified_run, t
 
     import onnx
 
-    from adkd import export, predict
+    from adkd.cli import main as adkd
 
     run_copy = Path(shutil.copytree(unified_run, tmp_path / "run"))
     gadget = json.loads((run_copy / "metrics.json").read_text())["per_category"]["gadget"]["thresholds"]
-    assert export.main([str(run_copy), "--category", "gadget"]) == 0
+    assert adkd(["export", str(run_copy), "--category", "gadget"]) == 0
     path = run_copy / "export" / "gadget" / "model.onnx"
     meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     assert meta["category"] == "gadget" and float(meta["image_threshold"]) == pytest.approx(gadget["image"])
     images = str(two_categories / "gadget" / "test")
     for engine in ("torch", "onnx"):  # the run folder's export of that category, not exported again
-        assert predict.main([str(run_copy), images, "--out", str(tmp_path / engine), "--no-figures", "--engine", engine,
-                             "--category", "gadget"]) == 0  # fmt: skip
+        assert (
+            adkd(
+                [
+                    "predict",
+                    str(run_copy),
+                    images,
+                    "--out",
+                    str(tmp_path / engine),
+                    "--no-figures",
+                    "--engine",
+                    engine,
+                    "--category",
+                    "gadget",
+                ]
+            )
+            == 0
+        )
     assert "Exporting" not in capsys.readouterr().err
     rows = {e: list(csv.DictReader((tmp_path / e / "predictions.csv").open())) for e in ("torch", "onnx")}
     scores = {e: [float(r["pred_score"]) for r in rows[e]] for e in rows}
     assert scores["onnx"] == pytest.approx(scores["torch"], rel=1e-4)
     assert [r["decision"] for r in rows["onnx"]] == [r["decision"] for r in rows["torch"]]
-    assert predict.main([str(path), images, "--out", str(tmp_path / "w"), "--category", "widget"]) == 1
+    assert adkd(["predict", str(path), images, "--out", str(tmp_path / "w"), "--category", "widget"]) == 1
     assert "carries the thresholds of category 'gadget', and --category asks for 'widget'" in capsys.readouterr().err
 
 
@@ -304,8 +334,9 @@ def test_a_unified_mvtec_ad2_run_sets_each_categorys_segmentation_threshold_and_
     """A dataset with a fixed list (MVTec AD 2's 8 categories, on a replica of its release): its
     own validation/good per category, the segmentation F1 at each category's own threshold, and a
     server submission of every category from the one run."""
-    from adkd.mvtec_ad2_submission import main, problems
-    from adkd.run import run
+    from adkd.cli import main as adkd
+    from adkd.deploy.submission import problems
+    from adkd.training.run import run
     from tests import replicas
 
     categories = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts")
@@ -318,6 +349,6 @@ def test_a_unified_mvtec_ad2_run_sets_each_categorys_segmentation_threshold_and_
     assert all(t is not None for t in segmentation.values()) and len(set(segmentation.values())) == 8
     assert results["thresholds"]["segmentation"] is None  # the model's own: none
     assert all(0 <= s["metrics"]["pixel_seg_f1"] <= 1 for s in results["per_category"].values())
-    assert main([str(folder), "--out", str(tmp_path / "submission")]) == 0
+    assert adkd(["submit", str(folder), "--out", str(tmp_path / "submission")]) == 0
     assert "complete, all 8 categories" in capsys.readouterr().out
     assert problems(tmp_path / "submission", root) == ([], [])

@@ -154,8 +154,10 @@ def _timm_spec(model_name: str) -> BackboneSpec:
     import timm
 
     if not timm.is_model(model_name):
-        raise ConfigError(f"Unknown timm model {model_name!r} (backbone.name={TIMM_PREFIX}{model_name}); "
-                          "timm.list_models() lists them.")  # fmt: skip
+        raise ConfigError(
+            f"Unknown timm model {model_name!r} (backbone.name={TIMM_PREFIX}{model_name}); "
+            "timm.list_models() lists them."
+        )
     pretrained_cfg = timm.get_pretrained_cfg(model_name)
     mean = tuple(getattr(pretrained_cfg, "mean", None) or IMAGENET_MEAN)
     std = tuple(getattr(pretrained_cfg, "std", None) or IMAGENET_STD)
@@ -173,9 +175,11 @@ def _timm_stages(m: nn.Module) -> list[nn.Module]:
     map) cut into the stem and the stages ending at strides 4, 8, 16 and 32; a model with no
     stride-2 map gets an empty stem."""
     if not hasattr(m, "return_layers"):  # e.g. EfficientNetFeatures: one forward of its own, no module list
-        raise ConfigError(f"timm builds this model with features_only as a {type(m).__name__}, which adkd cannot "
-                          "cut into stages; models timm builds as a FeatureListNet work (resnet*, convnext*, "
-                          "regnet*, ...).")  # fmt: skip
+        raise ConfigError(
+            f"timm builds this model with features_only as a {type(m).__name__}, which adkd cannot "
+            "cut into stages; models timm builds as a FeatureListNet work (resnet*, convnext*, "
+            "regnet*, ...)."
+        )
     reductions = m.feature_info.reduction()
     stages: list[nn.Module | None] = [None] * 5
     run: list[nn.Module] = []
@@ -187,6 +191,8 @@ def _timm_stages(m: nn.Module) -> list[nn.Module]:
             if 0 <= index < 5:
                 stages[index], run = nn.Sequential(*run), []
     if any(s is None for s in stages[1:]):
-        raise ConfigError(f"timm model {type(m).__name__} has no feature maps at strides 4, 8, 16 and 32 "
-                          f"(its strides: {reductions}): adkd's methods tap those.")  # fmt: skip
+        raise ConfigError(
+            f"timm model {type(m).__name__} has no feature maps at strides 4, 8, 16 and 32 "
+            f"(its strides: {reductions}): adkd's methods tap those."
+        )
     return [stages[0] or nn.Identity(), *stages[1:]]

@@ -64,8 +64,9 @@ def _download(name: str, spec: BackboneSpec) -> dict:
             return spec.download()
         except Exception as err:  # noqa: BLE001 - any network/IO failure becomes one actionable error
             first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-            raise BackboneWeightsError(f"Could not get pretrained weights for {name!r}: {first}\n"
-                                       + _ways_out(name, spec)) from err  # fmt: skip
+            raise BackboneWeightsError(
+                f"Could not get pretrained weights for {name!r}: {first}\n" + _ways_out(name, spec)
+            ) from err
         finally:
             constants.HF_HUB_OFFLINE = offline
     if spec.hub_url is None:

@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader, Sampler
 
 from adkd.data.check import check_records
 from adkd.data.dataset import AnomalyDataset
+from adkd.data.download import download
 from adkd.data.records import Record, leaving_root, refuse
+from adkd.data.synthesis import AnomalySynthesizer
 from adkd.errors import ConfigError
 
 ALL_CATEGORIES = "all"  # category=all: one model on every category (the unified protocol, adkd.data.unified)
@@ -143,8 +145,6 @@ class AnomalyDataModule(L.LightningDataModule):
         """Download or generate the data if it is not there. Lightning calls this once per node,
         on its first process, before any ``setup``: under DDP no two ranks download or generate."""
         if self.download and not self.is_present():
-            from adkd.data.download import download
-
             download(self.download_name, self.root)
 
     def check_available(self) -> None:
@@ -203,8 +203,12 @@ class AnomalyDataModule(L.LightningDataModule):
         else:  # the loss is validated on its normal images; thresholds see all of it
             fit = [r for r in self._own(self.records("train")) if r.gt_label == 0]
             val, calibration = [r for r in labelled if r.gt_label == 0], labelled
-        splits = {"train": self._limit(fit, self.limit_train), "val": val, "calibration": calibration,
-                  "test": self._limit(self._evaluated(labelled), self.limit_test)}  # fmt: skip
+        splits = {
+            "train": self._limit(fit, self.limit_train),
+            "val": val,
+            "calibration": calibration,
+            "test": self._limit(self._evaluated(labelled), self.limit_test),
+        }
         every = [r for split in splits.values() for r in split]
         refuse(leaving_root(every, self.root), f"{self.name}/{self.category}" if self.category else self.name)
         return splits
@@ -231,8 +235,6 @@ class AnomalyDataModule(L.LightningDataModule):
             self.train_set = AnomalyDataset(records["train"], self.image_size, self.cache)
             self.val_set = AnomalyDataset(records["val"], self.image_size, self.cache)
             if self.synthesis is not None:
-                from adkd.data.synthesis import AnomalySynthesizer
-
                 self.set_synthesizer(AnomalySynthesizer(**self.synthesis))
         if stage in (None, "test", "predict") and not hasattr(self, "test_set"):
             self.test_set = AnomalyDataset(records["test"], self.image_size, self.cache)

@@ -61,8 +61,9 @@ def check_records(splits: dict[str, list[Record]], dataset: str) -> None:
     untrained = [c for c in categories if c not in trained] if joined else []
     if not splits.get("train") or untrained:
         which = f" (categories {', '.join(map(str, untrained))})" if untrained else ""
-        raise DataCheckError(f"{dataset}: no training images{which}. It needs normal training images (README, "
-                             "Datasets).")  # fmt: skip
+        raise DataCheckError(
+            f"{dataset}: no training images{which}. It needs normal training images (README, Datasets)."
+        )
     with ThreadPoolExecutor(max_workers=8) as pool:  # header reads wait on the disk, not the CPU
         found = list(pool.map(_problems, records))
     problems = [f"{r.category}: {p}" if joined else p for r, listed in zip(records, found, strict=True) for p in listed]
@@ -75,114 +76,12 @@ def check_records(splits: dict[str, list[Record]], dataset: str) -> None:
         if len(labels) == 1:
             kind = "normal" if labels == {0} else "anomalous"
             where = f"{dataset} ({category})" if joined else dataset
-            log.warning("%s: the test split holds only %s images: image AUROC (and more) will be undefined", where,
-                        kind)  # fmt: skip
+            log.warning(
+                "%s: the test split holds only %s images: image AUROC (and more) will be undefined", where, kind
+            )
 
 
-def sweep_runs(arguments: list[str]) -> list[list[str]]:
-    """The overrides of each run ``python -m adkd.run -m <arguments>`` starts: every sweep
-    (``category=bottle,cable``, ``seed=range(3)``) expanded, as Hydra's basic sweeper does."""
-    import itertools
+if __name__ == "__main__":  # the command of earlier versions
+    from adkd.moved import forward
 
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    choices = []
-    for override in OverridesParser.create().parse_overrides(arguments):
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        else:
-            choices.append([f"{key}={override.get_value_element_as_str()}"])
-    return [list(run) for run in itertools.product(*choices)]
-
-
-def check_sweeps(sweeps: list[list[str]], report=print) -> list[str]:  # noqa: ANN001
-    """Compose each run of each sweep, build its datamodule and check its data as the run will before
-    training. ``report`` gets a line for each distinct dataset and category: what it holds, or that it
-    will be downloaded. Returns every problem (a bad override, a missing folder, unreadable files)."""
-    import json
-    import tempfile
-
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-
-    from adkd.config import compose
-    from adkd.data.unified import datamodule as build_datamodule
-    from adkd.errors import user_error_in
-
-    problems, seen = [], set()
-    with tempfile.TemporaryDirectory() as scratch:
-        for run in (run for sweep in sweeps for run in sweep_runs(sweep)):
-            try:
-                cfg = compose(run, scratch)
-                key = json.dumps(OmegaConf.to_container(cfg.dataset, resolve=True), sort_keys=True, default=str)
-            except HydraException as err:
-                problems.append(f"{' '.join(run)}: {err}")
-                continue
-            if key in seen:  # another seed, method or setting on the same data
-                continue
-            seen.add(key)
-            name = f"{cfg.dataset_name}/{cfg.category}"
-            try:
-                datamodule = build_datamodule(cfg.dataset)  # category=all: one per category, joined
-            except Exception as err:
-                cause = user_error_in(err)
-                if cause is None:
-                    raise
-                problems.append(f"{name}: {cause}")
-                continue
-            # A unified run (category=all) trains on every category: each is checked as its own run would be.
-            members = datamodule.members if datamodule.joins_categories else {None: datamodule}
-            for category, member in members.items():
-                problems += _check_datamodule(member, name if category is None else f"{name} ({category})", report)
-    return problems
-
-
-def _check_datamodule(datamodule, name: str, report) -> list[str]:  # noqa: ANN001
-    """Check one datamodule's files, report what it holds; its problems."""
-    from adkd.errors import user_error_in
-
-    try:
-        if datamodule.prepares_data() and not datamodule.is_present():
-            report(f"{name}: not at {datamodule.root} yet; its run downloads it (dataset.download)")
-            return []
-        records = datamodule.checked_records()
-    except Exception as err:
-        cause = user_error_in(err)
-        if cause is None:
-            raise
-        return [f"{name}: {cause}"]
-    anomalous = sum(r.gt_label for r in records["test"])
-    unset = "" if records["calibration"] else " (no validation images: no thresholds)"
-    report(f"{name}: {len(records['train'])} training, {len(records['val'])} validation{unset}, "
-           f"{len(records['test'])} test images ({anomalous} anomalous) in {datamodule.root}")  # fmt: skip
-    return []
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m adkd.data.check <overrides> [-- <overrides> ...]``: the data of every run the sweeps
-    ``python -m adkd.run -m <overrides>`` will start, checked before the first starts (every image and
-    mask of every split, from file headers), so that a long series of sweeps does not stop at its
-    last dataset on a path. Exit status 1 with every problem listed."""
-    import sys
-
-    arguments = sys.argv[1:] if argv is None else argv
-    if not arguments or arguments[0] in ("-h", "--help"):
-        print(main.__doc__)
-        return 0 if arguments else 2
-    sweeps = [[]]
-    for argument in arguments:
-        if argument == "--":
-            sweeps.append([])
-        else:
-            sweeps[-1].append(argument)
-    problems = check_sweeps([sweep for sweep in sweeps if sweep])
-    if problems:
-        print(f"error: {len(problems)} problems with the data of the runs to come:\n" + "\n".join(problems),
-              file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    forward("adkd.data.check", "check")

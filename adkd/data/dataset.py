@@ -43,8 +43,9 @@ def read_image(path: Path | BinaryIO, name: str | None = None, max_pixels: int |
             raise ImageTooLargeError(str(name or path), f"more than {limit:,}", max_pixels) from err
         raise ImageReadError(f"Cannot read image {name or path}: {err}. Replace or remove the file.") from err
     except UnidentifiedImageError as err:
-        raise ImageReadError(f"Cannot read image {name or path}: not an image format PIL can decode. "
-                             "Replace or remove the file.") from err  # fmt: skip
+        raise ImageReadError(
+            f"Cannot read image {name or path}: not an image format PIL can decode. Replace or remove the file."
+        ) from err
     except (OSError, ValueError) as err:
         raise ImageReadError(f"Cannot read image {name or path}: {err}. Replace or remove the file.") from err
 

@@ -74,9 +74,22 @@ class MVTecADDataModule(FolderDataModule):
 
     name = "mvtec"
     categories = (
-        "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
-        "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
-    )  # fmt: skip
+        "bottle",
+        "cable",
+        "capsule",
+        "carpet",
+        "grid",
+        "hazelnut",
+        "leather",
+        "metal_nut",
+        "pill",
+        "screw",
+        "tile",
+        "toothbrush",
+        "transistor",
+        "wood",
+        "zipper",
+    )
     default_category = "bottle"
 
     def __init__(self, root: str | None = None, category: str | None = None, **kwargs) -> None:

@@ -45,8 +45,7 @@ def unsupervised_split(normal: list[Record]) -> tuple[list[Record], list[Record]
     normal = sorted(normal, key=lambda r: str(r.image_path))
     n_test = len(normal) - math.floor(TRAIN_SHARE * len(normal))
     test = set(np.random.RandomState(SPLIT_SEED).permutation(len(normal))[:n_test].tolist())
-    return ([r for i, r in enumerate(normal) if i not in test],
-            [r for i, r in enumerate(normal) if i in test])  # fmt: skip
+    return ([r for i, r in enumerate(normal) if i not in test], [r for i, r in enumerate(normal) if i in test])
 
 
 class KolektorSDDDataModule(AnomalyDataModule):
@@ -82,8 +81,9 @@ class KolektorSDDDataModule(AnomalyDataModule):
                 if problem:
                     problems.append(problem)
                     continue
-                records.append(Record(image, int(defective), mask if defective else None,
-                                      "defect" if defective else "good"))  # fmt: skip
+                records.append(
+                    Record(image, int(defective), mask if defective else None, "defect" if defective else "good")
+                )
         refuse(problems, f"KolektorSDD {self.root}")
         if not records:
             raise DatasetNotFoundError(f"No PartN.jpg images in the kos folders of {self.root}.\n{KSDD_LAYOUT}")

@@ -3,7 +3,7 @@
 Each category has normal training images, a normal-only validation split of its own, a public test
 split with masks (``test_public``), and two private test splits without labels (``test_private``;
 ``test_private_mixed``, lit as seen and as unseen in training) that only MVTec's evaluation server
-scores: ``python -m adkd.mvtec_ad2_submission`` writes their maps in the form it takes.
+scores: ``adkd submit`` writes their maps in the form it takes.
 
 Validation uses the dataset's own ``validation/good`` (the loss is tracked, and the thresholds are
 set, on it), so every training image is trained on: ``dataset.val_fraction`` does not apply. The
@@ -66,8 +66,10 @@ class MVTecAD2DataModule(AnomalyDataModule):
             raise ValueError(f"MVTec AD 2 splits with labels are train, validation and test, not {split!r}")
         masks = self.path / "test_public" / "ground_truth" / "bad"
         normal = [Record(image, 0) for image in list_images(self._folder("test_public", "good"))]
-        bad = [Record(image, 1, masks / f"{image.stem}_mask.png", "bad")
-               for image in list_images(self._folder("test_public", "bad"))]  # fmt: skip
+        bad = [
+            Record(image, 1, masks / f"{image.stem}_mask.png", "bad")
+            for image in list_images(self._folder("test_public", "bad"))
+        ]
         return normal + bad
 
     def labelled_validation(self) -> list[Record]:

@@ -176,8 +176,10 @@ class Washer:
 
     def grain(self, rng: np.random.Generator, pose: dict, x: np.ndarray, y: np.ndarray, s: float) -> np.ndarray:
         rho, phi = np.hypot(x - pose["cx"], y - pose["cy"]), np.arctan2(y - pose["cy"], x - pose["cx"])
-        turned = sum(rng.uniform(1.0, 2.5) * np.sin(2 * np.pi * rho / rng.uniform(1.6, 3.2) + rng.uniform(0, 2 * np.pi))
-                     for _ in range(3))  # fmt: skip
+        turned = sum(
+            rng.uniform(1.0, 2.5) * np.sin(2 * np.pi * rho / rng.uniform(1.6, 3.2) + rng.uniform(0, 2 * np.pi))
+            for _ in range(3)
+        )
         sheen = rng.uniform(3, 7) * np.cos(2 * (phi - rng.uniform(0, np.pi)))  # turned surfaces reflect by angle
         return turned + sheen + rng.uniform(1.5, 3) * _smooth_noise(rng, x.shape, 0.6 * s)
 
@@ -294,8 +296,11 @@ class Gear:
     material = 150.0
 
     def pose(self, rng: np.random.Generator) -> dict:
-        return dict(cx=64 + float(rng.uniform(-3, 3)), cy=64 + float(rng.uniform(-3, 3)),
-                    theta=float(rng.uniform(-np.pi, np.pi)))  # fmt: skip
+        return dict(
+            cx=64 + float(rng.uniform(-3, 3)),
+            cy=64 + float(rng.uniform(-3, 3)),
+            theta=float(rng.uniform(-np.pi, np.pi)),
+        )
 
     def tooth_angle(self, pose: dict, k: float) -> float:
         return pose["theta"] + (k + 0.5) * 2 * np.pi / self.teeth
@@ -359,8 +364,10 @@ class Gear:
         k = int(rng.integers(4))  # a lightening hole displaced or enlarged
         hx, hy = self.light_hole(pose, k)
         if rng.random() < 0.5:
-            return Defect(kind, change=dict(light={k: (*_at(hx, hy, rng.uniform(1.5, 2.5), rng.uniform(-np.pi, np.pi)),
-                                                       self.r_light)}))  # fmt: skip
+            return Defect(
+                kind,
+                change=dict(light={k: (*_at(hx, hy, rng.uniform(1.5, 2.5), rng.uniform(-np.pi, np.pi)), self.r_light)}),
+            )
         return Defect(kind, change=dict(light={k: (hx, hy, self.r_light * rng.uniform(1.2, 1.35))}))
 
 
@@ -411,8 +418,11 @@ def _look(part: Washer | Mesh | Gear, pose: dict, rng: np.random.Generator, size
     _, _, x, y = _grids(size)
     s = size / UNIT
     material = part.material + rng.uniform(-6, 6) + part.grain(rng, pose, x, y, s)
-    background = (rng.uniform(36, 50) + rng.uniform(2, 5) * _smooth_noise(rng, x.shape, 12 * s)
-                  + rng.uniform(1.5, 3) * _smooth_noise(rng, x.shape, 0.8 * s))  # fmt: skip
+    background = (
+        rng.uniform(36, 50)
+        + rng.uniform(2, 5) * _smooth_noise(rng, x.shape, 12 * s)
+        + rng.uniform(1.5, 3) * _smooth_noise(rng, x.shape, 0.8 * s)
+    )
     direction = rng.uniform(-np.pi, np.pi)
     light = (float(np.cos(direction)), float(np.sin(direction)))
     ramp = rng.uniform(0.03, 0.12) * ((x - 64) * light[0] + (y - 64) * light[1]) / 64
@@ -470,16 +480,27 @@ def render(category: str, split: str, index: int, kind: str | None = None, size:
     return Rendered(image, intact_image, (mask * 255).astype(np.uint8))
 
 
-def generate(folder: Path, category: str, size: int, n_train: int, n_test_good: int, n_test_defect: int,
-             n_val: int) -> None:  # fmt: skip
+def generate(
+    folder: Path, category: str, size: int, n_train: int, n_test_good: int, n_test_defect: int, n_val: int
+) -> None:
     """Write one part category in the MVTec AD layout (with ``val/good``) into ``folder``."""
-    params = dict(version=FORMAT_VERSION, source="parts", category=category, size=size, n_train=n_train,
-                  n_test_good=n_test_good, n_test_defect=n_test_defect, n_val=n_val)  # fmt: skip
+    params = dict(
+        version=FORMAT_VERSION,
+        source="parts",
+        category=category,
+        size=size,
+        n_train=n_train,
+        n_test_good=n_test_good,
+        n_test_defect=n_test_defect,
+        n_val=n_val,
+    )
     if is_generated(folder, params):
         return
     log.info("Generating the %s parts set into %s (once)", category, folder)
-    images = {split: [render(category, split, i, size=size).image for i in range(n)]
-              for split, n in (("train", n_train), ("val", n_val), ("good", n_test_good))}  # fmt: skip
+    images = {
+        split: [render(category, split, i, size=size).image for i in range(n)]
+        for split, n in (("train", n_train), ("val", n_val), ("good", n_test_good))
+    }
     defects = []
     for i in range(n_test_defect):
         kind = DEFECTS[i % len(DEFECTS)]

@@ -53,8 +53,10 @@ def mask_marks_defect(image: Path, mask: Path) -> tuple[bool, str | None]:
             size = picture.size
         with Image.open(mask) as marks:
             if marks.size != size:
-                return False, (f"mask {mask} is {marks.size[0]}x{marks.size[1]} but its image is {size[0]}x{size[1]}: "
-                               "replace it with the image's own")  # fmt: skip
+                return False, (
+                    f"mask {mask} is {marks.size[0]}x{marks.size[1]} but its image is {size[0]}x{size[1]}: "
+                    "replace it with the image's own"
+                )
             return bool(np.asarray(marks).any()), None
     except (OSError, ValueError) as err:
         return False, f"{mask} or its image {image.name} cannot be read ({err}): replace or remove them"
@@ -84,13 +86,21 @@ def leaving_root(records: list[Record], root: Path | None) -> list[str]:
         real = path.resolve()
         if real == real_root or real_root in real.parents:
             continue
-        link = next((root / Path(*inside.parts[:n]) for n in range(1, len(inside.parts) + 1)
-                     if (root / Path(*inside.parts[:n])).is_symlink()), path)  # fmt: skip
+        link = next(
+            (
+                root / Path(*inside.parts[:n])
+                for n in range(1, len(inside.parts) + 1)
+                if (root / Path(*inside.parts[:n])).is_symlink()
+            ),
+            path,
+        )
         if link not in seen:
             seen.add(link)
-            problems.append(f"{link} is a link to {real if link == path else link.resolve()}, outside the dataset "
-                            f"root {root}: a dataset reads the files it holds. Copy them into it, or set "
-                            "dataset.root to the folder that holds them")  # fmt: skip
+            problems.append(
+                f"{link} is a link to {real if link == path else link.resolve()}, outside the dataset "
+                f"root {root}: a dataset reads the files it holds. Copy them into it, or set "
+                "dataset.root to the folder that holds them"
+            )
     return problems
 
 

@@ -13,9 +13,23 @@ from torch import nn
 # three textures of the embedded test set (brick, grass, gravel) are left out on purpose, so no
 # method trains on pieces of the images it is tested on.
 SOURCE_IMAGES = (
-    "astronaut", "camera", "cat", "checkerboard", "chelsea", "clock", "coffee", "coins", "hubble_deep_field",
-    "immunohistochemistry", "moon", "page", "rocket", "text", "cell", "retina",
-)  # fmt: skip
+    "astronaut",
+    "camera",
+    "cat",
+    "checkerboard",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "rocket",
+    "text",
+    "cell",
+    "retina",
+)
 
 
 def bundled_anomaly_source(folder: str | Path = "~/.cache/adkd/anomaly_source") -> Path:

@@ -69,11 +69,19 @@ def _crops(image: np.ndarray, rows: tuple[int, int], crop: int, n: int, rng: ran
     return out
 
 
-def generate(folder: Path, category: str, crop_size: int, n_train: int, n_test_good: int, n_test_defect: int,
-             n_val: int) -> None:  # fmt: skip
+def generate(
+    folder: Path, category: str, crop_size: int, n_train: int, n_test_good: int, n_test_defect: int, n_val: int
+) -> None:
     """Write one texture category in the MVTec AD layout (with ``val/good``) into ``folder``."""
-    params = dict(version=FORMAT_VERSION, category=category, crop_size=crop_size, n_train=n_train,
-                  n_test_good=n_test_good, n_test_defect=n_test_defect, n_val=n_val)  # fmt: skip
+    params = dict(
+        version=FORMAT_VERSION,
+        category=category,
+        crop_size=crop_size,
+        n_train=n_train,
+        n_test_good=n_test_good,
+        n_test_defect=n_test_defect,
+        n_val=n_val,
+    )
     if is_generated(folder, params):
         return
     log.info("Generating the %s texture set into %s (once)", category, folder)
@@ -95,9 +103,14 @@ def is_generated(folder: Path, params: dict) -> bool:
 
 
 def write_with_defects(
-    folder: Path, params: dict, train: list[np.ndarray], good: list[np.ndarray], to_defect: list[np.ndarray], seed: int,
+    folder: Path,
+    params: dict,
+    train: list[np.ndarray],
+    good: list[np.ndarray],
+    to_defect: list[np.ndarray],
+    seed: int,
     val: list[np.ndarray] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Write ``train``, ``good`` (and ``val`` into ``val/good``) as they are and ``to_defect`` with
     one procedural defect each (the kinds in turn) and its mask, in the MVTec AD layout
     (:func:`write_layout`)."""
@@ -121,9 +134,13 @@ def save_png(array: np.ndarray, path: Path) -> None:
 
 
 def write_layout(
-    folder: Path, params: dict, train: list[np.ndarray], good: list[np.ndarray],
-    defects: list[tuple[str, np.ndarray, np.ndarray]], val: list[np.ndarray] | None = None,
-) -> None:  # fmt: skip
+    folder: Path,
+    params: dict,
+    train: list[np.ndarray],
+    good: list[np.ndarray],
+    defects: list[tuple[str, np.ndarray, np.ndarray]],
+    val: list[np.ndarray] | None = None,
+) -> None:
     """Write a generated set in the MVTec AD layout: ``train`` into ``train/good``, ``good`` into
     ``test/good``, ``val`` into ``val/good`` and each (kind, image, mask) of ``defects`` into
     ``test/<kind>/<i>.png`` and ``ground_truth/<kind>/<i>_mask.png`` (``i`` its place in the list);

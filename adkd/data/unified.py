@@ -7,8 +7,8 @@ joins them in a :class:`UnifiedDataModule`: each category keeps its own split (i
 hold-out, or its labelled validation split; its test split), and the union of the pieces is
 what the run trains, validates and tests on. Every record carries its category
 (:class:`~adkd.data.records.Record`), so that thresholds are set per category from that category's
-own validation images (:class:`adkd.callbacks.Calibrate`) and the test is scored per category
-(:class:`adkd.evaluation.Evaluation`).
+own validation images (:class:`adkd.training.callbacks.Calibrate`) and the test is scored per category
+(:class:`adkd.training.evaluation.Evaluation`).
 
 The losses tracked during training and the validation metrics (synthetic anomalies, a labelled
 validation split) are computed over the union: one model, one objective.
@@ -52,10 +52,17 @@ class UnifiedDataModule(AnomalyDataModule):
         self.members = members
         self.name = first.name
         # The limits (limit_train, limit_test) are each category's: the members apply them.
-        super().__init__(category=ALL_CATEGORIES, image_size=first.image_size, batch_size=first.batch_size,
-                         eval_batch_size=first.eval_batch_size, num_workers=first.num_workers,
-                         val_fraction=first.val_fraction, cache=first.cache, synthesis=first.synthesis,
-                         evaluate=first.evaluate)  # fmt: skip
+        super().__init__(
+            category=ALL_CATEGORIES,
+            image_size=first.image_size,
+            batch_size=first.batch_size,
+            eval_batch_size=first.eval_batch_size,
+            num_workers=first.num_workers,
+            val_fraction=first.val_fraction,
+            cache=first.cache,
+            synthesis=first.synthesis,
+            evaluate=first.evaluate,
+        )
         self.categories = tuple(members)
 
     @property

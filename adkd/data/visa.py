@@ -20,9 +20,19 @@ class VisADataModule(AnomalyDataModule):
 
     name = "visa"
     categories = (
-        "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
-        "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
-    )  # fmt: skip
+        "candle",
+        "capsules",
+        "cashew",
+        "chewinggum",
+        "fryum",
+        "macaroni1",
+        "macaroni2",
+        "pcb1",
+        "pcb2",
+        "pcb3",
+        "pcb4",
+        "pipe_fryum",
+    )
     default_category = "candle"
 
     @property
@@ -54,12 +64,15 @@ class VisADataModule(AnomalyDataModule):
                     continue
                 where = f"{self.split_file}, line {line}"
                 if anomalous and not (row.get("mask") or "").strip():
-                    raise DataCheckError(f"{where}: the anomalous image {row['image']} has no mask; VisA gives every "
-                                         "anomalous image one. Fix or replace that file.")  # fmt: skip
+                    raise DataCheckError(
+                        f"{where}: the anomalous image {row['image']} has no mask; VisA gives every "
+                        "anomalous image one. Fix or replace that file."
+                    )
                 mask = within(self.root, row["mask"], where) if anomalous else None
                 records.append(
-                    Record(within(self.root, row["image"], where), int(anomalous), mask,
-                           "anomaly" if anomalous else "good")  # fmt: skip
+                    Record(
+                        within(self.root, row["image"], where), int(anomalous), mask, "anomaly" if anomalous else "good"
+                    )
                 )
         if not records:
             raise DatasetNotFoundError(f"No {split} rows for {self.category!r} in {self.split_file}")

@@ -9,9 +9,9 @@ the yaml by ``method.network._target_`` and built by Hydra, with
 
 The module subclasses :class:`AnomalyModule` and adds only what is the method's own: ``loss(batch)``
 and, where it has them, its training phases and optimiser groups. Everything else is here:
-post-processing (the ``post`` config group, :class:`~adkd.methods.postprocess.PostProcessor`),
+post-processing (the ``post`` config group, :class:`~adkd.methods.components.postprocess.PostProcessor`),
 optimiser wiring, checkpoint contents, inference. Metrics, figures and metrics.json are the
-evaluation callback's (:class:`adkd.evaluation.Evaluation`).
+evaluation callback's (:class:`adkd.training.evaluation.Evaluation`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from adkd.methods.postprocess import PostProcessor
+from adkd.methods.components.postprocess import PostProcessor
 
 CATEGORY_THRESHOLDS = "adkd_category_thresholds"  # a unified model's per-category thresholds, in its checkpoint
 
@@ -125,13 +125,13 @@ class AnomalyModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The maps and scores; what is made of them (metrics, figures, metrics.json) is the
-        evaluation callback's business (adkd.callbacks.Evaluation, configured in conf/run.yaml)."""
+        evaluation callback's business (adkd.training.callbacks.Evaluation, configured in conf/run.yaml)."""
         return self.predict_maps(batch["image"])
 
 
 class ExportForm:
     """A submodule with a second form of the same computation that exports and runs better as an
-    exported graph; :func:`adkd.inference.for_export` switches every such submodule to it."""
+    exported graph; :func:`adkd.deploy.engines.for_export` switches every such submodule to it."""
 
     def use_export_form(self) -> None:
         raise NotImplementedError

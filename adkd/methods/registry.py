@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adkd import config
+from adkd.errors import ConfigError
+from adkd.training import config
 
 
 def method_names() -> list[str]:
@@ -21,12 +22,12 @@ def build_method(name: str, *overrides: str, output_dir: str | Path = "outputs/u
     from hydra.utils import instantiate
 
     if name not in method_names():
-        from adkd.errors import ConfigError
-
         raise ConfigError(f"Unknown method {name!r}. Registered: {', '.join(method_names())}.")
     cfg = config.compose([f"method={name}", *overrides], output_dir)
     return instantiate(cfg.method, _convert_="all")
 
 
-if __name__ == "__main__":  # python -m adkd.methods.registry: one name per line, for shell scripts
-    print("\n".join(method_names()))
+if __name__ == "__main__":  # the command of earlier versions
+    from adkd.moved import forward
+
+    forward("adkd.methods.registry", "methods")

@@ -29,8 +29,10 @@ class AUPRO(_AUPRO):
     """Area under the per-region-overlap curve for FPR in [0, ``fpr_limit``], divided by the limit."""
 
     def update(self, preds, target) -> None:  # noqa: ANN001
-        super().update(preds.float().flatten(0, -3) if preds.dim() > 3 else preds.float(),
-                       target.int().flatten(0, -3) if target.dim() > 3 else target.int())  # fmt: skip
+        super().update(
+            preds.float().flatten(0, -3) if preds.dim() > 3 else preds.float(),
+            target.int().flatten(0, -3) if target.dim() > 3 else target.int(),
+        )
 
     @torch.no_grad()
     def areas(self, fpr_limits: Iterable[float]) -> list[float]:

@@ -37,8 +37,13 @@ class AnomalyMetrics(nn.Module):
         # batches fall on both sides is ranked on two scales (and float32's sigmoid ties every value
         # above about 17 at 1.0). Measured and pinned in tests/test_metrics.py.
         exact = {"normalization": None}
-        self.image = nn.ModuleDict({"image_auroc": BinaryAUROC(**exact), "image_ap": BinaryAveragePrecision(**exact),
-                                    "image_f1max": F1Max(**exact)})  # fmt: skip
+        self.image = nn.ModuleDict(
+            {
+                "image_auroc": BinaryAUROC(**exact),
+                "image_ap": BinaryAveragePrecision(**exact),
+                "image_f1max": F1Max(**exact),
+            }
+        )
         self.pixel_metrics = nn.ModuleDict(
             {
                 "pixel_auroc": BinaryAUROC(**exact),
@@ -99,7 +104,7 @@ class AnomalyMetrics(nn.Module):
     def segmentation_f1(self, threshold: float) -> float | None:
         """Pixel F1 of the maps binarised at ``threshold`` (a pixel above it is anomalous), over the
         pixels of every image together: MVTec AD 2's SegF1 (Heckler-Kram et al., 2025) when the
-        threshold comes from the normal validation images (:class:`adkd.callbacks.Calibrate`,
+        threshold comes from the normal validation images (:class:`adkd.training.callbacks.Calibrate`,
         ``segmentation.rule``). None where the test split has no anomalous pixel."""
         if not self.pixel or self.counts["pixel"][1] == 0:
             return None
@@ -121,8 +126,12 @@ class AnomalyMetrics(nn.Module):
         def ratio(a: int, b: int) -> float | None:
             return a / b if b else None
 
-        return {"image_f1": ratio(2 * tp, 2 * tp + fp + fn), "image_precision": ratio(tp, tp + fp),
-                "image_recall": ratio(tp, tp + fn), "image_fpr": ratio(fp, fp + tn)}  # fmt: skip
+        return {
+            "image_f1": ratio(2 * tp, 2 * tp + fp + fn),
+            "image_precision": ratio(tp, tp + fp),
+            "image_recall": ratio(tp, tp + fn),
+            "image_fpr": ratio(fp, fp + tn),
+        }
 
     def pixel_pr_curve(self, max_points: int | None = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The exact pixel precision-recall curve behind ``pixel_ap`` and ``pixel_f1max``, from the

@@ -15,7 +15,7 @@ its validation split holds good images only. Rules (``segmentation.rule``):
   baselines' threshold could not be read when this was written: the rule and ``k`` are settings
   to check against it, not a quotation of it.
 - ``fpr``: the calibrated pixel threshold, above which a share ``threshold.fpr`` of the normal
-  validation pixels lies (:meth:`adkd.methods.postprocess.PostProcessor.calibrate`).
+  validation pixels lies (:meth:`adkd.methods.components.postprocess.PostProcessor.calibrate`).
 """
 
 from __future__ import annotations

@@ -72,9 +72,11 @@ def write_curves(folder: Path, out: Path) -> list[Path]:
     lines = curve_lines(folder)
     target = out / "curves"
     written = []
-    titles = {"image_roc": ("image ROC", "false-positive rate", "true-positive rate", "AUROC"),
-              "image_pr": ("image precision-recall", "recall", "precision", "AP"),
-              "pixel_pr": ("pixel precision-recall", "recall", "precision", "AP")}  # fmt: skip
+    titles = {
+        "image_roc": ("image ROC", "false-positive rate", "true-positive rate", "AUROC"),
+        "image_pr": ("image precision-recall", "recall", "precision", "AP"),
+        "pixel_pr": ("pixel precision-recall", "recall", "precision", "AP"),
+    }
     for category, curves in lines.items():
         for kind, entries in curves.items():
             title, xlabel, ylabel, area = titles[kind]

@@ -1,4 +1,4 @@
-"""A paper's table beside ours: ``python -m adkd.report <sweep> --paper <name>`` writes
+"""A paper's table beside ours: ``adkd report <sweep> --paper <name>`` writes
 ``paper_<name>.md`` and ``paper_<name>.csv``, in the paper's layout (its datasets, its category
 order, its metrics), each cell holding our value, the published value and the difference in points.
 
@@ -25,6 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from adkd.methods.registry import method_names
 from adkd.report.tables import cells_by_column, column_names, finished_runs, to_markdown
 
 PUBLISHED = Path(__file__).with_name("published") / "published.csv"
@@ -77,8 +78,6 @@ def _first_seen(values) -> list:  # noqa: ANN001
 def _own_methods(paper: str, numbers: list[Published], results: list[dict]) -> list[str]:
     """The paper's methods that adkd can compare: the paper's own (its name, or its name and a
     variant: ``efficientad_m``), those adkd has (conf/method/), and any a run is labelled with."""
-    from adkd.methods.registry import method_names
-
     known = set(method_names()) | {r.get("label") for r in results} | {r.get("method") for r in results}
     methods = _first_seen(p.method for p in numbers)
     return [m for m in methods if m == paper or m.startswith(f"{paper}_") or m in known]
@@ -117,8 +116,13 @@ def _dataset_block(
     value = {(p.category, p.method, p.metric): p for p in numbers}
     _, _, cells = cells_by_column(runs) if runs else ([], [], {})
     columns = _columns_of(runs, methods)
-    comparisons = [(m, column, k) for m in methods for k in _first_seen(p.metric for p in numbers)
-                   if any(key[1:] == (m, k) for key in value) for column in columns[m] or [None]]  # fmt: skip
+    comparisons = [
+        (m, column, k)
+        for m in methods
+        for k in _first_seen(p.metric for p in numbers)
+        if any(key[1:] == (m, k) for key in value)
+        for column in columns[m] or [None]
+    ]
     header = ["category"] + [f"{column or m + ' (no run)'} {k}" for m, column, k in comparisons]
     table, csv_rows = [], []
     for category in categories:
@@ -182,8 +186,9 @@ def _mean_over_runs(cells: dict, column: str | None, metric: str) -> tuple[float
     return (None if None in values else sum(values) / len(values)), len(values)
 
 
-def _recomputed_mean(cells: dict, column: str | None, categories: list[str], value: dict, method: str,
-                     metric: str) -> str:  # fmt: skip
+def _recomputed_mean(
+    cells: dict, column: str | None, categories: list[str], value: dict, method: str, metric: str
+) -> str:
     """Both means over the categories where both sides have a value; how many, where not all."""
     both = [
         c for c in categories if (c, method, metric) in value and cells.get((c, column), {}).get(metric) is not None
@@ -205,15 +210,29 @@ def _cell(ours: float | None | _Missing, theirs: Published | None) -> str:
     return f"{mine} / {paper}" + (f" ({100 * ours - theirs.value:+.1f})" if both else "")
 
 
-def _csv_row(dataset: str, category: str, method: str, column: str | None, metric: str,
-             ours: float | None | _Missing, theirs: Published | None) -> dict:  # fmt: skip
+def _csv_row(
+    dataset: str,
+    category: str,
+    method: str,
+    column: str | None,
+    metric: str,
+    ours: float | None | _Missing,
+    theirs: Published | None,
+) -> dict:
     mine = round(100 * ours, 4) if isinstance(ours, float) else None
     paper = None if theirs is None else theirs.value
-    return {"dataset": dataset, "category": category, "method": method, "column": column or "", "metric": metric,
-            "ours": mine, "published": paper,
-            "difference": None if mine is None or paper is None else round(mine - paper, 4),
-            "run": {NO_RUN: "no run", NOT_REPORTED: "not reported", None: "n/a"}.get(ours, "ok"),
-            "source": "" if theirs is None else theirs.source}  # fmt: skip
+    return {
+        "dataset": dataset,
+        "category": category,
+        "method": method,
+        "column": column or "",
+        "metric": metric,
+        "ours": mine,
+        "published": paper,
+        "difference": None if mine is None or paper is None else round(mine - paper, 4),
+        "run": {NO_RUN: "no run", NOT_REPORTED: "not reported", None: "n/a"}.get(ours, "ok"),
+        "source": "" if theirs is None else theirs.source,
+    }
 
 
 def write_paper(folder: Path, paper: str, out: Path | None = None) -> tuple[Path, Path, str]:
@@ -226,8 +245,18 @@ def write_paper(folder: Path, paper: str, out: Path | None = None) -> tuple[Path
     out.mkdir(parents=True, exist_ok=True)
     (out / f"paper_{paper}.md").write_text(md)
     with (out / f"paper_{paper}.csv").open("w", newline="") as f:
-        fields = ["dataset", "category", "method", "column", "metric", "ours", "published", "difference", "run",
-                  "source"]  # fmt: skip
+        fields = [
+            "dataset",
+            "category",
+            "method",
+            "column",
+            "metric",
+            "ours",
+            "published",
+            "difference",
+            "run",
+            "source",
+        ]
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)

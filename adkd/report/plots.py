@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from adkd.report.panels import overlay
+
 if TYPE_CHECKING:
     import torch
 
@@ -55,8 +57,11 @@ def operating_point(scores: Sequence[float], labels: Sequence[int], threshold: f
     flagged, labels = np.asarray(scores) > threshold, np.asarray(labels).astype(bool)
     tp, fp = int((flagged & labels).sum()), int((flagged & ~labels).sum())
     ratio = lambda a, b: a / b if b else math.nan  # noqa: E731
-    return {"fpr": ratio(fp, int((~labels).sum())), "tpr": ratio(tp, int(labels.sum())),
-            "precision": ratio(tp, tp + fp)}  # fmt: skip
+    return {
+        "fpr": ratio(fp, int((~labels).sum())),
+        "tpr": ratio(tp, int(labels.sum())),
+        "precision": ratio(tp, tp + fp),
+    }
 
 
 # -- the worst images ---------------------------------------------------------------------------
@@ -94,19 +99,23 @@ class WorstCases:
 def draw_sample(post: torch.nn.Module, sample: dict, title: str, path: Path) -> None:
     """One sample (``image``, ``anomaly_map``, ``gt_mask``, ``pred_score``) as the three-panel
     overlay of :mod:`adkd.report.panels`, normalised by ``post`` where it is calibrated."""
-    import torch  # here, not above: the report's curves (python -m adkd.report) need no torch
-
-    from adkd.report.panels import overlay
+    import torch  # here, not above: the report's curves (adkd report) need no torch
 
     device = post.image_threshold.device
-    normalized_map, normalized = post.normalize(sample["anomaly_map"][None].to(device),
-                                                torch.tensor([sample["pred_score"]], device=device))  # fmt: skip
+    normalized_map, normalized = post.normalize(
+        sample["anomaly_map"][None].to(device), torch.tensor([sample["pred_score"]], device=device)
+    )
     calibrated = bool(torch.isfinite(normalized).all())
     if calibrated:
         title += f" (normalised {float(normalized):.2f})"
-    overlay(sample["image"].clamp(0, 1).permute(1, 2, 0).numpy(),
-            normalized_map[0].cpu().numpy() if calibrated else None, title, path,
-            alarm=calibrated and float(normalized) > 0.5, truth=sample["gt_mask"].numpy() > 0.5)  # fmt: skip
+    overlay(
+        sample["image"].clamp(0, 1).permute(1, 2, 0).numpy(),
+        normalized_map[0].cpu().numpy() if calibrated else None,
+        title,
+        path,
+        alarm=calibrated and float(normalized) > 0.5,
+        truth=sample["gt_mask"].numpy() > 0.5,
+    )
 
 
 # -- drawing ------------------------------------------------------------------------------------
@@ -142,10 +151,20 @@ def plot_roc(
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.plot(fpr, tpr, color="C0", label=f"AUROC {auroc:.3f}")
     if point is not None:
-        ax.plot(point["fpr"], point["tpr"], "o", color="C3",
-                label=f"threshold {threshold:.4g}: FPR {point['fpr']:.2f}, TPR {point['tpr']:.2f}")  # fmt: skip
-    ax.set(xlabel="false-positive rate (normal images flagged)", ylabel="true-positive rate (anomalies found)",
-           title="image ROC", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))  # fmt: skip
+        ax.plot(
+            point["fpr"],
+            point["tpr"],
+            "o",
+            color="C3",
+            label=f"threshold {threshold:.4g}: FPR {point['fpr']:.2f}, TPR {point['tpr']:.2f}",
+        )
+    ax.set(
+        xlabel="false-positive rate (normal images flagged)",
+        ylabel="true-positive rate (anomalies found)",
+        title="image ROC",
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.02),
+    )
     ax.legend(fontsize=8, loc="lower right")
     figure.savefig(path)
 
@@ -160,8 +179,13 @@ def plot_pr(
     ax.axhline(prevalence, color="grey", linestyle=":", linewidth=1, label=f"chance {prevalence:.3f}")
     ax.plot(recall, precision, color="C0", drawstyle="steps-post", label=f"AP {ap:.3f}")
     if point is not None and not math.isnan(point["precision"]):
-        ax.plot(point["tpr"], point["precision"], "o", color="C3",
-                label=f"threshold: precision {point['precision']:.2f}, recall {point['tpr']:.2f}")  # fmt: skip
+        ax.plot(
+            point["tpr"],
+            point["precision"],
+            "o",
+            color="C3",
+            label=f"threshold: precision {point['precision']:.2f}, recall {point['tpr']:.2f}",
+        )
     ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
     ax.legend(fontsize=8)
     figure.savefig(path)
@@ -198,8 +222,15 @@ def write_plots(
         written.append(folder / "image_roc.png")
     if anomalous:
         precision, recall, _ = precision_recall_curve(labels, scores)
-        plot_pr(precision, recall, average_precision_score(labels, scores), anomalous / len(labels), point,
-                "image precision-recall", folder / "image_pr.png")  # fmt: skip
+        plot_pr(
+            precision,
+            recall,
+            average_precision_score(labels, scores),
+            anomalous / len(labels),
+            point,
+            "image precision-recall",
+            folder / "image_pr.png",
+        )
         written.append(folder / "image_pr.png")
     else:
         log.info("No anomalous test images: no ROC or precision-recall curve in %s", folder)
@@ -209,12 +240,21 @@ def write_plots(
         if post.calibrated and len(thresholds):  # the curve's point at the pixel threshold (map >= threshold)
             i = min(int(np.searchsorted(thresholds, float(post.pixel_threshold))), len(thresholds) - 1)
             pixel_point = {"precision": float(precision[i]), "tpr": float(recall[i])}
-        plot_pr(precision, recall, pixel_ap, float(precision[0]), pixel_point, "pixel precision-recall",
-                folder / "pixel_pr.png")  # fmt: skip
+        plot_pr(
+            precision,
+            recall,
+            pixel_ap,
+            float(precision[0]),
+            pixel_point,
+            "pixel precision-recall",
+            folder / "pixel_pr.png",
+        )
         written.append(folder / "pixel_pr.png")
         write_curve(folder / "pixel_pr.csv", precision, recall, pixel_ap)  # for adkd.report's curves across runs
-    for prefix, rank, samples in (("worst_fp", "normal, #{} highest score", worst.false_positives()),
-                                  ("worst_fn", "anomalous, #{} lowest score", worst.false_negatives())):  # fmt: skip
+    for prefix, rank, samples in (
+        ("worst_fp", "normal, #{} highest score", worst.false_positives()),
+        ("worst_fn", "anomalous, #{} lowest score", worst.false_negatives()),
+    ):
         for i, sample in enumerate(samples):
             written.append(folder / f"{prefix}_{i:02d}.png")
             draw_sample(post, sample, _worst_title(rank.format(i + 1), sample, threshold), written[-1])
@@ -228,8 +268,9 @@ def write_curve(path: Path, precision: np.ndarray, recall: np.ndarray, ap: float
     """A precision-recall curve as CSV (``recall,precision``; at most :data:`CURVE_POINTS` of its
     points, evenly by index, both ends kept), its AP on the first line as a comment."""
     keep = np.unique(np.linspace(0, len(recall) - 1, min(len(recall), CURVE_POINTS)).round().astype(int))
-    rows = "\n".join(f"{r:.6g},{p:.6g}" for r, p in zip(np.asarray(recall)[keep], np.asarray(precision)[keep],
-                                                      strict=True))  # fmt: skip
+    rows = "\n".join(
+        f"{r:.6g},{p:.6g}" for r, p in zip(np.asarray(recall)[keep], np.asarray(precision)[keep], strict=True)
+    )
     path.write_text(f"# ap={ap:.6g}\nrecall,precision\n{rows}\n")
 
 

@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from adkd.metrics.names import IMAGE_METRICS, PIXEL_METRICS, SEGMENTATION_METRICS, THRESHOLD_METRICS
-from adkd.runs import read_status
+from adkd.training.runs import read_status
 
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")  # a dataset not in DATASET_METRICS
 # What each benchmark's papers report, by the dataset's name (its conf/dataset/<name>.yaml): a table
@@ -42,8 +42,21 @@ TIME_METRICS = ("inference_ms_per_image",)
 KNOWN_METRICS = (*IMAGE_METRICS, *PIXEL_METRICS, *SEGMENTATION_METRICS, *THRESHOLD_METRICS, *TIME_METRICS)
 # Settings that never split a column: rows are categories, cells average seeds, and the rest
 # changes where a run runs or how it is logged, not what it computes.
-NOT_A_VARIANT = ("category", "seed", "method", "label", "dataset.root", "logger", "experiment_name", "resume",
-                 "ckpt_path", "trainer", "dataset.num_workers", "checkpoint_every_n_steps", "hydra")  # fmt: skip
+NOT_A_VARIANT = (
+    "category",
+    "seed",
+    "method",
+    "label",
+    "dataset.root",
+    "logger",
+    "experiment_name",
+    "resume",
+    "ckpt_path",
+    "trainer",
+    "dataset.num_workers",
+    "checkpoint_every_n_steps",
+    "hydra",
+)
 SETTINGS_IN_RESULTS = ("dataset", "backbone", "pretrained", "image_size", "max_epochs", "steps")
 UNDERTRAINED = "†"  # a cell with a run that ended still learning (metrics.json's training.undertrained)
 
@@ -103,9 +116,16 @@ def per_category(result: dict) -> list[dict]:
     if result.get("protocol") != UNIFIED or not isinstance(result.get("per_category"), dict):
         return [result]
     label = f"{result.get('label') or result['method']} ({UNIFIED})"
-    return [{**result, "category": category, "label": label, "metrics": section.get("metrics") or {},
-             "thresholds": section.get("thresholds")}
-            for category, section in result["per_category"].items()]  # fmt: skip
+    return [
+        {
+            **result,
+            "category": category,
+            "label": label,
+            "metrics": section.get("metrics") or {},
+            "thresholds": section.get("thresholds"),
+        }
+        for category, section in result["per_category"].items()
+    ]
 
 
 def unfinished(folder: Path) -> list[str]:
@@ -199,8 +219,10 @@ def build_table(results: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS)
     columns_seen, categories, cells = cells_by_column(results)
     columns = [(m, k) for m in columns_seen for k in metrics if any(k in cells[(c, m)] for c in categories)]
     header = ["category"] + [f"{m} {k}" for m, k in columns]
-    rows = [[c] + [_fmt(k, cells[(c, m)], k in cells[(c, m)]) + _mark(cells[(c, m)], k)
-                   for m, k in columns] for c in categories]  # fmt: skip
+    rows = [
+        [c] + [_fmt(k, cells[(c, m)], k in cells[(c, m)]) + _mark(cells[(c, m)], k) for m, k in columns]
+        for c in categories
+    ]
     means = []
     for m, k in columns:
         values = [cells[(c, m)].get(k) for c in categories]
@@ -261,9 +283,11 @@ def write_report(
     runs = len({run for run, _ in collect_runs(folder)})  # a unified run is one run of several rows
     md = f"Dataset: {', '.join(datasets)} ({runs} runs; {units}{averaged})\n\n" + to_markdown(header, rows)
     if any(UNDERTRAINED in cell for row in rows for cell in row):
-        md += (f"\n{UNDERTRAINED} A run of this cell ended still learning (its loss still falling steeply, or its "
-               "validation not settled: metrics.json's training.undertrained): train it longer (steps=, max_epochs=) "
-               "before comparing.\n")
+        md += (
+            f"\n{UNDERTRAINED} A run of this cell ended still learning (its loss still falling steeply, or its "
+            "validation not settled: metrics.json's training.undertrained): train it longer (steps=, max_epochs=) "
+            "before comparing.\n"
+        )
     if missing:
         md += f"\nNot in the table ({len(missing)} runs without results):\n" + "".join(f"- {m}\n" for m in missing)
     (out / "results.md").write_text(md)

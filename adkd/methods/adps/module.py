@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from adkd.data.synthesis import AnomalySynthesizer, anomalous_batch
-from adkd.methods.adps.loss import focal_segmentation_loss, masked_distillation_loss
+from adkd.methods.adps.loss import masked_distillation_loss
 from adkd.methods.adps.network import ADPSNetwork
 from adkd.methods.base import AnomalyModule
+from adkd.methods.components.losses import focal_segmentation_loss
 
 
 class ADPS(AnomalyModule):

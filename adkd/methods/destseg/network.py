@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from adkd.backbones import FeatureExtractor
-from adkd.methods.rd4ad.network import kaiming_init  # the official initialisation, as RD4AD's
+from adkd.methods.components.init import kaiming_init
 
 
 def basic_blocks(c_in: int, c_out: int, blocks: int = 2) -> nn.Sequential:
@@ -39,9 +39,11 @@ def basic_blocks(c_in: int, c_out: int, blocks: int = 2) -> nn.Sequential:
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
     pad = dilation * (kernel // 2)
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=pad, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))  # fmt: skip
-
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, padding=pad, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
 
 
 class ASPP(nn.Module):
@@ -113,8 +115,10 @@ class DeSTSegNetwork(nn.Module):
     def segment(self, teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
         """Logits (B,1,h,w) at the finest scale from the normalised features' negated product."""
         finest = teacher[0].shape[-2:]
-        product = [F.interpolate(-t * s, size=finest, mode="bilinear", align_corners=False)
-                   for t, s in zip(teacher, student, strict=True)]  # fmt: skip
+        product = [
+            F.interpolate(-t * s, size=finest, mode="bilinear", align_corners=False)
+            for t, s in zip(teacher, student, strict=True)
+        ]
         return self.segmentation(torch.cat(product, dim=1))
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:

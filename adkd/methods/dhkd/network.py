@@ -30,7 +30,7 @@ from torch import nn
 
 from adkd.backbones import FeatureExtractor
 from adkd.methods.base import ExportForm
-from adkd.methods.maps import combine_scales, squared_distance
+from adkd.methods.components.maps import combine_scales, squared_distance
 
 
 class FeatureStandardizer(nn.Module):
@@ -76,9 +76,10 @@ def conv_subnet(hidden_ratio: float, kernel: int = 3):
     def build(c_in: int, c_out: int) -> nn.Module:
         hidden = max(8, int(round(c_in * hidden_ratio)))
         net = nn.Sequential(
-            nn.Conv2d(c_in, hidden, kernel, padding=kernel // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(c_in, hidden, kernel, padding=kernel // 2),
+            nn.ReLU(inplace=True),
             nn.Conv2d(hidden, c_out, kernel, padding=kernel // 2),
-        )  # fmt: skip
+        )
         nn.init.zeros_(net[-1].weight)
         nn.init.zeros_(net[-1].bias)
         return net
@@ -148,9 +149,14 @@ def dft_matrices(height: int, width: int) -> tuple[torch.Tensor, ...]:
     twice[0] = 1.0
     if width % 2 == 0:
         twice[-1] = 1.0
-    mats = (angle.cos() / width**0.5, -angle.sin() / width**0.5, angle_h.cos() / height**0.5,
-            -angle_h.sin() / height**0.5, twice[:, None] * angle.T.cos() / width**0.5,
-            -twice[:, None] * angle.T.sin() / width**0.5)  # fmt: skip
+    mats = (
+        angle.cos() / width**0.5,
+        -angle.sin() / width**0.5,
+        angle_h.cos() / height**0.5,
+        -angle_h.sin() / height**0.5,
+        twice[:, None] * angle.T.cos() / width**0.5,
+        -twice[:, None] * angle.T.sin() / width**0.5,
+    )
     return tuple(m.float() for m in mats)
 
 
@@ -160,7 +166,7 @@ class GlobalFilter(nn.Module, ExportForm):
 
     ``dft``: ``fft`` (torch.fft; training) or ``matmul``: the same transform, exact to float
     rounding, as products with DFT matrices, which ONNX Runtime runs several times faster than
-    its DFT operator (adkd.inference.for_export switches to it)."""
+    its DFT operator (adkd.deploy.engines.for_export switches to it)."""
 
     def __init__(self, channels: int, height: int, width: int) -> None:
         super().__init__()
@@ -204,9 +210,13 @@ class DualDomainBlock(nn.Module):
     def __init__(self, channels: int, height: int, width: int, frequency: bool = True) -> None:
         super().__init__()
         self.spatial = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
         self.frequency = None
         if frequency:
             self.frequency = nn.Sequential(

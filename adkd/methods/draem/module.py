@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from adkd.data.synthesis import AnomalySynthesizer, anomalous_batch
-from adkd.methods.adps.loss import focal_segmentation_loss
 from adkd.methods.base import AnomalyModule
+from adkd.methods.components.losses import focal_segmentation_loss
 from adkd.methods.draem.loss import ssim_loss
 from adkd.methods.draem.network import DRAEMNetwork
 

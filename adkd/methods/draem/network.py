@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from adkd.errors import ConfigError
+
 
 def _conv(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
@@ -102,10 +104,10 @@ class DRAEMNetwork(nn.Module):
     ) -> None:
         super().__init__()
         if image_size is not None and image_size < self.min_image_size:
-            from adkd.errors import ConfigError
-
-            raise ConfigError(f"image_size={image_size} is too small for DRAEM: its autoencoder needs "
-                              f"image_size >= {self.min_image_size} (the paper's is 256).")  # fmt: skip
+            raise ConfigError(
+                f"image_size={image_size} is too small for DRAEM: its autoencoder needs "
+                f"image_size >= {self.min_image_size} (the paper's is 256)."
+            )
         self.reconstructive = Reconstructive(3, reconstructive_width)
         self.discriminative = Discriminative(6, discriminative_width)
         self.apply(official_init)

@@ -1,6 +1,6 @@
 """Distil an EfficientAD teacher (a PDN) from any adkd backbone's features, offline.
 
-    python -m adkd.methods.efficientad.distill --backbone mobilenet_v2 --out teacher_s.pth \\
+    adkd distill --backbone mobilenet_v2 --out teacher_s.pth \\
         [--images <folder>] [--size s|m] [--steps N] [--batch-size B]
 
 then train with ``method.teacher_weights=teacher_s.pth``.
@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adkd.backbones.extractor import FeatureExtractor
+from adkd.errors import UserError
+from adkd.methods.efficientad.images import endless, image_files, image_folder
 from adkd.methods.efficientad.network import PatchDescriptionNetwork
 
 log = logging.getLogger(__name__)
@@ -46,10 +49,15 @@ class FeatureTargets(nn.Module):
     """A frozen backbone's features as the PDN's targets: (B,3,2H,2W) images in [0, 1] ->
     (B, out_channels, H/4, W/4), before standardisation."""
 
-    def __init__(self, backbone: str, out_channels: int = 384, layers: tuple[int, ...] = (2, 3),
-                 pretrained: bool = True, weights: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backbone: str,
+        out_channels: int = 384,
+        layers: tuple[int, ...] = (2, 3),
+        pretrained: bool = True,
+        weights: str | None = None,
+    ) -> None:
         super().__init__()
-        from adkd.backbones.extractor import FeatureExtractor
 
         self.extractor = FeatureExtractor(backbone, layers, pretrained=pretrained, weights=weights, frozen=True)
         self.out_channels = out_channels
@@ -77,10 +85,15 @@ class DistillationImages(torch.utils.data.Dataset):
         from torchvision.transforms import v2
 
         self.files, self.size = files, size
-        self.crop = v2.Compose([
-            v2.ToImage(), v2.RandomResizedCrop(2 * size, scale=(0.25, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(), v2.RandomGrayscale(grey), v2.ToDtype(torch.float32, scale=True),
-        ])  # fmt: skip
+        self.crop = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.RandomResizedCrop(2 * size, scale=(0.25, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.RandomGrayscale(grey),
+                v2.ToDtype(torch.float32, scale=True),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -94,18 +107,28 @@ class DistillationImages(torch.utils.data.Dataset):
         return large, small
 
 
-def distil(backbone: str, files: list[Path], size: str = "s", steps: int = 300, batch_size: int = 4,
-           image_size: int = 128, out_channels: int = 384, stat_batches: int = 8, lr: float = 1e-4,
-           seed: int = 0, pretrained: bool = True, weights: str | None = None) -> tuple[nn.Module, dict]:  # fmt: skip
+def distil(
+    backbone: str,
+    files: list[Path],
+    size: str = "s",
+    steps: int = 300,
+    batch_size: int = 4,
+    image_size: int = 128,
+    out_channels: int = 384,
+    stat_batches: int = 8,
+    lr: float = 1e-4,
+    seed: int = 0,
+    pretrained: bool = True,
+    weights: str | None = None,
+) -> tuple[nn.Module, dict]:
     """A PDN of ``size`` trained for ``steps`` to predict ``backbone``'s standardised features;
     returns it and what made it (backbone, steps, the last loss, ...)."""
-    from adkd.methods.efficientad.images import endless
-
     torch.manual_seed(seed)
     targets = FeatureTargets(backbone, out_channels, pretrained=pretrained, weights=weights).eval()
     pdn = PatchDescriptionNetwork(size, out_channels, padding=True).train()
-    loader = torch.utils.data.DataLoader(DistillationImages(files, image_size), batch_size=batch_size, shuffle=True,
-                                         drop_last=len(files) > batch_size)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        DistillationImages(files, image_size), batch_size=batch_size, shuffle=True, drop_last=len(files) > batch_size
+    )
     batches = endless(loader)
     with torch.no_grad():  # per-channel statistics of the targets (two passes over the same batches)
         seen = [targets(next(batches)[0]) for _ in range(stat_batches)]
@@ -126,64 +149,57 @@ def distil(backbone: str, files: list[Path], size: str = "s", steps: int = 300, 
         if step == 1 or step % 50 == 0 or step == steps:
             log.info("step %d/%d: loss %.4f (%.1f s)", step, steps, losses[-1], time.monotonic() - start)
     tail = losses[-min(len(losses), 20) :]
-    made = {"backbone": backbone, "size": size, "out_channels": out_channels, "steps": steps,
-            "batch_size": batch_size, "image_size": image_size, "images": len(files), "seed": seed,
-            "first_loss": losses[0], "last_loss": sum(tail) / len(tail),
-            "seconds": time.monotonic() - start}  # fmt: skip
+    made = {
+        "backbone": backbone,
+        "size": size,
+        "out_channels": out_channels,
+        "steps": steps,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "images": len(files),
+        "seed": seed,
+        "first_loss": losses[0],
+        "last_loss": sum(tail) / len(tail),
+        "seconds": time.monotonic() - start,
+    }
     return pdn.eval(), made
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m adkd.methods.efficientad.distill", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--backbone", required=True, help="an adkd backbone (conf/backbone/): mobilenet_v2 ships offline"
-    )
-    parser.add_argument(
-        "--images",
-        default="bundled",
-        help="a folder of images (searched recursively), or 'bundled': scikit-image's (default)",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="the teacher file to write (.pth)")
-    parser.add_argument("--size", choices=("s", "m"), default="s", help="the PDN: EfficientAD-S or -M")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=128,
-        help="the side of the PDN's training crops (the backbone sees twice it); the PDN is convolutional "
-        "(33 px receptive field), so a teacher trained on 128 px crops serves at 256 px",
-    )
-    parser.add_argument("--stat-batches", type=int, default=8, help="batches the targets' statistics are taken on")
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weights", default=None, help="a file of the backbone's weights (else its ImageNet weights)")
-    parser.add_argument("--random-backbone", action="store_true", help="no pretrained weights (tests only)")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from adkd.errors import UserError
-    from adkd.methods.efficientad.images import image_files, image_folder
 
     try:
         folder = image_folder(args.images, "distillation images", "--images")
         if folder is None:
-            parser.error("--images: a folder of images or 'bundled'")
+            raise UserError("--images: give a folder of images or 'bundled'.")
         files = image_files(folder)
-        pdn, made = distil(args.backbone, files, args.size, args.steps, args.batch_size, args.image_size,
-                           stat_batches=args.stat_batches, lr=args.lr, seed=args.seed,
-                           pretrained=not args.random_backbone, weights=args.weights)  # fmt: skip
+        pdn, made = distil(
+            args.backbone,
+            files,
+            args.size,
+            args.steps,
+            args.batch_size,
+            args.image_size,
+            stat_batches=args.stat_batches,
+            lr=args.lr,
+            seed=args.seed,
+            pretrained=not args.random_backbone,
+            weights=args.weights,
+        )
     except UserError as err:
         print(f"error: {err}")
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": pdn.state_dict(), **made}, args.out)
-    print(f"Wrote {args.out}: PDN-{args.size.upper()} distilled from {args.backbone} on {len(files)} images, "
-          f"{args.steps} steps in {made['seconds']:.0f} s, loss {made['first_loss']:.3f} -> {made['last_loss']:.3f}. "
-          f"Train with method.teacher_weights={args.out}")  # fmt: skip
+    print(
+        f"Wrote {args.out}: PDN-{args.size.upper()} distilled from {args.backbone} on {len(files)} images, "
+        f"{args.steps} steps in {made['seconds']:.0f} s, loss {made['first_loss']:.3f} -> {made['last_loss']:.3f}. "
+        f"Train with method.teacher_weights={args.out}"
+    )
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the command of earlier versions
+    from adkd.moved import forward
+
+    forward("adkd.methods.efficientad.distill", "distill")

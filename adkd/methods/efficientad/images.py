@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from adkd.data.records import IMAGE_SUFFIXES
+from adkd.data.synthesis import bundled_anomaly_source
 from adkd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -25,15 +27,11 @@ log = logging.getLogger(__name__)
 
 def image_files(folder: str | Path) -> list[Path]:
     """Every image file under ``folder`` (recursive, sorted)."""
-    from adkd.data.records import IMAGE_SUFFIXES
-
     return sorted(p for p in Path(folder).expanduser().rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def bundled_images() -> Path:
     """The folder of images that ship with scikit-image (written once)."""
-    from adkd.data.synthesis import bundled_anomaly_source
-
     return bundled_anomaly_source()
 
 
@@ -43,13 +41,19 @@ def image_folder(setting: str | None, what: str, key: str) -> Path | None:
     if setting is None or str(setting).lower() in ("", "none", "null", "off"):
         return None
     if str(setting) == "bundled":
-        log.warning("EfficientAD: %s from the 16 natural images that ship with scikit-image; the paper uses "
-                    "ImageNet: set %s=<folder of ImageNet images> to follow it", what, key)  # fmt: skip
+        log.warning(
+            "EfficientAD: %s from the 16 natural images that ship with scikit-image; the paper uses "
+            "ImageNet: set %s=<folder of ImageNet images> to follow it",
+            what,
+            key,
+        )
         return bundled_images()
     folder = Path(setting).expanduser()
     if not folder.is_dir() or not image_files(folder):
-        raise ConfigError(f"{key}={setting}: no folder of images there. Give a folder of images (ImageNet's "
-                          f"train/ in the paper), {key}=bundled (images that ship) or {key}=none.")  # fmt: skip
+        raise ConfigError(
+            f"{key}={setting}: no folder of images there. Give a folder of images (ImageNet's "
+            f"train/ in the paper), {key}=bundled (images that ship) or {key}=none."
+        )
     return folder
 
 
@@ -61,10 +65,15 @@ class PenaltyImages(Dataset):
         from torchvision.transforms import v2
 
         self.files = image_files(folder)
-        self.transform = v2.Compose([
-            v2.ToImage(), v2.Resize((2 * image_size, 2 * image_size), antialias=True), v2.RandomGrayscale(0.3),
-            v2.CenterCrop(image_size), v2.ToDtype(torch.float32, scale=True),
-        ])  # fmt: skip
+        self.transform = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize((2 * image_size, 2 * image_size), antialias=True),
+                v2.RandomGrayscale(0.3),
+                v2.CenterCrop(image_size),
+                v2.ToDtype(torch.float32, scale=True),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.files)

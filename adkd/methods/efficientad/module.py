@@ -10,11 +10,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from adkd.methods.base import AnomalyModule
+from adkd.methods.components.maps import squared_distance
 from adkd.methods.efficientad.images import PenaltyImages, endless, image_folder
 from adkd.methods.efficientad.loss import autoencoder_losses, hard_feature_loss, penalty_loss
 from adkd.methods.efficientad.network import EfficientADNetwork
 from adkd.methods.efficientad.teacher import load_teacher, resolve_teacher, ways_out
-from adkd.methods.maps import squared_distance
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,11 @@ class EfficientAD(AnomalyModule):
             return
         state = resolve_teacher(self.teacher_weights, self.size)
         if state is None:
-            log.warning("EfficientAD: the teacher is random (method.teacher_weights=null); the paper's teacher is "
-                        "distilled from WideResNet-101 on ImageNet.\n%s", ways_out(self.size))  # fmt: skip
+            log.warning(
+                "EfficientAD: the teacher is random (method.teacher_weights=null); the paper's teacher is "
+                "distilled from WideResNet-101 on ImageNet.\n%s",
+                ways_out(self.size),
+            )
         else:
             load_teacher(self.network.teacher, state, str(self.teacher_weights), self.size)
             log.info("EfficientAD: teacher weights from %s", self.teacher_weights)
@@ -103,8 +106,14 @@ class EfficientAD(AnomalyModule):
             self._penalty = None
             return
         generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
-        loader = DataLoader(PenaltyImages(folder, self._image_size()), batch_size=self.penalty_batch_size,
-                            shuffle=True, generator=generator, num_workers=0, drop_last=False)  # fmt: skip
+        loader = DataLoader(
+            PenaltyImages(folder, self._image_size()),
+            batch_size=self.penalty_batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=0,
+            drop_last=False,
+        )
         self._penalty = endless(loader)
 
     def _statistics_loader(self):  # noqa: ANN202
@@ -189,8 +198,10 @@ class EfficientAD(AnomalyModule):
 
     def on_train_end(self) -> None:
         if torch.isnan(self.network.q_st_a):
-            log.warning("EfficientAD: no validation images were scored, so the maps are not normalised by their "
-                        "quantiles (dataset.val_fraction is 0, or validation was switched off)")  # fmt: skip
+            log.warning(
+                "EfficientAD: no validation images were scored, so the maps are not normalised by their "
+                "quantiles (dataset.val_fraction is 0, or validation was switched off)"
+            )
         self._penalty = None
 
     @torch.no_grad()

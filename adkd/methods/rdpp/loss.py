@@ -35,8 +35,14 @@ def projection_loss(
     return {"reconstruction": recon, "contrast": contrast, "projection": total}
 
 
-def simplex_like_noise(images: torch.Tensor, size: tuple[int, int] = (10, 32), scale: float = 0.2,
-                       octaves: int = 6, persistence: float = 0.6, period: float = 32.0) -> torch.Tensor:  # fmt: skip
+def simplex_like_noise(
+    images: torch.Tensor,
+    size: tuple[int, int] = (10, 32),
+    scale: float = 0.2,
+    octaves: int = 6,
+    persistence: float = 0.6,
+    period: float = 32.0,
+) -> torch.Tensor:
     """Each image with one patch of smooth multi-octave noise added (RD++'s "simplex noise"):
     a patch of random side in [size[0], size[1]) px at a random place, ``scale`` x noise added in
     [0, 1] pixel space without clipping, as the official code does (at 256 px; here the patch side

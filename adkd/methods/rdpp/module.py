@@ -31,8 +31,11 @@ class RDPP(AnomalyModule):
     ) -> None:
         super().__init__(network, **shared)
         self.projection_weight, self.projection_lr_ratio = projection_weight, projection_lr_ratio
-        self.weights = {"reconstruction_weight": reconstruction_weight, "contrast_weight": contrast_weight,
-                        "contrast_margin": contrast_margin}  # fmt: skip
+        self.weights = {
+            "reconstruction_weight": reconstruction_weight,
+            "contrast_weight": contrast_weight,
+            "contrast_margin": contrast_margin,
+        }
         self.noise_scale = noise_scale
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adkd.methods.maps import combine_scales, cosine_distance
+from adkd.methods.components.maps import combine_scales, cosine_distance
 from adkd.methods.rd4ad.network import RD4ADNetwork
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from adkd.backbones import FeatureExtractor
-from adkd.methods.maps import combine_scales, normalized_distance
+from adkd.methods.components.maps import combine_scales, normalized_distance
 
 
 class STFPMNetwork(nn.Module):

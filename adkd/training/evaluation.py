@@ -1,0 +1,330 @@
+"""Test-time evaluation as one callback (configured in conf/run.yaml): the metrics (threshold-free,
+and at the calibrated threshold), inference time, per-image scores, figures, plots
+(:mod:`adkd.report.plots`), ``metrics.json``, the W&B summary and the printed summary, per category
+for a unified run (``category=all``). The Python API and the CLI write the same run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from adkd.metrics import AnomalyMetrics
+from adkd.metrics.names import METRIC_NAMES
+from adkd.report.plots import WorstCases, draw_sample, write_plots
+from adkd.training.callbacks import TrainingLength
+
+SUMMARY_PER_CATEGORY = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1")  # printed per category (unified)
+
+
+class _Tally:
+    """What the test keeps of one category's images (of all of them, for a run of one category):
+    metrics, per-image rows, the samples drawn as figures, the worst false alarms and escapes."""
+
+    def __init__(self, pixel: bool, num_figures: int) -> None:
+        self.pixel, self.num_figures = pixel, num_figures
+        self.metrics = AnomalyMetrics(pixel=pixel)
+        self.figures: list[dict] = []
+        self.predictions: list[dict] = []
+        self.worst = WorstCases(num_figures // 2)
+
+    def add(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
+        self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
+        labels, scores = batch["gt_label"].tolist(), pred_score.tolist()  # one copy to the host a batch
+        rows = zip(batch["image_path"], labels, scores, strict=True)
+        self.predictions += [{"image_path": p, "gt_label": int(y), "pred_score": float(s)} for p, y, s in rows]
+        self._keep_figures(batch, anomaly_map, pred_score, labels, scores)
+
+    def _keep_figures(
+        self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor, labels: list[int], scores: list[float]
+    ) -> None:
+        """Keep up to ``num_figures`` samples, half anomalous and half normal where possible, and
+        offer every sample to the worst false alarms and escapes (``num_figures // 2`` of each)."""
+        for i, label in enumerate(labels):
+            self.worst.offer(scores[i], label, lambda i=i: _sample(batch, anomaly_map, pred_score, i))
+            same = sum(f["gt_label"] == label for f in self.figures)
+            if same >= (self.num_figures + 1) // 2 or len(self.figures) >= self.num_figures:
+                continue
+            self.figures.append(_sample(batch, anomaly_map, pred_score, i))
+
+    def compute(self, post: torch.nn.Module, milliseconds: float, segmentation_threshold: float | None = None) -> dict:
+        """The threshold-free metrics, those at ``post``'s image threshold where it has one, the
+        segmentation F1 at ``segmentation_threshold`` where the dataset asks for one, the time."""
+        metrics = self.metrics.compute()
+        if post.calibrated and self.predictions:
+            metrics.update(self.metrics.at_threshold(float(post.image_threshold)))
+        if segmentation_threshold is not None:
+            metrics["pixel_seg_f1"] = self.metrics.segmentation_f1(segmentation_threshold)
+        metrics["inference_ms_per_image"] = milliseconds
+        return metrics
+
+
+class Evaluation(L.Callback):
+    """Scores the test split from the model's (anomaly_map, pred_score) per batch.
+
+    ``run``: what metrics.json says of the run beside its metrics (method, label, dataset,
+    backbone, pretrained, image_size, max_epochs, steps, seed, overrides, tags, threshold_fpr), given by
+    the config (conf/run.yaml). The validation metrics (:class:`adkd.training.callbacks.SyntheticValidation`)
+    are read from ``trainer.callback_metrics`` when training ends.
+
+    A unified run (``category=all``, :mod:`adkd.data.unified`) is scored per category, each at its
+    own thresholds: metrics.json's ``per_category`` holds each category's metrics and thresholds,
+    and its ``metrics`` the mean over categories (a metric undefined in any category has no mean);
+    the loggers get ``test/<category>/<metric>`` and the mean as ``test/<metric>``; figures and
+    plots go to ``figures/<category>/`` and ``plots/<category>/``, and ``test_predictions.csv``
+    gains a ``category`` column."""
+
+    def __init__(self, output_dir: str, num_figures: int = 8, run: dict | None = None) -> None:
+        self.output_dir = Path(output_dir)
+        self.num_figures = num_figures
+        self.run = dict(run or {})
+        self.validation: dict | None = None
+        self.segmentation_threshold: float | None = None  # from the validation images, where the dataset asks
+        self.category_segmentation_thresholds: dict[str, float] = {}  # a unified run's, per category
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        found = {
+            k[4:]: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("val/") and k[4:].removeprefix("labelled_") in METRIC_NAMES
+        }
+        self.validation = found or None
+        threshold = trainer.callback_metrics.get("val/segmentation_threshold")  # adkd.training.callbacks.Calibrate
+        self.segmentation_threshold = None if threshold is None else float(threshold)
+        ending = "/segmentation_threshold"  # a unified run's: val/<category>/segmentation_threshold
+        self.category_segmentation_thresholds = {
+            key[len("val/") : -len(ending)]: float(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith("val/") and key.endswith(ending) and key.count("/") == 2
+        }
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        self.pixel = bool(datamodule.has_masks) if datamodule is not None else True
+        # A unified run's categories, each scored apart (with its own masks or none); else one tally.
+        self.members = dict(getattr(datamodule, "members", None) or {})
+        self.tallies: dict[str | None, _Tally] = {}
+        for category in self.members or [None]:  # in the categories' order, each reported even if never seen
+            self._tally(category)
+        self.seconds, self.images = 0.0, 0
+
+    def _tally(self, category: str | None) -> _Tally:
+        if category not in self.tallies:
+            pixel = bool(self.members[category].has_masks) if category is not None else self.pixel
+            self.tallies[category] = _Tally(pixel, self.num_figures)
+        return self.tallies[category]
+
+    def on_test_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: ANN001
+        _sync(batch["image"])
+        self._start = time.perf_counter()
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch: dict, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:  # noqa: ANN001, E501
+        anomaly_map, pred_score = outputs
+        _sync(anomaly_map)
+        self.seconds += time.perf_counter() - self._start
+        self.images += len(pred_score)
+        if not self.members:
+            self._tally(None).add(batch, anomaly_map, pred_score)
+            return
+        categories = batch["category"]
+        for category in dict.fromkeys(categories):
+            if category not in self.members:
+                raise ValueError(f"test image of category {category!r}, not one of the run's {list(self.members)}")
+            chosen = [i for i, c in enumerate(categories) if c == category]
+            part = batch if len(chosen) == len(categories) else _subset(batch, chosen)
+            self._tally(category).add(part, anomaly_map[chosen], pred_score[chosen])
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        milliseconds = 1000 * self.seconds / max(self.images, 1)
+        post = pl_module.post
+        if not self.members:
+            metrics = self.tallies[None].compute(post, milliseconds, self.segmentation_threshold)
+            self._log(pl_module, metrics)
+            self._write(trainer, self._describe(trainer, pl_module, metrics))
+            return
+        per_category = {}
+        for category in self.members:
+            chosen, segmentation = self._post(post, category), self.category_segmentation_thresholds.get(category)
+            metrics = self._tally(category).compute(chosen, milliseconds, segmentation)
+            self._log(pl_module, metrics, f"{category}/")
+            per_category[category] = {
+                "pixel_metrics": self._tally(category).pixel,
+                "metrics": metrics,
+                "thresholds": {
+                    "image": _number(chosen.image_threshold),
+                    "pixel": _number(chosen.pixel_threshold),
+                    "segmentation": segmentation,
+                },
+            }
+        mean = mean_over_categories([c["metrics"] for c in per_category.values()])
+        self._log(pl_module, mean)
+        results = self._describe(trainer, pl_module, mean)
+        self._write(trainer, {**results, "protocol": "unified", "per_category": per_category})
+
+    @staticmethod
+    def _post(post: torch.nn.Module, category: str) -> torch.nn.Module:
+        """``post`` deciding with ``category``'s thresholds (a unified model's), or without any."""
+        return post.for_category(category) if category in post.category_thresholds else post
+
+    @staticmethod
+    def _log(pl_module: L.LightningModule, metrics: dict, prefix: str = "") -> None:
+        for name, value in metrics.items():
+            if value is not None:
+                pl_module.log(f"test/{prefix}{name}", value)
+
+    def _describe(self, trainer: L.Trainer, pl_module: L.LightningModule, metrics: dict) -> dict:
+        run, post = self.run, pl_module.post
+        method = run.get("method") or type(pl_module).__name__.lower()
+        return {
+            "method": method,
+            "label": run.get("label") or method,
+            "dataset": run.get("dataset"),
+            "category": getattr(trainer.datamodule, "category", None),
+            "split": getattr(trainer.datamodule, "evaluate", "test"),  # what "metrics" scored (evaluate=)
+            **{key: run.get(key) for key in ("backbone", "pretrained", "image_size", "max_epochs", "steps", "seed")},
+            "training": next((c.summary for c in trainer.callbacks if isinstance(c, TrainingLength)), None),
+            "overrides": list(run.get("overrides") or []),
+            "tags": list(run.get("tags") or []),
+            "pixel_metrics": self.pixel,
+            "thresholds": {
+                "fpr": run.get("threshold_fpr"),
+                "image": _number(post.image_threshold),
+                "pixel": _number(post.pixel_threshold),
+                "segmentation": self.segmentation_threshold,  # pixel_seg_f1's (adkd.metrics.segmentation)
+            },
+            "metrics": metrics,
+            "validation": self.validation,
+        }
+
+    def _write(self, trainer: L.Trainer, results: dict) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+        unified = bool(self.members)
+        with (self.output_dir / "test_predictions.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["image_path", "gt_label", "pred_score", *(["category"] * unified)])
+            writer.writeheader()
+            for category, tally in self.tallies.items():
+                writer.writerows(
+                    [{**row, "category": category} for row in tally.predictions] if unified else tally.predictions
+                )
+        from lightning.pytorch.loggers import WandbLogger
+
+        post = trainer.lightning_module.post
+        for category, tally in self.tallies.items():
+            chosen, sub = (self._post(post, category), f"/{category}") if unified else (post, "")
+            figures = _save_figures(tally, chosen, self.output_dir / f"figures{sub}")
+            metrics = results["per_category"][category]["metrics"] if unified else results["metrics"]
+            plots = write_plots(
+                self.output_dir / f"plots{sub}",
+                tally.predictions,
+                chosen,
+                tally.worst,
+                tally.metrics.pixel_pr_curve(),
+                metrics.get("pixel_ap"),
+            )
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    if figures:
+                        logger.log_image(key=f"test{sub}/figures", images=[str(p) for p in figures])
+                    for key, paths in _plot_keys(plots, sub).items():
+                        logger.log_image(key=key, images=[str(p) for p in paths])
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                summary = {f"test/{k}": v for k, v in results["metrics"].items() if v is not None}
+                for category, section in (results.get("per_category") or {}).items():
+                    summary.update({f"test/{category}/{k}": v for k, v in section["metrics"].items() if v is not None})
+                logger.experiment.summary.update(summary)
+        print(summary_text(results, self.output_dir), flush=True)
+
+
+def _save_figures(tally: _Tally, post: torch.nn.Module, folder: Path) -> list[Path]:
+    """One overlay per kept sample (adkd.report.panels, as predict draws them), with the
+    ground truth outlined."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, s in enumerate(tally.figures):
+        kind = "anomalous" if s["gt_label"] else "normal"
+        path = Path(s["image_path"])
+        paths.append(folder / f"{i:02d}_{kind}.png")
+        draw_sample(post, s, f"{kind}: {path.parent.name}/{path.name}, score {s['pred_score']:.4g}", paths[-1])
+    return paths
+
+
+def mean_over_categories(per_category: list[dict]) -> dict:
+    """Each metric's mean over the categories; None where any category's is undefined (as the
+    report's means: an undefined value never enters a mean, and a mean over fewer categories would
+    not be the dataset's)."""
+    names = list(dict.fromkeys(name for metrics in per_category for name in metrics))
+    mean = {}
+    for name in names:
+        values = [metrics.get(name) for metrics in per_category]
+        mean[name] = None if any(v is None for v in values) else sum(values) / len(values)
+    return mean
+
+
+def _subset(batch: dict, chosen: list[int]) -> dict:
+    """The samples ``chosen`` (indices) of a batch: tensors indexed, lists picked."""
+    index = torch.tensor(chosen)
+    return {
+        key: value[index.to(value.device)] if isinstance(value, torch.Tensor) else [value[i] for i in chosen]
+        for key, value in batch.items()
+    }
+
+
+def _sample(batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor, i: int) -> dict:
+    """The ``i``-th image of a batch with its map and mask, on the CPU, for drawing after the test."""
+    return {
+        "image": batch["image"][i].cpu(),
+        "anomaly_map": anomaly_map[i, 0].cpu(),
+        "gt_mask": batch["gt_mask"][i, 0].cpu(),
+        "gt_label": int(batch["gt_label"][i]),
+        "pred_score": float(pred_score[i]),
+        "image_path": batch["image_path"][i],
+    }
+
+
+def _plot_keys(plots: list[Path], sub: str = "") -> dict[str, list[Path]]:
+    """W&B keys: one per curve (``test/plots/image_roc``), one per kind of worst image (``test/worst_fp``);
+    ``sub``: a unified run's ``/<category>`` after ``test``."""
+    keys: dict[str, list[Path]] = {}
+    for path in plots:
+        stem = path.stem
+        key = f"test{sub}/{stem.rsplit('_', 1)[0]}" if stem.startswith("worst_") else f"test{sub}/plots/{stem}"
+        keys.setdefault(key, []).append(path)
+    return keys
+
+
+def summary_text(results: dict, output_dir: Path) -> str:
+    m = results["metrics"]
+    width = max(len(k) for k in m)
+    lines = [f"\n{results['method']} on {results['dataset']}/{results['category']} ({results['backbone']})"]
+    per_category = results.get("per_category")
+    if per_category:
+        lines[0] += f": one model for {len(per_category)} categories (unified); the mean over them"
+    lines += [f"  {k:<{width}}  {'n/a' if v is None else f'{v:.4f}'}" for k, v in m.items()]
+    for category, section in (per_category or {}).items():
+        shown = [(k, section["metrics"].get(k)) for k in SUMMARY_PER_CATEGORY if k in section["metrics"]]
+        lines.append(f"  {category}: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in shown))
+    if not results["pixel_metrics"]:
+        lines.append("  (no pixel masks in this dataset: image-level metrics only)")
+    if any(v is None for v in m.values()):
+        lines.append("  (n/a: undefined on this test split; see the warning above)")
+    lines.append(f"Outputs: {output_dir}")
+    return "\n".join(lines)
+
+
+def _sync(tensor: torch.Tensor) -> None:
+    if tensor.is_cuda:
+        torch.cuda.synchronize()
+
+
+def _number(value: torch.Tensor) -> float | None:
+    value = float(value)
+    return None if value != value else value  # NaN (never calibrated) -> null
