@@ -32,8 +32,7 @@ where the text decides:
 - ``inference_map`` (ours): the map a trained model scores by, ``psm`` (the paper's M) or
   ``coarse`` (the masks 1 - W_i summed over scales, upsampled: what the student's distillation
   gives before the PSM, trained on synthetic anomalies, reads it). Training is the same either
-  way. On ELPV mono's real-defect validation split, coarse gives image AUROC 87.4 against the
-  PSM's 82.2 (experiments/README, "Real defects first").
+  way. How the two compare on real defects: README.md beside this file.
 
 Ours as well: ``k`` defaults to image_size / 32 (the paper's best, k = 8 at 256 px: 32-px
 patches); the PSM widths. The anomaly map is M itself (Algorithm 1) and the image score

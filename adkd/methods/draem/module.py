@@ -29,23 +29,15 @@ class DRAEM(AnomalyModule):
     (``synthesis.source``); the discriminative network takes [image, reconstruction] (anomalib's
     order; the official code's is the reverse, the same network up to its first layer's weights);
     no rotation of the normal training images (the official code turns 30% of them by up to 90
-    degrees; on the 64 px test images it moved the floor's pixel AUROC from 0.92 to 0.86 on seed
-    0). ``recipe.small``: a quarter of the official widths, for CPU runs.
+    degrees; it lowered the test floor on the small test images). ``recipe.small``: a quarter of
+    the official widths, for CPU runs.
 
     Images: at least 64 px (``DRAEMNetwork.min_image_size``): the autoencoder's bottleneck is 1/16
     of the image. The test's floor (image and pixel AUROC >= 0.9 on the white squares resized to
-    64 px, 90 steps) passes on seed 2 (pixel AUROC 0.988 and 0.992 on two machines, image AUROC 1.0
-    by the map's maximum), on seed 0 on one machine (0.926) but not another (0.849: the CPU's float
-    rounding alone), and not on every seed (the test runs seed 2): seeds 1 and 3
-    give pixel AUROC 0.532 and 0.648, seed 4 image AUROC 0.875 (pixel 0.948). (At 7c3d0b1 seeds 0
-    to 2 passed and seed 3 gave 0.468; code shared with other methods has changed since, DRAEM's
-    files have not; the cases below are from then.) Two ways it fails, both with BatchNorm in eval
-    mode: the autoencoder spreads the square's error over the whole image (seed 0 at 100 epochs:
-    squared error 0.07 to 0.23 around the square, 0.001 on normal images; pixel AUROC 0.715), or
-    90 steps at 1e-4 leave the discriminative network near its prior (seed 3: 0.33 in the square, 0.35
-    around it, with the error on the square alone). Tried, none passing on every seed: 100 epochs
-    (seed 3: 0.991, seed 0: 0.715), lr 3e-4 (seed 3: 0.642, seed 0: 0.867), 128 px (seeds 0 and
-    1: 0.995 and 0.996, seed 3: 0.523)."""
+    64 px, 90 steps) holds on some seeds only, so the test runs seed 2. It fails in two ways, both
+    with BatchNorm in eval mode: the autoencoder spreads the square's error over the whole image,
+    or 90 steps at 1e-4 leave the discriminative network near its prior. The seeds and the settings
+    tried are in README.md beside this file."""
 
     def __init__(
         self,

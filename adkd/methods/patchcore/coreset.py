@@ -6,8 +6,8 @@ anomalib's loop computes ``norm(features - centre)`` each step, which allocates 
 difference for every selected point; here the squared norms are computed once and each step reads
 the projected features once (``|x|^2 - 2 x.c + |c|^2``). The same selection (``tests/test_patchcore.py``
 checks the indices equal anomalib's; at larger sizes the order may differ where two candidates tie to
-float32 precision), 6.7x faster at ELPV's size on one CPU thread (100k x 128 features, 10% kept: 92 s
-against anomalib's 619 s; ``experiments/coreset_speed.py``, part of ``make bench``).
+float32 precision), several times faster (``experiments/coreset_speed.py``, part of ``make bench``;
+the measured times are in README.md beside this file).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ from adkd.methods.base import AnomalyModule
 
 
 def feature_pyramid_loss(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
-    """Per scale 0.5/(H*W) * sum of squared differences of channel-normalised features, summed
-    over the batch as the official code does (so the effective step grows with the batch size)."""
+    """Per scale 0.5/(H*W) * sum of squared differences of channel-normalised features (the paper's
+    per-image loss), summed over the batch, so the effective step grows with the batch size. The
+    official script averages over the batch (without the 0.5) instead: see README.md beside this file."""
     loss = 0
     for t, s in zip(teacher, student, strict=True):
         h, w = t.shape[-2:]
