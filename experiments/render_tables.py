@@ -92,8 +92,12 @@ def rendered(root: Path) -> tuple[str, str, list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table is stale")
-    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
-                        help="the folder holding experiments/ (default: this repository)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent,
+        help="the folder holding experiments/ (default: this repository)",
+    )
     args = parser.parse_args(argv)
     text, new, stale, errors = rendered(args.root)
     for error in errors:

@@ -12,8 +12,9 @@ SCRIPT = ROOT / "experiments" / "render_tables.py"
 
 
 def check(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "--check", "--root", str(root)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", "--root", str(root)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_readme_tables_match_their_csv_files():
@@ -40,8 +41,7 @@ def test_a_changed_value_makes_the_check_fail(tmp_path):
     assert "parts" in result.stderr
 
     # Rendering in place brings the README up to date, with the new value in the table.
-    subprocess.run([sys.executable, str(SCRIPT), "--root", str(tmp_path)], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run([sys.executable, str(SCRIPT), "--root", str(tmp_path)], check=True, capture_output=True, timeout=60)
     assert check(tmp_path).returncode == 0
     text = (tmp_path / "experiments" / "README.md").read_text(encoding="utf-8")
     table = text.split("<!-- table: parts -->\n", 1)[1].split("<!-- end table -->", 1)[0]

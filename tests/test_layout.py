@@ -33,7 +33,9 @@ def imports(path: Path, known: dict[str, Path]) -> tuple[set[str], set[str]]:
         if not isinstance(node, ast.ImportFrom | ast.Import) or id(node) in guarded:
             continue
         if isinstance(node, ast.ImportFrom):  # a submodule by its name, else the module it is taken from
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names
+            ]
         else:
             names = [a.name for a in node.names]
         targets = {n for n in names if n in known and n.startswith("adkd")}
