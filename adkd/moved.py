@@ -20,7 +20,7 @@ MODULES = {
     "adkd.launch_checks": "adkd.training.launch_checks",
     "adkd.runs": "adkd.training.runs",
     "adkd.wandb_sweep": "adkd.training.wandb_sweep",
-    "adkd.preview_synthesis": "adkd.data.preview",
+    "adkd.preview_synthesis": "adkd.training.preview",
     "adkd.trust": "adkd.deploy.trust",
     "adkd.inference": "adkd.deploy.checkpoints",
     "adkd.operating_point": "adkd.deploy.operating_point",

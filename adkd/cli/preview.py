@@ -13,7 +13,7 @@ def run(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(f"usage: adkd preview [key=value ...]\n\n{__doc__}\nThe overrides are adkd fit's (adkd fit --help).")
         return 0
-    from adkd.data.preview import main  # the heavy part, once the arguments are read
+    from adkd.training.preview import main  # the heavy part, once the arguments are read
 
     sys.argv = ["adkd preview", *argv]
     main()

@@ -119,7 +119,12 @@ class AnomalyDataset(Dataset):
         image, mask = self._cache[index] if self._cache is not None else self._load(index)
         image, mask = image.float() / 255, mask.float()
         record = self.records[index]
-        sample = {"gt_label": record.gt_label, "image_path": str(record.image_path), "category": record.category or ""}
+        sample = {
+            "gt_label": record.gt_label,
+            "image_path": str(record.image_path),
+            "category": record.category or "",
+            "defect": record.defect,
+        }
         if self.synthesizer is not None:
             seed = index if self.fixed_synthesis else seed
             if getattr(self.synthesizer, "keep_clean", False):

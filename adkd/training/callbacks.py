@@ -54,7 +54,7 @@ class LastCheckpoint(Checkpoint):
     def _save(self, trainer: L.Trainer) -> None:
         tmp = self.dirpath / ".last.ckpt.tmp"
         try:
-            trainer.save_checkpoint(tmp)  # every rank calls it; only rank 0 writes
+            trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; only rank 0 writes
         except BaseException:  # a full disk, a kill while saving: the previous last.ckpt stays, no half file
             if trainer.is_global_zero:
                 tmp.unlink(missing_ok=True)

@@ -36,8 +36,11 @@ class _Tally:
     def add(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
         self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
         labels, scores = batch["gt_label"].tolist(), pred_score.tolist()  # one copy to the host a batch
-        rows = zip(batch["image_path"], labels, scores, strict=True)
-        self.predictions += [{"image_path": p, "gt_label": int(y), "pred_score": float(s)} for p, y, s in rows]
+        defects = batch.get("defect") or ["good" if y == 0 else "" for y in labels]
+        rows = zip(batch["image_path"], labels, defects, scores, strict=True)
+        self.predictions += [
+            {"image_path": p, "gt_label": int(y), "defect": d, "pred_score": float(s)} for p, y, d, s in rows
+        ]
         self._keep_figures(batch, anomaly_map, pred_score, labels, scores)
 
     def _keep_figures(
@@ -51,6 +54,33 @@ class _Tally:
             if same >= (self.num_figures + 1) // 2 or len(self.figures) >= self.num_figures:
                 continue
             self.figures.append(_sample(batch, anomaly_map, pred_score, i))
+
+    def decided(self, post: torch.nn.Module) -> list[dict]:
+        """The rows with their normalised score (0.5 = the image threshold) and decision, where the
+        model has a threshold."""
+        if not post.calibrated or not self.predictions:
+            return [{**row, "normalized_score": None, "decision": "no threshold"} for row in self.predictions]
+        threshold = float(post.image_threshold)
+        normalized = post.normalize_score(torch.tensor([r["pred_score"] for r in self.predictions])).tolist()
+        return [
+            {**row, "normalized_score": n, "decision": "anomalous" if row["pred_score"] >= threshold else "normal"}
+            for row, n in zip(self.predictions, normalized, strict=True)
+        ]
+
+    def decisions(self, post: torch.nn.Module) -> dict | None:
+        """Counts at the image threshold, and the share of each defect type found; None without one."""
+        if not post.calibrated or not self.predictions:
+            return None
+        threshold = float(post.image_threshold)
+        counts = {"threshold": threshold, "tp": 0, "fp": 0, "tn": 0, "fn": 0}
+        found: dict[str, list[int]] = {}
+        for row in self.predictions:
+            anomalous, flagged = row["gt_label"] == 1, row["pred_score"] >= threshold
+            counts[("t" if anomalous == flagged else "f") + ("p" if flagged else "n")] += 1
+            if anomalous:
+                seen = found.setdefault(row["defect"] or "anomalous", [0, 0])
+                seen[0], seen[1] = seen[0] + flagged, seen[1] + 1
+        return {**counts, "found_per_defect": {d: {"found": k, "images": n} for d, (k, n) in sorted(found.items())}}
 
     def compute(self, post: torch.nn.Module, milliseconds: float, segmentation_threshold: float | None = None) -> dict:
         """The threshold-free metrics, those at ``post``'s image threshold where it has one, the
@@ -147,7 +177,8 @@ class Evaluation(L.Callback):
         if not self.members:
             metrics = self.tallies[None].compute(post, milliseconds, self.segmentation_threshold)
             self._log(pl_module, metrics)
-            self._write(trainer, self._describe(trainer, pl_module, metrics))
+            results = self._describe(trainer, pl_module, metrics)
+            self._write(trainer, {**results, "decisions": self.tallies[None].decisions(post)})
             return
         per_category = {}
         for category in self.members:
@@ -157,6 +188,7 @@ class Evaluation(L.Callback):
             per_category[category] = {
                 "pixel_metrics": self._tally(category).pixel,
                 "metrics": metrics,
+                "decisions": self._tally(category).decisions(chosen),
                 "thresholds": {
                     "image": _number(chosen.image_threshold),
                     "pixel": _number(chosen.pixel_threshold),
@@ -201,22 +233,23 @@ class Evaluation(L.Callback):
             },
             "metrics": metrics,
             "validation": self.validation,
+            **({"tested": run["tested"]} if run.get("tested") else {}),
         }
 
     def _write(self, trainer: L.Trainer, results: dict) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
         unified = bool(self.members)
+        post = trainer.lightning_module.post
+        fields = ["image_path", "gt_label", "defect", "pred_score", "normalized_score", "decision"]
         with (self.output_dir / "test_predictions.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["image_path", "gt_label", "pred_score", *(["category"] * unified)])
+            writer = csv.DictWriter(f, fieldnames=[*fields, *(["category"] * unified)])
             writer.writeheader()
             for category, tally in self.tallies.items():
-                writer.writerows(
-                    [{**row, "category": category} for row in tally.predictions] if unified else tally.predictions
-                )
+                rows = tally.decided(self._post(post, category) if unified else post)
+                writer.writerows([{**row, "category": category} for row in rows] if unified else rows)
         from lightning.pytorch.loggers import WandbLogger
 
-        post = trainer.lightning_module.post
         for category, tally in self.tallies.items():
             chosen, sub = (self._post(post, category), f"/{category}") if unified else (post, "")
             figures = _save_figures(tally, chosen, self.output_dir / f"figures{sub}")
@@ -302,6 +335,8 @@ def _plot_keys(plots: list[Path], sub: str = "") -> dict[str, list[Path]]:
 
 
 def summary_text(results: dict, output_dir: Path) -> str:
+    """What the terminal shows at the end: the metrics, the decisions at the threshold with the
+    defects found, and the commands that use the model."""
     m = results["metrics"]
     width = max(len(k) for k in m)
     lines = [f"\n{results['method']} on {results['dataset']}/{results['category']} ({results['backbone']})"]
@@ -316,8 +351,29 @@ def summary_text(results: dict, output_dir: Path) -> str:
         lines.append("  (no pixel masks in this dataset: image-level metrics only)")
     if any(v is None for v in m.values()):
         lines.append("  (n/a: undefined on this test split; see the warning above)")
+    sections = per_category or {None: results}
+    for category, section in sections.items():
+        lines += decision_lines(section.get("decisions"), category)
     lines.append(f"Outputs: {output_dir}")
+    model = Path(results["tested"]).parent.parent if results.get("tested") else output_dir
+    category = f" --category {next(iter(per_category))}" if per_category else ""
+    lines.append(f"Next: adkd serve {model}{category}    (inspect the test images, choose the threshold)")
+    lines.append(f"      adkd predict {model} <images or folder>{category}")
     return "\n".join(lines)
+
+
+def decision_lines(decisions: dict | None, category: str | None = None) -> list[str]:
+    where = f"{category}: " if category else ""
+    if decisions is None:
+        return [f"{where}no image threshold (no normal validation images): scores only, no decisions"]
+    d = decisions
+    lines = [
+        f"{where}at the image threshold {d['threshold']:.4g}: {d['tp']} TP, {d['fp']} FP, {d['tn']} TN, {d['fn']} FN"
+    ]
+    found = d.get("found_per_defect") or {}
+    if found:
+        lines.append("  found per defect: " + ", ".join(f"{k} {v['found']}/{v['images']}" for k, v in found.items()))
+    return lines
 
 
 def _sync(tensor: torch.Tensor) -> None:

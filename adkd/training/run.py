@@ -16,7 +16,6 @@ import json
 import logging
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 import hydra
@@ -25,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from adkd.data.unified import datamodule as build_datamodule
 from adkd.deploy.checkpoints import read_checkpoint
 from adkd.errors import CheckpointError, ConfigError, user_error_in
-from adkd.training.config import upgrade_overrides, validate
+from adkd.training.config import CONF_DIR, compose, upgrade_overrides, validate
+from adkd.training.quiet import quiet_lightning_notes
 from adkd.training.runs import (
     RunTaken,
     claim_run,
@@ -138,13 +138,12 @@ def run(cfg: DictConfig) -> dict:
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
         tree = config_tree(cfg)
         (output_dir / "config_tree.txt").write_text(tree)
-        print(tree, flush=True)
-    # Frozen teachers are in eval mode on purpose; Lightning warns about it on every fit.
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        print(f"Run folder: {output_dir} (its config: config_tree.txt)", flush=True)
+    quiet_lightning_notes()
     for name in ("lightning.pytorch", "lightning.fabric"):  # they print themselves; not twice via Hydra's root
         logging.getLogger(name).propagate = False
     _check_accelerator(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg.dataset)  # cheap checks only (the category, the root); category=all: unified
     model = instantiate(cfg.method, _convert_="all")  # plain containers: checkpoints load with weights_only
@@ -246,7 +245,7 @@ def _command(arguments: list[str], *extra: str, multirun: bool = False) -> str:
     return " ".join([PROGRAM, *words])
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="run")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="run")
 def main(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.output_dir)
     try:
@@ -306,6 +305,32 @@ def objective(results: dict, name: str | None) -> float | None:
     return float(value)
 
 
+def preflight(arguments: list[str]) -> str | None:
+    """The config and the data's place checked before Hydra makes the run folder, so that a typo
+    (``category=botle``) leaves no folder behind: the problem, or None. Multiruns and Hydra's own
+    flags are left to Hydra (each job checks its own)."""
+    import tempfile
+
+    from hydra.errors import HydraException
+
+    if any(a.startswith("-") for a in arguments):
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            cfg = compose(arguments, scratch)
+        except HydraException:
+            return None  # Hydra says it better, before it makes the folder
+        try:
+            validate(cfg)
+            build_datamodule(cfg.dataset)  # the category, the root: cheap checks, no file is read
+        except Exception as err:  # noqa: BLE001 - what the run would say, said before it starts
+            cause = user_error_in(err)
+            if cause is None:
+                return None
+            return str(cause)
+    return None
+
+
 def cli(program: str = "python -m adkd.run") -> None:
     """``python -m adkd.run``, ``adkd fit``: Ctrl-C in a multirun's launching process (its jobs stop on their own,
     each keeping its last checkpoint) ends with the command that resumes the sweep, not a traceback.
@@ -315,6 +340,10 @@ def cli(program: str = "python -m adkd.run") -> None:
     sys.argv[1:], notes = upgrade_overrides(sys.argv[1:])
     for note in notes:
         print(note, file=sys.stderr)
+    problem = preflight(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        sys.exit(1)
     try:
         main()
     except KeyboardInterrupt:

@@ -134,10 +134,11 @@ class PostProcessor(nn.Module):
                     floor.fill_(0.0 if value > 0 else value - 1.0)
 
     def normalize(self, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            _around(anomaly_map, self.pixel_threshold, self.pixel_floor),
-            _around(pred_score, self.image_threshold, self.image_floor),
-        )
+        return _around(anomaly_map, self.pixel_threshold, self.pixel_floor), self.normalize_score(pred_score)
+
+    def normalize_score(self, pred_score: torch.Tensor) -> torch.Tensor:
+        """Image scores on the scale where the image threshold is 0.5."""
+        return _around(pred_score, self.image_threshold, self.image_floor)
 
     def in_threshold_units(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """The map rescaled so that the lowest validation value is 0 and the pixel threshold 1, not

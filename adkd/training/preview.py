@@ -12,9 +12,10 @@ from omegaconf import DictConfig
 
 from adkd.data.synthesis import AnomalySynthesizer
 from adkd.data.unified import datamodule as build_datamodule
+from adkd.training.config import CONF_DIR
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="run")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="run")
 def main(cfg: DictConfig) -> None:
     import torch
     from torchvision.utils import save_image
