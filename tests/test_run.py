@@ -217,6 +217,11 @@ def test_cli_missing_dataset_and_wrong_category(tmp_path):
     assert missing.returncode == 1
     assert f"not found at {tmp_path / 'mvtec' / 'bottle'}" in missing.stderr
     assert "Traceback" not in missing.stderr
+    typo = cli("adkd", "fit", "dataset=elpv", "category=mnoo", cwd=tmp_path)
+    assert typo.returncode == 1 and typo.stderr.strip().splitlines()[-1] == (
+        "error: Unknown category 'mnoo' for dataset elpv. Valid categories: mono, poly."
+    )
+    assert not (tmp_path / "outputs").exists()  # checked before Hydra makes a run folder
     from adkd.data.unified import datamodule
     from adkd.errors import user_error_in
 

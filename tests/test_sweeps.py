@@ -44,7 +44,13 @@ def search_space(method: str) -> dict[str, str]:
 def test_each_search_tunes_knobs_its_method_has_on_a_validation_metric(method, tmp_path):
     from adkd.training.wandb_sweep import sweep_config
 
-    for spelling in ([f"hparams_search={method}"], ["hparams_search=optuna", f"method={method}"]):
+    from adkd.training.config import upgrade_overrides
+
+    old, notes = upgrade_overrides([f"hparams_search={method}"])  # an earlier version's spelling
+    assert notes == [
+        f"note: hparams_search={method} is now hparams_search=optuna method={method} (the old spelling still works)"
+    ]
+    for spelling in (old, ["hparams_search=optuna", f"method={method}"]):
         cfg = compose(spelling, tmp_path)
         assert cfg.method_name == method and cfg.optimized_metric.startswith("val/")
     assert search_space(method), f"{method}: conf/method/{method}.yaml has no search_space"

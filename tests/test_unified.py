@@ -128,7 +128,7 @@ def test_per_category_metrics_are_each_categorys_own_test_with_the_same_model(tw
         values = [s["metrics"][name] for s in results["per_category"].values()]
         assert results["metrics"][name] == pytest.approx(sum(values) / 2)
     rows = (unified_run / "test_predictions.csv").read_text().splitlines()
-    assert rows[0] == "image_path,gt_label,pred_score,category" and len(rows) == 1 + 16
+    assert rows[0] == "image_path,gt_label,defect,pred_score,normalized_score,decision,category" and len(rows) == 1 + 16
     assert {p.name for p in (unified_run / "plots").iterdir()} == {"gadget", "widget"}
     assert results["validation"]["labelled_image_auroc"] is not None  # gadget's val/, scored after training
     assert results["validation"]["pixel_ap"] is not None  # the union's validation images with synthetic anomalies

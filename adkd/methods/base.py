@@ -100,9 +100,9 @@ class AnomalyModule(L.LightningModule):
 
     # -- evaluation ----------------------------------------------------------------------------
     def prepare_for_inference(self) -> AnomalyModule:
-        """Eval mode with channels-last weights: the same maps (to 1e-6), faster on the CPU (make
-        bench, mobilenet_v2, 256 px: RD4AD 39 -> 28 ms/image, ADPS 72 -> 56, DHKD 48 -> 41). For
-        inference only: DHKD's training step gets slower in channels-last (its FFT and flow ops copy)."""
+        """Eval mode with channels-last weights: the same maps (to 1e-6), faster on the CPU (``make
+        bench`` measures it). For inference only: DHKD's training step gets slower in channels-last
+        (its FFT and flow ops copy)."""
         self.eval()
         return self.to(memory_format=torch.channels_last)
 

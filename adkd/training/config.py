@@ -109,9 +109,16 @@ def upgrade_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
     method = OmegaConf.load(path).get("method", {}) if path.is_file() else {}
     network = method.get("network") or {}
     upgraded, notes = [], []
+    method_names = {p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml")}
     for argument in arguments:
         key, sep, value = argument.partition("=")
         bare = key.lstrip("+~")
+        if bare == "hparams_search" and value in method_names:  # one search config serves every method
+            upgraded += ["hparams_search=optuna", f"method={value}"]
+            notes.append(
+                f"note: hparams_search={value} is now hparams_search=optuna method={value} (the old spelling still works)"
+            )
+            continue
         parts = bare.split(".")
         new = None
         if sep and len(parts) >= 2 and parts[0] == "method":
