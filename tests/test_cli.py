@@ -106,12 +106,14 @@ def test_adkd_test_scores_a_run_as_its_own_test_did(trained_run, tmp_path, capsy
     assert sum(v["found"] for v in d["found_per_defect"].values()) == d["tp"]
 
 
-def test_adkd_test_takes_other_data_by_overrides_and_refuses_an_unknown_category(trained_run, tiny_mvtec, tmp_path):
-    from adkd.errors import ConfigError
+def test_adkd_test_takes_other_data_by_overrides_and_refuses_a_missing_category(trained_run, tiny_mvtec, tmp_path):
+    from adkd.errors import ConfigError, DatasetNotFoundError
     from adkd.training.testing import test_model
 
     metrics, out = test_model(trained_run, [f"dataset.root={tiny_mvtec}", "category=widget"], tmp_path / "o")
     assert metrics["category"] == "widget" and (out / "metrics.json").is_file()
-    with pytest.raises(ConfigError, match="Unknown category 'nope'"):
+    with pytest.raises(DatasetNotFoundError, match="No training images at .*nope"):
         test_model(trained_run, ["category=nope"], tmp_path / "p")
     assert not (tmp_path / "p").exists()
+    with pytest.raises(ConfigError, match="takes dataset=, dataset.<key>= and category= overrides, not seed"):
+        test_model(trained_run, ["seed=3"], tmp_path / "q")

@@ -42,9 +42,8 @@ def search_space(method: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("method", method_names())
 def test_each_search_tunes_knobs_its_method_has_on_a_validation_metric(method, tmp_path):
-    from adkd.training.wandb_sweep import sweep_config
-
     from adkd.training.config import upgrade_overrides
+    from adkd.training.wandb_sweep import sweep_config
 
     old, notes = upgrade_overrides([f"hparams_search={method}"])  # an earlier version's spelling
     assert notes == [

@@ -35,16 +35,12 @@ def run(argv: list[str]) -> int:
     from adkd.training.testing import test_model
 
     try:
-        metrics, out = test_model(
-            source, rest, Path(options["--out"]) if options["--out"] else None, options["--device"]
-        )
-    except UserError as err:
+        _, out = test_model(source, rest, Path(options["--out"]) if options["--out"] else None, options["--device"])
+    except UserError as err:  # what the datamodule and the checkpoint reader say
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nInterrupted: nothing was scored to the end.", file=sys.stderr)
         return 130
-    shown = {k: round(v, 4) for k, v in (metrics.get("metrics") or {}).items() if isinstance(v, float)}
-    print("\n".join(f"  {k:<24}{v}" for k, v in shown.items()))
     print(f"Written: {out}")
     return 0
