@@ -1,4 +1,4 @@
-"""Argument types and the error convention the commands share."""
+"""Argument types the commands share."""
 
 from __future__ import annotations
 
@@ -18,6 +18,3 @@ def not_negative(value: str) -> int:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
     return number
 
-
-ENGINES = ("torch", "onnx", "openvino")
-PRECISIONS = ("fp32", "fp16", "int8")
