@@ -1,4 +1,4 @@
-"""`adkd fit [key=value ...]`: train a method and test it (the same as ``python -m adkd.run``).
+"""Train a method and test it (the same as ``python -m adkd.run``).
 
 The run folder (outputs/runs/<method>/<dataset>/<category>/<time>/) gets the checkpoint, the composed
 config, metrics.json, figures and plots; Ctrl-C keeps the last checkpoint and prints the command
