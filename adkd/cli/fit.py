@@ -41,7 +41,7 @@ def usage() -> str:
         if found and found.group(1) not in ("method_name", "dataset_name", "output_dir", "tags", "synthesis"):
             name, value, comment = found.groups()
             setting = f"{name}={value}"
-            settings.append(f"  {setting:<27} {(comment or '')[:72]}".rstrip())
+            settings.append(f"  {setting:<27} {_clip(comment or '', 70)}".rstrip())
     return "\n".join(
         [
             "usage: adkd fit [group=option ...] [key=value ...] [-m]",
@@ -62,6 +62,11 @@ def usage() -> str:
             "  adkd fit -m method=adps,rd4ad dataset=mvtec category=bottle,cable",
         ]
     )
+
+
+def _clip(text: str, width: int) -> str:
+    """``text`` cut at a word to fit ``width``, with an ellipsis where cut."""
+    return text if len(text) <= width else text[: text.rfind(" ", 0, width - 1)] + " …"
 
 
 def run(argv: list[str]) -> int:
