@@ -4,5 +4,6 @@ them: the report reads them without loading torch."""
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_aupro_005", "pixel_f1max")
 THRESHOLD_METRICS = ("image_f1", "image_precision", "image_recall", "image_fpr")  # at the calibrated threshold
+REGION_METRICS = ("pixel_spro", "pixel_spro_03")  # AU-sPRO, where a dataset has defect regions (MVTec LOCO)
 SEGMENTATION_METRICS = ("pixel_seg_f1",)  # at the segmentation threshold (see AnomalyMetrics.segmentation_f1)
 METRIC_NAMES = (*IMAGE_METRICS, *PIXEL_METRICS)

@@ -34,7 +34,8 @@ class _Tally:
         self.worst = WorstCases(num_figures // 2)
 
     def add(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
-        self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
+        regions = {k: batch[k] for k in ("gt_regions", "gt_saturation") if k in batch}  # MVTec LOCO's sPRO
+        self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"], **regions)
         labels, scores = batch["gt_label"].tolist(), pred_score.tolist()  # one copy to the host a batch
         defects = batch.get("defect") or ["good" if y == 0 else "" for y in labels]
         rows = zip(batch["image_path"], labels, defects, scores, strict=True)
