@@ -258,7 +258,12 @@ def test_mvtec_loco_reads_as_anomalib_file_by_file_and_mask_by_mask(tmp_path):
 
     def their_rows(samples) -> list[tuple]:  # noqa: ANN001
         return sorted(
-            (str(Path(row.image_path)), int(row.label_index), tuple(str(Path(m)) for m in row.mask_path or ()), row.label)
+            (
+                str(Path(row.image_path)),
+                int(row.label_index),
+                tuple(str(Path(m)) for m in row.mask_path or ()),
+                row.label,
+            )
             for row in samples.itertuples()
         )
 
@@ -271,7 +276,9 @@ def test_mvtec_loco_reads_as_anomalib_file_by_file_and_mask_by_mask(tmp_path):
     assert all(r.mask_path == r.regions[0] for r in test if r.gt_label)
 
     theirs_test = anomalib_loco("test")
-    their_masks = {str(Path(theirs_test[i].image_path)): theirs_test[i].gt_mask.numpy() for i in range(len(theirs_test))}
+    their_masks = {
+        str(Path(theirs_test[i].image_path)): theirs_test[i].gt_mask.numpy() for i in range(len(theirs_test))
+    }
     ours_test = AnomalyDataset(test, image_size=16)  # the released size: no resizing
     for i, record in enumerate(test):
         mask = ours_test[i]["gt_mask"][0].numpy() > 0.5
@@ -310,7 +317,9 @@ def test_mvtec_loco_samples_carry_each_regions_saturation_area(tmp_path):
     expected = {"logical_anomalies/000": [16], "logical_anomalies/001": [16, 16], "structural_anomalies/000": [8]}
     for name, areas in expected.items():
         sample = native[by_name[name]]
-        assert sample["gt_saturation"][: len(areas)].tolist() == areas and not sample["gt_saturation"][len(areas) :].any()
+        assert (
+            sample["gt_saturation"][: len(areas)].tolist() == areas and not sample["gt_saturation"][len(areas) :].any()
+        )
         bits = sample["gt_regions"][0]
         assert [int(((bits >> k) & 1).sum()) for k in range(len(areas))] == [16] * len(areas)
     big = doubled[by_name["logical_anomalies/000"]]["gt_saturation"][0]

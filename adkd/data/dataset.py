@@ -70,7 +70,9 @@ def read_region(path: Path, size: tuple[int, int]) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ImageReadError(f"Cannot read mask {path}: {err}") from err
     if values.shape != (size[1], size[0]):
-        raise ImageReadError(f"Mask {path} is {values.shape[1]}x{values.shape[0]} but its image is {size[0]}x{size[1]}.")
+        raise ImageReadError(
+            f"Mask {path} is {values.shape[1]}x{values.shape[0]} but its image is {size[0]}x{size[1]}."
+        )
     return values
 
 
@@ -143,7 +145,9 @@ class AnomalyDataset(Dataset):
         """The regions of ``record`` at the dataset's size, as bits (1,H,W int64) and saturation areas:
         each region file holds one defect type's pixel value, which names its saturation rule."""
         if len(record.regions) > MAX_REGIONS:
-            raise ImageReadError(f"{record.image_path} has {len(record.regions)} regions; at most {MAX_REGIONS} are read")
+            raise ImageReadError(
+                f"{record.image_path} has {len(record.regions)} regions; at most {MAX_REGIONS} are read"
+            )
         rules = {s.pixel_value: s for s in record.saturations}
         scale = self.image_size[0] * self.image_size[1] / (size[0] * size[1])
         bits = torch.zeros(1, *self.image_size, dtype=torch.int64)

@@ -89,7 +89,9 @@ class MVTecLOCODataModule(AnomalyDataModule):
     def _folder(self, *parts: str) -> Path:
         folder = self.path.joinpath(*parts)
         if not folder.is_dir():
-            raise DatasetNotFoundError(f"Missing folder {folder}.\nExpected the MVTec LOCO AD layout:\n{MVTEC_LOCO_LAYOUT}")
+            raise DatasetNotFoundError(
+                f"Missing folder {folder}.\nExpected the MVTec LOCO AD layout:\n{MVTEC_LOCO_LAYOUT}"
+            )
         return folder
 
     def saturations(self) -> tuple[Saturation, ...]:

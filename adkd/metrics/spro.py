@@ -87,7 +87,11 @@ class SPRO:
         negatives = torch.cat(self.negatives).double().numpy() if self.negatives else np.zeros(0)
         if not self.regions or not len(negatives):
             raise ValueError("sPRO needs defect regions and pixels outside them")
-        scores, fpr_steps, spro_steps = [negatives], [np.full(len(negatives), 1 / len(negatives))], [np.zeros(len(negatives))]
+        scores, fpr_steps, spro_steps = (
+            [negatives],
+            [np.full(len(negatives), 1 / len(negatives))],
+            [np.zeros(len(negatives))],
+        )
         for region, saturation in self.regions:
             ordered = np.sort(region.double().numpy())[::-1]
             found = np.minimum(np.arange(len(ordered) + 1) / saturation, 1.0)  # the overlap after j pixels

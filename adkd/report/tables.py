@@ -46,7 +46,14 @@ DATASET_METRICS = {
     "parts": DEFAULT_METRICS,
 }
 TIME_METRICS = ("inference_ms_per_image",)
-KNOWN_METRICS = (*IMAGE_METRICS, *PIXEL_METRICS, *REGION_METRICS, *SEGMENTATION_METRICS, *THRESHOLD_METRICS, *TIME_METRICS)
+KNOWN_METRICS = (
+    *IMAGE_METRICS,
+    *PIXEL_METRICS,
+    *REGION_METRICS,
+    *SEGMENTATION_METRICS,
+    *THRESHOLD_METRICS,
+    *TIME_METRICS,
+)
 # Settings that never split a column: rows are categories, cells average seeds, and the rest
 # changes where a run runs or how it is logged, not what it computes.
 NOT_A_VARIANT = (
