@@ -142,3 +142,31 @@ def test_a_loco_replica_through_the_loader_and_the_metric_collection(tmp_path):
     values = metrics.compute()
     assert values["pixel_spro"] == pytest.approx(1.0) and values["pixel_spro_03"] == pytest.approx(1.0)
     assert "pixel_spro" not in plain.compute()
+
+
+def test_the_test_tally_scores_spro_and_each_kind_of_anomaly_apart(tmp_path):
+    """What a test run of MVTec LOCO AD writes: AU-sPRO from the batches' regions, and image AUROC
+    on the normal images with each kind of anomaly. Scores: normal 0.1, 0.2; logical 0.15, 0.9
+    (3 of 4 pairs ranked right: 0.75); structural 0.5 (1.0); all together 5 of 6."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader
+
+    from adkd.data.dataset import AnomalyDataset
+    from adkd.data.mvtec_loco import MVTecLOCODataModule
+    from adkd.training.evaluation import _Tally
+    from tests import replicas
+
+    root = replicas.mvtec_loco(tmp_path / "loco")
+    test = MVTecLOCODataModule(root=str(root), category="breakfast_box").records("test")
+    given = {"good/000": 0.1, "good/001": 0.2, "logical_anomalies/000": 0.15, "logical_anomalies/001": 0.9}
+    given["structural_anomalies/000"] = 0.5
+    tally = _Tally(pixel=True, num_figures=0)
+    for batch in DataLoader(AnomalyDataset(test, image_size=16), batch_size=2):
+        names = [f"{p.split('/')[-2]}/{p.split('/')[-1][:-4]}" for p in batch["image_path"]]
+        tally.add(batch, batch["gt_mask"] * 2 - 1, torch.tensor([given[n] for n in names]))
+    metrics = tally.compute(SimpleNamespace(calibrated=False), milliseconds=1.0)
+    assert metrics["image_auroc"] == pytest.approx(5 / 6)
+    assert metrics["image_auroc_logical"] == pytest.approx(0.75)
+    assert metrics["image_auroc_structural"] == pytest.approx(1.0)
+    assert metrics["pixel_spro"] == pytest.approx(1.0) and metrics["pixel_spro_03"] == pytest.approx(1.0)

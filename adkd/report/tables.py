@@ -21,6 +21,7 @@ from pathlib import Path
 
 from adkd.metrics.names import (
     IMAGE_METRICS,
+    KIND_METRICS,
     PIXEL_METRICS,
     REGION_METRICS,
     SEGMENTATION_METRICS,
@@ -37,7 +38,8 @@ DATASET_METRICS = {
     "btad": ("image_auroc", "pixel_auroc", "pixel_aupro"),
     "mpdd": ("image_auroc", "pixel_auroc", "pixel_aupro"),
     "mvtec_ad2": ("pixel_aupro_005", "pixel_seg_f1"),  # MVTec AD 2's leaderboard: AU-PRO to FPR 0.05, SegF1
-    "mvtec_loco": ("image_auroc", "pixel_spro"),  # MVTec LOCO AD: image AUROC, AU-sPRO to FPR 0.05
+    # MVTec LOCO AD: image AUROC, for each kind of anomaly too, and AU-sPRO to FPR 0.05
+    "mvtec_loco": ("image_auroc", "image_auroc_logical", "image_auroc_structural", "pixel_spro"),
     "ksdd": ("image_auroc", "pixel_auroc", "pixel_ap"),  # KolektorSDD(2): pixel AP (ADPS, DRAEM)
     "ksdd2": ("image_auroc", "pixel_auroc", "pixel_ap"),
     "elpv": ("image_auroc", "image_ap", "image_f1max"),  # image labels only
@@ -50,6 +52,7 @@ KNOWN_METRICS = (
     *IMAGE_METRICS,
     *PIXEL_METRICS,
     *REGION_METRICS,
+    *KIND_METRICS.values(),
     *SEGMENTATION_METRICS,
     *THRESHOLD_METRICS,
     *TIME_METRICS,
