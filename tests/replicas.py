@@ -160,3 +160,35 @@ def mvtec_ad2(root: Path, categories: tuple[str, ...] = ("can",)) -> Path:
         paint.image(cat / "test_private_mixed" / "000_mixed.png")
         paint.image(cat / "test_private_mixed" / "001_mixed.png", size=(24, 16), defect=True)
     return root
+
+
+LOCO_DEFECTS = (  # defects_config.json as released: one entry a defect type
+    {"defect_name": "missing_item", "pixel_value": 255, "saturation_threshold": 20, "relative_saturation": False},
+    {"defect_name": "extra_item", "pixel_value": 253, "saturation_threshold": 1.0, "relative_saturation": True},
+    {"defect_name": "scratch", "pixel_value": 251, "saturation_threshold": 0.5, "relative_saturation": True},
+)
+
+
+def mvtec_loco(root: Path, categories: tuple[str, ...] = ("breakfast_box",)) -> Path:
+    """MVTec LOCO AD: ``train/good``, ``validation/good``, ``test/{good,logical_anomalies,
+    structural_anomalies}``, ``ground_truth/<kind>/<stem>/000.png, 001.png ...`` (one file a region,
+    holding its defect type's pixel value, not 255 alone; two regions of ``logical_anomalies/001``
+    overlap) and ``defects_config.json``."""
+    import json
+
+    paint = _Painter(8)
+    for category in categories:
+        cat = root / category
+        for i in range(3):
+            paint.image(cat / "train" / "good" / f"{i:03d}.png")
+        for i in range(2):
+            paint.image(cat / "validation" / "good" / f"{i:03d}.png")
+            paint.image(cat / "test" / "good" / f"{i:03d}.png")
+        for kind, values in (("logical_anomalies", ((255,), (253, 255))), ("structural_anomalies", ((251,),))):
+            for i, region_values in enumerate(values):
+                first = paint.image(cat / "test" / kind / f"{i:03d}.png", defect=True)
+                regions = [first] + [np.roll(first, 2 * k, axis=1) for k in range(1, len(region_values))]
+                for k, (region, value) in enumerate(zip(regions, region_values, strict=True)):
+                    paint.mask(cat / "ground_truth" / kind / f"{i:03d}" / f"{k:03d}.png", region, value=value)
+        (cat / "defects_config.json").write_text(json.dumps(list(LOCO_DEFECTS), indent=2))
+    return root

@@ -223,11 +223,122 @@ def test_mvtec_ad2_reads_as_anomalib_with_its_own_validation_split(tmp_path):
     assert records["test"] == dm.records("test")
 
 
+def test_mvtec_loco_reads_as_anomalib_file_by_file_and_mask_by_mask(tmp_path):
+    """Images, labels, defect kinds (anomalib's label column: the test folder) and every region's
+    mask file as anomalib's ``MVTecLOCODataset`` lists them; the merged mask pixel-equal to anomalib's
+    ``gt_mask`` (any non-zero pixel of any region file). Validation is the dataset's
+    ``validation/good`` (anomalib's "val" split), not held out of the training images.
+
+    Departures, on purpose: anomalib pairs the sorted mask folders with the sorted anomalous images
+    by position, so a missing folder shifts every later image's masks (or stops with a mismatch);
+    adkd finds each image's folder by its name and refuses an image without one."""
+    from anomalib.data.datasets.image.mvtec_loco import MVTecLOCODataset
+
+    from adkd.data.dataset import AnomalyDataset
+    from adkd.data.mvtec_loco import MVTecLOCODataModule
+    from adkd.errors import DataCheckError
+
+    root = replicas.mvtec_loco(tmp_path / "loco")
+    dm = MVTecLOCODataModule(root=str(root), category="breakfast_box")
+
+    def anomalib_loco(split: str) -> MVTecLOCODataset:
+        """anomalib 2.7 puts each image's list of masks into a column of strings, which pandas 3
+        refuses: read with pandas' earlier string inference, as anomalib was written for."""
+        import warnings
+
+        import pandas as pd
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pd.option_context("future.infer_string", False):
+                return MVTecLOCODataset(root=root, category="breakfast_box", split=split)
+
+    def rows(records: list[Record]) -> list[tuple]:
+        return sorted((str(r.image_path), r.gt_label, tuple(map(str, r.regions)), r.defect) for r in records)
+
+    def their_rows(samples) -> list[tuple]:  # noqa: ANN001
+        return sorted(
+            (
+                str(Path(row.image_path)),
+                int(row.label_index),
+                tuple(str(Path(m)) for m in row.mask_path or ()),
+                row.label,
+            )
+            for row in samples.itertuples()
+        )
+
+    for split, ours_split, n in (("train", "train", 3), ("val", "validation", 2), ("test", "test", 5)):
+        reference = their_rows(anomalib_loco(split).samples)
+        assert rows(dm.records(ours_split)) == reference and len(reference) == n
+    test = dm.records("test")
+    assert [len(r.regions) for r in test if r.gt_label] == [1, 2, 1]
+    assert {r.defect for r in test} == {"good", "logical_anomalies", "structural_anomalies"}
+    assert all(r.mask_path == r.regions[0] for r in test if r.gt_label)
+
+    theirs_test = anomalib_loco("test")
+    their_masks = {
+        str(Path(theirs_test[i].image_path)): theirs_test[i].gt_mask.numpy() for i in range(len(theirs_test))
+    }
+    ours_test = AnomalyDataset(test, image_size=16)  # the released size: no resizing
+    for i, record in enumerate(test):
+        mask = ours_test[i]["gt_mask"][0].numpy() > 0.5
+        assert np.array_equal(mask, their_masks[str(record.image_path)].astype(bool))
+        assert mask.any() == bool(record.gt_label)
+    overlapping = next(r for r in test if len(r.regions) == 2)  # two regions sharing pixels: their union
+    union = np.any([np.asarray(Image.open(m)) > 0 for m in overlapping.regions], axis=0)
+    assert np.array_equal(ours_test[test.index(overlapping)]["gt_mask"][0].numpy() > 0.5, union)
+
+    records = dm.checked_records()
+    assert records["train"] == dm.records("train")
+    assert records["val"] == records["calibration"] == dm.records("validation")
+    assert records["test"] == test
+
+    missing = root / "breakfast_box" / "ground_truth" / "logical_anomalies" / "000"
+    for mask in missing.iterdir():
+        mask.unlink()
+    missing.rmdir()
+    with pytest.raises(DataCheckError, match=r"logical_anomalies/000\.png has no region masks"):
+        dm.records("test")
+
+
+def test_mvtec_loco_samples_carry_each_regions_saturation_area(tmp_path):
+    """Each region's saturation area from its pixel value's entry in defects_config.json: an
+    absolute one at most the region's area, and scaled with the image's area; a relative one cut
+    to whole pixels. Normal images carry none, so that every batch stacks."""
+    from adkd.data.dataset import AnomalyDataset
+    from adkd.data.mvtec_loco import MVTecLOCODataModule
+    from adkd.errors import ImageReadError
+
+    root = replicas.mvtec_loco(tmp_path / "loco")
+    test = MVTecLOCODataModule(root=str(root), category="breakfast_box").records("test")
+    by_name = {f"{r.image_path.parent.name}/{r.image_path.stem}": i for i, r in enumerate(test)}
+    native, doubled = AnomalyDataset(test, image_size=16), AnomalyDataset(test, image_size=32, cache=True)
+    # (missing_item: 20 px, at most the 16 px region), (extra_item: all of it, twice), (scratch: half)
+    expected = {"logical_anomalies/000": [16], "logical_anomalies/001": [16, 16], "structural_anomalies/000": [8]}
+    for name, areas in expected.items():
+        sample = native[by_name[name]]
+        assert (
+            sample["gt_saturation"][: len(areas)].tolist() == areas and not sample["gt_saturation"][len(areas) :].any()
+        )
+        bits = sample["gt_regions"][0]
+        assert [int(((bits >> k) & 1).sum()) for k in range(len(areas))] == [16] * len(areas)
+    big = doubled[by_name["logical_anomalies/000"]]["gt_saturation"][0]
+    assert float(big) == 64  # 20 px at 16x16 is 80 at 32x32, at most the region's 64
+    good = native[by_name["good/000"]]
+    assert not good["gt_regions"].any() and not good["gt_saturation"].any()
+
+    region = root / "breakfast_box" / "ground_truth" / "structural_anomalies" / "000" / "000.png"
+    Image.fromarray(np.asarray(Image.open(region)) // 251 * 7).save(region)  # a value no defect type has
+    with pytest.raises(ImageReadError, match=r"holds the values \[7\].*one of \[251, 253, 255\]"):
+        native[by_name["structural_anomalies/000"]]
+
+
 @pytest.mark.parametrize(
     ("dataset", "category", "write"),
     [
         ("ksdd", "ksdd", replicas.ksdd),
         ("mvtec_ad2", "can", replicas.mvtec_ad2),
+        ("mvtec_loco", "pushpins", lambda root: replicas.mvtec_loco(root, ("pushpins",))),
         ("btad", "03", replicas.btad),
         ("mpdd", "bracket_black", replicas.mpdd),
     ],
@@ -250,6 +361,7 @@ def test_each_dataset_config_reads_its_replica(tmp_path, dataset, category, writ
     [
         ("ksdd", "KolektorSDDDataModule", "ksdd", "vicos.si/resources/kolektorsdd"),
         ("mvtec_ad2", "MVTecAD2DataModule", "can", "mvtec-ad-2"),
+        ("mvtec_loco", "MVTecLOCODataModule", "juice_bottle", "mvtec-loco"),
         ("btad", "BTADDataModule", "02", "btad.zip"),
         ("mpdd", "MPDDDataModule", "tubes", "sharepoint.com"),
     ],
@@ -286,6 +398,7 @@ def test_downloads_use_anomalibs_archives_and_keep_the_released_layout(tmp_path,
     assert download_info("ksdd").url == "https://go.vicos.si/kolektorsdd"
     assert download_info("btad").url.endswith("btad/btad.zip")
     assert download_info("mvtec_ad2").url.endswith("mvtec_ad_2.tar.gz")
+    assert download_info("mvtec_loco").url.endswith("mvtec_loco_anomaly_detection.tar.xz")
 
     def fake_download_and_extract(root: Path, info) -> None:  # noqa: ANN001 - the archive as it unpacks
         assert info is download_info("btad")

@@ -40,14 +40,14 @@ def _problems(record: Record) -> list[str]:
     size, problem = _header(record.image_path)
     if problem:
         return [f"{record.image_path} {problem}: replace or remove it"]
-    if record.mask_path is None:
-        return []
-    mask_size, problem = _header(record.mask_path)
-    if problem:
-        return [f"ground-truth mask {record.mask_path} (for {record.image_path.name}) {problem}"]
-    if mask_size != size:
-        return [f"mask {record.mask_path} is {mask_size[0]}x{mask_size[1]} but its image is {size[0]}x{size[1]}"]
-    return []
+    problems = []
+    for mask in record.mask_paths:
+        mask_size, problem = _header(mask)
+        if problem:
+            problems.append(f"ground-truth mask {mask} (for {record.image_path.name}) {problem}")
+        elif mask_size != size:
+            problems.append(f"mask {mask} is {mask_size[0]}x{mask_size[1]} but its image is {size[0]}x{size[1]}")
+    return problems
 
 
 def check_records(splits: dict[str, list[Record]], dataset: str) -> None:

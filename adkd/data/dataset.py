@@ -14,6 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from adkd.data.records import Record
 from adkd.errors import ImageReadError, ImageTooLargeError
+from adkd.metrics.spro import MAX_REGIONS, region_saturation
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -61,6 +62,20 @@ def read_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def read_region(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A region mask's values as stored (H,W integers; 0 outside the region)."""
+    try:
+        with Image.open(path) as img:
+            values = np.asarray(img.convert("L") if img.mode not in ("L", "P", "1") else img).astype(np.int64)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageReadError(f"Cannot read mask {path}: {err}") from err
+    if values.shape != (size[1], size[0]):
+        raise ImageReadError(
+            f"Mask {path} is {values.shape[1]}x{values.shape[0]} but its image is {size[0]}x{size[1]}."
+        )
+    return values
+
+
 def resized(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """A decoded image as the models take it, before the [0, 1] scaling: uint8 (3,H,W) at ``size``.
     One function for training, test and predict, so that predict scores what the test scored."""
@@ -70,7 +85,10 @@ def resized(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 class AnomalyDataset(Dataset):
     """Samples as dicts: ``image`` (3,H,W RGB in [0, 1]; each method's backbone normalises it),
     ``gt_mask`` (1,H,W in {0,1}), ``gt_label`` (0/1), ``image_path`` (str), ``category`` (str; ""
-    for a folder dataset read from its root).
+    for a folder dataset read from its root). Where the records carry defect regions (MVTec LOCO:
+    one mask file a region), every sample also holds ``gt_regions`` (1,H,W int64: bit k set where
+    region k lies) and ``gt_saturation`` (``MAX_REGIONS`` floats: region k's saturation area in
+    pixels at this size, 0 past the image's last region), what :class:`adkd.metrics.spro.SPRO` takes.
 
     ``cache``: every image (and mask) is decoded and resized once, up front, and kept as uint8
     (0.2 MB an image at 256 px): an epoch then costs no decoding, and loader workers share the
@@ -87,36 +105,71 @@ class AnomalyDataset(Dataset):
         self.image_size = (int(image_size), int(image_size))
         self.synthesizer = None
         self.fixed_synthesis = False
-        self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.regions = any(r.regions for r in records)
+        self._cache: list[tuple] | None = None
         if cache:
             self._cache = self._load_all()
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load_all(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _load_all(self) -> list[tuple]:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
             return list(pool.map(self._load, range(len(self.records))))
 
-    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 image (3,H,W) and bool mask (1,H,W), resized."""
+    def _load(self, index: int) -> tuple:
+        """uint8 image (3,H,W) and bool mask (1,H,W), resized; and where the dataset has regions,
+        the regions' bits (1,H,W) and saturation areas (``MAX_REGIONS``)."""
         record = self.records[index]
         img = read_image(record.image_path)
         image = resized(img, self.image_size)
+        if record.regions:
+            bits, saturation = self._regions(record, img.size)
+            return image, bits != 0, bits, saturation
         if record.mask_path is not None:
-            mask = torch.from_numpy(read_mask(record.mask_path, img.size))[None].to(torch.uint8) * 255
-            mask = TF.resize(mask, list(self.image_size), antialias=False) > 127
+            mask = self._resized_mask(read_mask(record.mask_path, img.size))
         else:
             mask = torch.zeros(1, *self.image_size, dtype=torch.bool)
+        if self.regions:
+            return image, mask, torch.zeros(1, *self.image_size, dtype=torch.int64), torch.zeros(MAX_REGIONS)
         return image, mask
+
+    def _resized_mask(self, mask: np.ndarray) -> torch.Tensor:
+        """A bool mask (H,W) at the dataset's size (1,H,W): the rule every mask is resized by."""
+        mask = torch.from_numpy(mask)[None].to(torch.uint8) * 255
+        return TF.resize(mask, list(self.image_size), antialias=False) > 127
+
+    def _regions(self, record: Record, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The regions of ``record`` at the dataset's size, as bits (1,H,W int64) and saturation areas:
+        each region file holds one defect type's pixel value, which names its saturation rule."""
+        if len(record.regions) > MAX_REGIONS:
+            raise ImageReadError(
+                f"{record.image_path} has {len(record.regions)} regions; at most {MAX_REGIONS} are read"
+            )
+        rules = {s.pixel_value: s for s in record.saturations}
+        scale = self.image_size[0] * self.image_size[1] / (size[0] * size[1])
+        bits = torch.zeros(1, *self.image_size, dtype=torch.int64)
+        saturation = torch.zeros(MAX_REGIONS)
+        for k, path in enumerate(record.regions):
+            values = read_region(path, size)
+            positive = np.unique(values[values > 0])
+            if len(positive) != 1 or int(positive[0]) not in rules:
+                raise ImageReadError(
+                    f"Region mask {path} holds the values {positive.tolist()}: a region file holds one defect type's "
+                    f"pixel value, one of {sorted(rules)} (the category's defects_config.json)"
+                )
+            region = self._resized_mask(values > 0)
+            bits |= region.to(torch.int64) << k
+            saturation[k] = region_saturation(int(region.sum()), rules[int(positive[0])], scale)
+        return bits, saturation
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """``key``: an index, or (index, seed) from :class:`SeededSampler` (the seed drives this
         sample's synthetic anomaly)."""
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image, mask = self._cache[index] if self._cache is not None else self._load(index)
+        image, mask, *regions = self._cache[index] if self._cache is not None else self._load(index)
         image, mask = image.float() / 255, mask.float()
         record = self.records[index]
         sample = {
@@ -125,6 +178,8 @@ class AnomalyDataset(Dataset):
             "category": record.category or "",
             "defect": record.defect,
         }
+        if regions:
+            sample.update(gt_regions=regions[0], gt_saturation=regions[1])
         if self.synthesizer is not None:
             seed = index if self.fixed_synthesis else seed
             if getattr(self.synthesizer, "keep_clean", False):

@@ -26,6 +26,7 @@ ANOMALIB_DOWNLOADS = {
     "ksdd": "anomalib.data.datamodules.image.kolektor",
     "mvtec_ad2": "anomalib.data.datamodules.image.mvtecad2",
     "btad": "anomalib.data.datamodules.image.btech",
+    "mvtec_loco": "anomalib.data.datasets.image.mvtec_loco",  # anomalib keeps it beside the dataset class
 }
 BTAD_FOLDER = "BTech_Dataset_transformed"  # the archive's top folder, above 01, 02 and 03
 

@@ -11,17 +11,41 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
+class Saturation:
+    """How much of one kind of defect region must be found for it to count as found (MVTec LOCO's
+    ``defects_config.json``, one entry a defect type): the region's mask files hold ``pixel_value``;
+    ``threshold`` is a pixel count, or with ``relative`` a share of the region's area."""
+
+    pixel_value: int
+    threshold: float
+    relative: bool
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class Record:
     """One image of a dataset split. ``gt_label`` is 0 for normal, 1 for anomalous. ``category``:
     the category it belongs to (set by the datamodule; None for a folder dataset read from its root),
     which tells a unified run's categories apart (:mod:`adkd.data.unified`). Records compare by
-    their file, label, mask and defect: the category marks where a record is used, not what it is."""
+    their file, label, mask, regions and defect: the category marks where a record is used, not what it is.
+
+    ``regions``: for a dataset whose ground truth is one file per defect region (MVTec LOCO), every
+    region's mask file; ``mask_path`` is the first of them, and the image's mask is their union (any
+    non-zero pixel of any of them). ``saturations``: the dataset's saturation rule per defect type,
+    which the sPRO metric needs (:mod:`adkd.metrics.spro`)."""
 
     image_path: Path
     gt_label: int
     mask_path: Path | None = None
     defect: str = "good"
     category: str | None = field(default=None, compare=False)
+    regions: tuple[Path, ...] = ()
+    saturations: tuple[Saturation, ...] = field(default=(), compare=False)
+
+    @property
+    def mask_paths(self) -> tuple[Path, ...]:
+        """Every mask file of the image: its regions, or its one mask, or none."""
+        return self.regions or ((self.mask_path,) if self.mask_path is not None else ())
 
 
 def within(root: Path, relative: str, where: str) -> Path:
@@ -78,7 +102,7 @@ def leaving_root(records: list[Record], root: Path | None) -> list[str]:
     if root is None:
         return []
     real_root, problems, seen = root.resolve(), [], set()
-    for path in (p for r in records for p in (r.image_path, r.mask_path) if p is not None):
+    for path in (p for r in records for p in (r.image_path, *r.mask_paths)):
         try:
             inside = path.relative_to(root)
         except ValueError:

@@ -12,6 +12,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from adkd.metrics.aupro import AUPRO
 from adkd.metrics.f1max import F1Max
+from adkd.metrics.spro import SPRO, SPRO_LIMITS
 
 # AU-PRO's FPR limits: MVTec AD's 0.3 and MVTec AD 2's 0.05, both from one stored set of maps.
 AUPRO_LIMITS = {"pixel_aupro": 0.3, "pixel_aupro_005": 0.05}
@@ -22,7 +23,9 @@ log = logging.getLogger(__name__)
 class AnomalyMetrics(nn.Module):
     """Image-level metrics from ``pred_score``/``gt_label``; pixel-level from ``anomaly_map``/``gt_mask``.
 
-    ``pixel=False`` for datasets without masks: only the image metrics are computed.
+    ``pixel=False`` for datasets without masks: only the image metrics are computed. Where the
+    batches carry defect regions (``gt_regions`` and ``gt_saturation``: MVTec LOCO), AU-sPRO is
+    computed too (``pixel_spro`` to FPR 0.05, ``pixel_spro_03`` to 0.3); other datasets have no such keys.
 
     A metric the test split cannot define is None (null in metrics.json, "n/a" in tables), with
     a warning: AUROC needs both classes, AP, F1-max and AUPRO need anomalies (torchmetrics returns
@@ -58,12 +61,13 @@ class AnomalyMetrics(nn.Module):
         # metric must never wait for other ranks to sync.
         for metric in [*self.image.values(), *self.pixel_metrics.values()]:
             metric.sync_on_compute = metric._to_sync = False  # _to_sync: the flag compute() reads
+        self.spro: SPRO | None = None  # made by the first batch with defect regions
         self.counts = {"image": [0, 0], "pixel": [0, 0]}  # [normal, anomalous]
         self.scores: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
 
     @torch.no_grad()
-    def update(self, pred_score, gt_label, anomaly_map=None, gt_mask=None) -> None:  # noqa: ANN001
+    def update(self, pred_score, gt_label, anomaly_map=None, gt_mask=None, gt_regions=None, gt_saturation=None) -> None:  # noqa: ANN001, E501
         pred_score, gt_label = pred_score.detach().float().cpu(), gt_label.detach().int().cpu()
         for metric in self.image.values():
             metric.update(pred_score, gt_label)
@@ -82,6 +86,9 @@ class AnomalyMetrics(nn.Module):
             self.counts["pixel"][1] += positives
             for name in ("pixel_auroc", "pixel_ap", "pixel_f1max"):
                 self.pixel_metrics[name].update(flat_map, flat_mask)
+            if gt_regions is not None:
+                self.spro = self.spro or SPRO()
+                self.spro.update(anomaly_map, gt_regions, gt_saturation)
 
     def compute(self) -> dict[str, float | None]:
         out = {}
@@ -99,6 +106,12 @@ class AnomalyMetrics(nn.Module):
                 else:
                     values = [float(metric.compute())]
                 out.update(zip(names, values, strict=True))
+        if self.spro is not None:
+            if self.spro.regions and self.counts["pixel"][0]:
+                out.update(zip(SPRO_LIMITS, self.spro.areas(SPRO_LIMITS.values()), strict=True))
+            else:
+                log.warning("%s undefined: the test split has no defect regions", " and ".join(SPRO_LIMITS))
+                out.update(dict.fromkeys(SPRO_LIMITS))
         return out
 
     def segmentation_f1(self, threshold: float) -> float | None:

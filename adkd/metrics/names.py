@@ -4,5 +4,8 @@ them: the report reads them without loading torch."""
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_aupro_005", "pixel_f1max")
 THRESHOLD_METRICS = ("image_f1", "image_precision", "image_recall", "image_fpr")  # at the calibrated threshold
+REGION_METRICS = ("pixel_spro", "pixel_spro_03")  # AU-sPRO, where a dataset has defect regions (MVTec LOCO)
+# Image AUROC on the normal images and one kind of anomaly, where a dataset names kinds (MVTec LOCO AD)
+KIND_METRICS = {"logical_anomalies": "image_auroc_logical", "structural_anomalies": "image_auroc_structural"}
 SEGMENTATION_METRICS = ("pixel_seg_f1",)  # at the segmentation threshold (see AnomalyMetrics.segmentation_f1)
 METRIC_NAMES = (*IMAGE_METRICS, *PIXEL_METRICS)

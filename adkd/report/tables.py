@@ -19,7 +19,14 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from adkd.metrics.names import IMAGE_METRICS, PIXEL_METRICS, SEGMENTATION_METRICS, THRESHOLD_METRICS
+from adkd.metrics.names import (
+    IMAGE_METRICS,
+    KIND_METRICS,
+    PIXEL_METRICS,
+    REGION_METRICS,
+    SEGMENTATION_METRICS,
+    THRESHOLD_METRICS,
+)
 from adkd.training.runs import read_status
 
 DEFAULT_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_ap")  # a dataset not in DATASET_METRICS
@@ -31,6 +38,8 @@ DATASET_METRICS = {
     "btad": ("image_auroc", "pixel_auroc", "pixel_aupro"),
     "mpdd": ("image_auroc", "pixel_auroc", "pixel_aupro"),
     "mvtec_ad2": ("pixel_aupro_005", "pixel_seg_f1"),  # MVTec AD 2's leaderboard: AU-PRO to FPR 0.05, SegF1
+    # MVTec LOCO AD: image AUROC, for each kind of anomaly too, and AU-sPRO to FPR 0.05
+    "mvtec_loco": ("image_auroc", "image_auroc_logical", "image_auroc_structural", "pixel_spro"),
     "ksdd": ("image_auroc", "pixel_auroc", "pixel_ap"),  # KolektorSDD(2): pixel AP (ADPS, DRAEM)
     "ksdd2": ("image_auroc", "pixel_auroc", "pixel_ap"),
     "elpv": ("image_auroc", "image_ap", "image_f1max"),  # image labels only
@@ -39,7 +48,15 @@ DATASET_METRICS = {
     "parts": DEFAULT_METRICS,
 }
 TIME_METRICS = ("inference_ms_per_image",)
-KNOWN_METRICS = (*IMAGE_METRICS, *PIXEL_METRICS, *SEGMENTATION_METRICS, *THRESHOLD_METRICS, *TIME_METRICS)
+KNOWN_METRICS = (
+    *IMAGE_METRICS,
+    *PIXEL_METRICS,
+    *REGION_METRICS,
+    *KIND_METRICS.values(),
+    *SEGMENTATION_METRICS,
+    *THRESHOLD_METRICS,
+    *TIME_METRICS,
+)
 # Settings that never split a column: rows are categories, cells average seeds, and the rest
 # changes where a run runs or how it is logged, not what it computes.
 NOT_A_VARIANT = (

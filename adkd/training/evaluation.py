@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from adkd.metrics import AnomalyMetrics
-from adkd.metrics.names import METRIC_NAMES
+from adkd.metrics.names import KIND_METRICS, METRIC_NAMES
 from adkd.report.plots import WorstCases, draw_sample, write_plots
 from adkd.training.callbacks import TrainingLength
 
@@ -34,7 +34,8 @@ class _Tally:
         self.worst = WorstCases(num_figures // 2)
 
     def add(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
-        self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"])
+        regions = {k: batch[k] for k in ("gt_regions", "gt_saturation") if k in batch}  # MVTec LOCO's sPRO
+        self.metrics.update(pred_score, batch["gt_label"], anomaly_map, batch["gt_mask"], **regions)
         labels, scores = batch["gt_label"].tolist(), pred_score.tolist()  # one copy to the host a batch
         defects = batch.get("defect") or ["good" if y == 0 else "" for y in labels]
         rows = zip(batch["image_path"], labels, defects, scores, strict=True)
@@ -82,6 +83,23 @@ class _Tally:
                 seen[0], seen[1] = seen[0] + flagged, seen[1] + 1
         return {**counts, "found_per_defect": {d: {"found": k, "images": n} for d, (k, n) in sorted(found.items())}}
 
+    def kind_aurocs(self) -> dict[str, float | None]:
+        """Image AUROC on the normal images and each kind of anomaly the dataset names (MVTec LOCO
+        AD's logical and structural anomalies, :data:`adkd.metrics.names.KIND_METRICS`); None where
+        there are no normal images. Nothing for datasets without such kinds."""
+        from torchmetrics.functional.classification import binary_auroc
+
+        out = {}
+        normal = [r["pred_score"] for r in self.predictions if r["gt_label"] == 0]
+        for kind, name in KIND_METRICS.items():
+            anomalous = [r["pred_score"] for r in self.predictions if r["gt_label"] == 1 and r["defect"] == kind]
+            if not anomalous:
+                continue
+            scores = torch.tensor(normal + anomalous, dtype=torch.float64)
+            labels = torch.tensor([0] * len(normal) + [1] * len(anomalous))
+            out[name] = float(binary_auroc(scores, labels, thresholds=None)) if normal else None
+        return out
+
     def compute(self, post: torch.nn.Module, milliseconds: float, segmentation_threshold: float | None = None) -> dict:
         """The threshold-free metrics, those at ``post``'s image threshold where it has one, the
         segmentation F1 at ``segmentation_threshold`` where the dataset asks for one, the time."""
@@ -90,6 +108,7 @@ class _Tally:
             metrics.update(self.metrics.at_threshold(float(post.image_threshold)))
         if segmentation_threshold is not None:
             metrics["pixel_seg_f1"] = self.metrics.segmentation_f1(segmentation_threshold)
+        metrics.update(self.kind_aurocs())
         metrics["inference_ms_per_image"] = milliseconds
         return metrics
 
