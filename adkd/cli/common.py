@@ -17,4 +17,3 @@ def not_negative(value: str) -> int:
     if number < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
     return number
-
