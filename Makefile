@@ -41,7 +41,7 @@ browser:  ## Debian chromium for the browser test (apt-get, as root)
 test: $(STAMP) browser  ## the test suite (not the slow tests)
 	$(PY) -m pytest -q -n 2 --dist worksteal
 
-# The slow tests alone (long end-to-end runs: DDP, the small-data floor, rehearsals); CI runs them after `make test`.
+# The slow tests alone (long end-to-end runs: DDP, the small-data floor, rehearsals); CI runs `make test-all`.
 test-slow: $(STAMP) browser  ## the slow tests alone (long end-to-end runs)
 	$(PY) -m pytest -q -n 2 --dist worksteal -m slow
 
