@@ -134,7 +134,7 @@ def create_app(
     @app.get("/api/image/{split}/{index}.png")
     def image(split: str, index: int, size: int = 1024) -> Response:
         check_image(split, index)
-        longest = min(max(size, 32), 4096)
+        longest = min(max(size, 16), 4096)
         return Response(session.image_png(split, index, longest), media_type="image/png", headers=CACHED)
 
     @app.get("/api/map/{split}/{index}")
@@ -150,7 +150,7 @@ def create_app(
     @app.get("/api/truth/{split}/{index}.png")
     def truth(split: str, index: int, size: int = 1024) -> Response:
         check_image(split, index)
-        mask = session.truth_png(split, index, min(max(size, 32), 4096))
+        mask = session.truth_png(split, index, min(max(size, 16), 4096))
         if mask is None:
             raise HTTPException(404, f"Image {split}/{index} has no ground-truth mask.")
         return Response(mask, media_type="image/png", headers=CACHED)
