@@ -435,6 +435,14 @@ def test_the_page_in_a_headless_browser(width, served, run_copy, tiny_mvtec, tmp
         press(Keys.ENTER)
         wait.until(lambda b: zoom.is_displayed())
         assert text("zoom-title") == names[1]
+        # The pixel threshold moved from the zoom: above every map, no region; the page's box follows.
+        browser.find_element(By.ID, "zoom-pixel").send_keys(Keys.END)
+        assert text("zoom-region").startswith("none > pixel thr.")
+        highest = float(browser.find_element(By.ID, "zoom-pixel").get_attribute("value"))
+        assert highest > max(im.map_max for im in session.images["test"])
+        assert float(browser.find_element(By.ID, "pixel-value").get_attribute("value")) == pytest.approx(
+            highest, rel=1e-3
+        )
         press(Keys.ESCAPE)
         assert not zoom.is_displayed() and js("return document.activeElement.dataset.name") == names[1]
         if width < 1000:
@@ -462,10 +470,10 @@ def test_the_page_in_a_headless_browser(width, served, run_copy, tiny_mvtec, tmp
         anomalous = tiny_mvtec / "widget" / "test" / "spot" / "000.png"
         browser.find_element(By.ID, "file-input").send_keys(str(anomalous))  # a user picks a file
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#dropped .result"))
-        assert "000.png: score" in text("dropped") and "anomalous" in text("dropped")  # the lowest threshold
+        assert "000.png" in text("dropped") and "anomalous" in text("dropped")  # the lowest threshold
         browser.execute_script(_DROP, "dropped.png", list(anomalous.read_bytes()))  # a file dropped on the page
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#dropped .result")) == 2)
-        assert "dropped.png: score" in text("dropped")
+        assert "dropped.png" in text("dropped")
         browser.find_element(By.CSS_SELECTOR, "#dropped .card").click()  # the last one: first
         wait.until(lambda b: zoom.is_displayed())
         assert text("zoom-title") == "dropped.png" and text("zoom-position") == "1 / 2"
