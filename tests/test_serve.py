@@ -625,6 +625,27 @@ def test_a_bad_threshold_file_is_refused_in_one_line_by_predict_export_and_serve
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_a_threshold_file_holds_the_pixel_threshold_checked_and_per_category(tmp_path):
+    from adkd.deploy import operating_point
+    from adkd.errors import UserError
+
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(b"weights")
+    path = operating_point.save(checkpoint, 1.5, 1.0, "widget", pixel_threshold=0.25, calibrated_pixel=0.2)
+    assert path.name == "last.widget.threshold.json"
+    assert json.loads(path.read_text())["calibrated_pixel_threshold"] == 0.2
+    assert operating_point.choice(checkpoint, category="widget") == operating_point.Choice(1.5, 0.25)
+    assert operating_point.chosen(checkpoint, category="widget") == 1.5
+    assert operating_point.choice(checkpoint) is None  # another category's file is not this one's
+    for bad in (float("nan"), float("inf"), "0.3", True, 1e39):
+        with pytest.raises(UserError, match="pixel_threshold must be"):
+            operating_point.save(checkpoint, 2.0, 1.0, "widget", pixel_threshold=bad)
+    assert operating_point.choice(checkpoint, category="widget") == operating_point.Choice(1.5, 0.25)  # untouched
+    operating_point.save(checkpoint, 2.0, 1.0, "widget")  # the image threshold alone: the calibrated pixel one
+    assert operating_point.choice(checkpoint, category="widget") == operating_point.Choice(2.0, None)
+    assert "pixel_threshold" not in json.loads(path.read_text())
+
+
 def test_many_concurrent_saves_all_succeed_and_leave_one_whole_file(served, run_copy):
     from concurrent.futures import ThreadPoolExecutor
 
