@@ -5,12 +5,14 @@ and the page in a real headless browser (Debian's chromium)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import shutil
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 
@@ -39,7 +41,6 @@ def _test_scores(run: Path) -> dict[str, float]:
 
 def test_predict_over_http_scores_as_the_test_did_and_decides_at_the_threshold(served, tiny_mvtec, run_copy):
     import base64
-    import io
 
     from PIL import Image
 
@@ -59,8 +60,63 @@ def test_predict_over_http_scores_as_the_test_did_and_decides_at_the_threshold(s
     listed = httpx.get(f"{url}/api/images").json()
     assert {im["name"]: im["score"] for im in listed if im["split"] == "test"} == pytest.approx(tested, abs=1e-5)
     assert sum(im["split"] == "validation" for im in listed) == 1  # 10% of the 12 normal training images
-    overlay = httpx.get(f"{url}/api/overlay/test/0.png")
-    assert overlay.status_code == 200 and overlay.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {im["name"]: im["truth"] for im in listed} == {
+        im["name"]: im["name"].startswith("spot/") for im in listed
+    }  # the anomalous ones have masks
+
+    # What the page draws: the picture, the raw map (its highest value listed), the truth's mask.
+    spot = next(im for im in listed if im["name"] == "spot/000.png")
+    where = f"{spot['split']}/{spot['index']}"
+    picture = httpx.get(f"{url}/api/image/{where}.png")
+    assert picture.status_code == 200 and Image.open(io.BytesIO(picture.content)).size == (32, 32)
+    small = Image.open(io.BytesIO(httpx.get(f"{url}/api/image/{where}.png?size=16").content))
+    assert small.size == (16, 16)  # never larger than asked
+    raw = httpx.get(f"{url}/api/map/{where}")
+    assert raw.headers["x-map-size"] == "32x32"
+    values = np.frombuffer(raw.content, "<f4").reshape(32, 32)
+    assert values.max() == pytest.approx(spot["map_max"], rel=1e-3)
+    assert np.allclose(values, session.anomaly_map(spot["split"], spot["index"]).numpy(), rtol=1e-3, atol=1e-6)
+    truth = np.asarray(Image.open(io.BytesIO(httpx.get(f"{url}/api/truth/{where}.png").content)))
+    expected = np.asarray(Image.open(tiny_mvtec / "widget" / "ground_truth" / "spot" / "000_mask.png")) > 0
+    assert ((truth > 0) == expected).all()
+    good = next(im for im in listed if not im["truth"])
+    missing = httpx.get(f"{url}/api/truth/{good['split']}/{good['index']}.png")
+    assert missing.status_code == 404 and "has no ground-truth mask" in missing.json()["detail"]
+    # An upload's map, for its heat map on the page: the same as the run's image's.
+    with (tiny_mvtec / "widget" / "test" / "spot" / "000.png").open("rb") as f:
+        answer = httpx.post(f"{url}/predict?heatmap=true", files={"file": ("000.png", f, "image/png")}).json()
+    assert answer["map_size"] == [32, 32] and answer["pixel_threshold"] == pytest.approx(session.pixel_threshold)
+    uploaded = np.frombuffer(base64.b64decode(answer["map_f32"]), "<f4").reshape(32, 32)
+    assert np.allclose(uploaded, values, rtol=1e-3, atol=1e-6)
+
+
+def test_the_decisions_csv_counts_as_the_run_scored(served, run_copy):
+    session, url = served
+    tested = _test_scores(run_copy)
+    scores = sorted(tested.values())
+    for image_threshold in (None, (scores[2] + scores[3]) / 2, scores[5]):
+        query = "" if image_threshold is None else f"?image_threshold={image_threshold!r}"
+        response = httpx.get(f"{url}/api/decisions.csv{query}")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+        assert "attachment" in response.headers["content-disposition"]
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        used = session.threshold if image_threshold is None else image_threshold
+        test = {"/".join(Path(r["image_path"]).parts[-2:]): r for r in rows if r["split"] == "test"}
+        assert set(test) == set(tested) and sum(r["split"] == "validation" for r in rows) == 1
+        for name, row in test.items():
+            anomalous = tested[name] > used  # a score equal to the threshold is normal (scores[5])
+            truth = name.startswith("spot/")
+            assert row["decision"] == ("anomalous" if anomalous else "normal"), (name, row)
+            assert row["outcome"] == ("T" if anomalous == truth else "F") + ("P" if anomalous else "N")
+            assert row["defect"] == ("spot" if truth else "good") and row["gt_label"] == str(int(truth))
+            assert float(row["image_threshold"]) == pytest.approx(used)
+            assert (float(row["normalized_score"]) > 0.5) == anomalous
+    # The pixel threshold says where a region is drawn: wherever the map rises above it.
+    maps = {(im.split, im.index): im.map_max for split in ("test", "validation") for im in session.images[split]}
+    middle = sorted(maps.values())[4]
+    rows = list(csv.DictReader(io.StringIO(httpx.get(f"{url}/api/decisions.csv?pixel_threshold={middle!r}").text)))
+    assert [r["region"] for r in rows] == ["drawn" if float(r["map_max"]) > middle else "none" for r in rows]
+    assert sum(r["region"] == "drawn" for r in rows) == 4
 
 
 def test_bad_requests_get_a_4xx_that_says_what_to_send(served, tiny_mvtec):
@@ -88,8 +144,17 @@ def test_bad_requests_get_a_4xx_that_says_what_to_send(served, tiny_mvtec):
             413,
             "more than",
         ),  # chunked
-        (httpx.get(f"{url}/api/overlay/test/99.png"), 404, "No image test/99"),
+        (httpx.get(f"{url}/api/image/test/99.png"), 404, "No image test/99"),
+        (httpx.get(f"{url}/api/map/train/0"), 404, "No image train/0"),
+        (httpx.get(f"{url}/api/truth/test/-1.png"), 404, "No image test/-1"),
+        (httpx.get(f"{url}/api/decisions.csv?image_threshold=nan"), 400, "image_threshold must be a finite number"),
+        (httpx.get(f"{url}/api/decisions.csv?pixel_threshold=high"), 400, "query.pixel_threshold"),
         (httpx.post(f"{url}/api/threshold", json={"image_threshold": "high"}), 400, "image_threshold"),
+        (
+            httpx.post(f"{url}/api/threshold", json={"image_threshold": 0.5, "pixel_threshold": "x"}),
+            400,
+            "pixel_threshold must be a number",
+        ),
         (httpx.post(f"{url}/api/score-folder", json={"path": "/nowhere/at/all"}), 400, "is not a folder"),
     ]
     for response, status, message in cases:
@@ -138,6 +203,52 @@ def test_a_saved_threshold_is_used_by_serve_predict_and_export(served, run_copy,
     assert "was chosen for another version of last.ckpt" in capsys.readouterr().err
 
 
+def test_a_saved_pixel_threshold_is_read_back_by_load_model_predict_and_export(served, run_copy, tiny_mvtec, tmp_path):
+    from PIL import Image
+
+    from adkd.cli import main as adkd
+    from adkd.deploy import operating_point
+    from adkd.deploy.checkpoints import load_model
+    from adkd.deploy.export import metadata
+
+    session, url = served
+    checkpoint = run_copy / "checkpoints" / "last.ckpt"
+    calibrated_image, calibrated_pixel = session.threshold, session.pixel_threshold
+    spot = max(session.images["test"], key=lambda im: im.map_max)
+    pixel = spot.map_max * 0.999  # only the very top of the highest map passes
+    saved = httpx.post(f"{url}/api/threshold", json={"image_threshold": 0.25, "pixel_threshold": pixel}).json()
+    assert saved["pixel_threshold"] == pytest.approx(pixel) and session.pixel_threshold == pytest.approx(pixel)
+    record = json.loads(operating_point.sidecar_path(checkpoint).read_text())
+    assert record["pixel_threshold"] == pytest.approx(pixel)
+    assert record["calibrated_pixel_threshold"] == pytest.approx(calibrated_pixel)
+    assert operating_point.choice(checkpoint) == operating_point.Choice(0.25, pytest.approx(pixel))
+
+    model, config = load_model(run_copy)
+    assert float(model.post.pixel_threshold) == pytest.approx(pixel)
+    assert float(model.post.image_threshold) == pytest.approx(0.25)
+    assert config["checkpoint"]["calibrated_pixel_threshold"] == pytest.approx(calibrated_pixel)
+    assert float(metadata(config, model)["pixel_threshold"]) == pytest.approx(pixel)  # what an export carries
+    # predict's masks are drawn at it: a pixel or two of the highest map, where the calibrated
+    # threshold drew a region.
+    out = tmp_path / "predicted"
+    image = Path(spot.path)
+    assert adkd(["predict", str(run_copy), str(image), "--out", str(out), "--no-figures", "--masks"]) == 0
+    mask = np.asarray(Image.open(next((out / "masks").iterdir())))
+    assert 0 < (mask > 0).sum() <= 8
+    # Saving the image threshold alone keeps the chosen pixel threshold.
+    httpx.post(f"{url}/api/threshold", json={"image_threshold": 0.3})
+    assert operating_point.choice(checkpoint) == operating_point.Choice(0.3, pytest.approx(pixel))
+    # A file written before the pixel threshold could be chosen still loads: the calibrated one stays.
+    sidecar = operating_point.sidecar_path(checkpoint)
+    old = {"image_threshold": 0.2, "calibrated_image_threshold": calibrated_image}
+    sidecar.write_text(json.dumps({**old, "checkpoint_sha256": record["checkpoint_sha256"], "saved": record["saved"]}))
+    assert operating_point.choice(checkpoint) == operating_point.Choice(0.2, None)
+    model, config = load_model(run_copy)
+    assert float(model.post.image_threshold) == pytest.approx(0.2)
+    assert float(model.post.pixel_threshold) == pytest.approx(calibrated_pixel)
+    assert "calibrated_pixel_threshold" not in config["checkpoint"]
+
+
 def test_serve_says_why_it_cannot_start(trained_run, tmp_path, capsys):
     import socket
 
@@ -153,9 +264,11 @@ def test_serve_says_why_it_cannot_start(trained_run, tmp_path, capsys):
     assert f"Cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
-def _browser():
+def _browser(downloads: Path | None = None, phone: bool = False):
     """Debian's chromium under Selenium (no driver or browser download: both come from apt), or a
-    skip that says what to install; ADKD_REQUIRE_BROWSER=1 (CI) turns the skip into a failure."""
+    skip that says what to install; ADKD_REQUIRE_BROWSER=1 (CI) turns the skip into a failure.
+    ``downloads``: the folder downloads go to; ``phone``: a 390 px wide phone's screen (a mobile
+    viewport: without the page's viewport tag it would lay out 980 px wide)."""
     import os
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
@@ -172,21 +285,57 @@ def _browser():
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=options)
+    if downloads is not None:
+        options.add_experimental_option(
+            "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+        )
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    if downloads is not None:
+        browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    if phone:
+        metrics = {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+        browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True})
+    return browser
 
 
-def test_the_page_in_a_headless_browser(served, run_copy, tiny_mvtec, tmp_path):
+def _significant(shown: str) -> int:
+    """How many significant digits a number shown on the page has."""
+    return len(re.sub(r"\D", "", shown.lower().split("e")[0]).lstrip("0"))
+
+
+@pytest.mark.parametrize("width", [1400, 390], ids=["desktop-1400px", "phone-390px"])
+def test_the_page_in_a_headless_browser(width, served, run_copy, tiny_mvtec, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from adkd.deploy.checkpoints import load_model
 
     session, url = served
-    browser = _browser()
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser = _browser(downloads, phone=width == 390)
     try:
         browser.get(url)
         wait = WebDriverWait(browser, 30)
         wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+        js = browser.execute_script
         text = lambda key: browser.find_element(By.ID, key).text  # noqa: E731
+        press = lambda key: ActionChains(browser).send_keys(key).perform()  # noqa: E731
+
+        # It fits the screen: no horizontal scroll, the labels over the pictures are HTML and legible.
+        assert js("return window.innerWidth") == width
+        assert js("return document.documentElement.scrollWidth") <= width
+        js("document.getElementById('grid').scrollIntoView()")  # cards draw their maps once in view
+        wait.until(lambda b: js("return document.querySelector('#grid canvas').dataset.painted !== undefined"))
+        sizes = js(
+            "return [...document.querySelectorAll('#grid .pic .badge')]"
+            ".map((b) => parseFloat(getComputedStyle(b).fontSize))"
+        )
+        assert len(sizes) >= 8 * 3 and min(sizes) >= 12
+
         assert text("test-n") == "8" and text("validation-n") == "1"
         tested = _test_scores(run_copy)
         above = sum(s > session.threshold for s in tested.values())
@@ -194,32 +343,154 @@ def test_the_page_in_a_headless_browser(served, run_copy, tiny_mvtec, tmp_path):
         assert int(text("test-tp")) + int(text("test-fp")) == above
         assert int(text("test-fp")) == sum(s > session.threshold for s in normal.values())
         assert len(browser.find_elements(By.CSS_SELECTOR, "#grid .card")) == 8
-        assert browser.execute_script("return document.querySelector('#grid img').naturalWidth") > 0 or wait.until(
-            lambda b: b.execute_script("return document.querySelector('#grid img').naturalWidth") > 0
-        )
+        shown = browser.find_element(By.ID, "threshold-value").get_attribute("value")
+        assert float(shown) == pytest.approx(session.threshold, rel=1e-3) and _significant(shown) <= 4
+        assert text("validation-precision") == "n/a" and text("validation-recall") == "n/a"  # no anomalies there
 
+        # The histogram: axes with ticks, and a point for every image, in either range.
+        for choice in ("every score", "near the threshold"):
+            Select(browser.find_element(By.ID, "hist-range")).select_by_visible_text(choice)
+            dots = len(browser.find_elements(By.CSS_SELECTOR, "#histogram circle.dot"))
+            beyond = js(
+                "return ['hist-lower', 'hist-higher'].map((id) => document.getElementById(id))"
+                ".reduce((n, e) => n + (e ? parseInt(e.textContent.replace(/\\D/g, '')) : 0), 0)"
+            )
+            assert dots + beyond == 9 and (dots == 9 or choice != "every score"), choice
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#histogram .axis text")) >= 2 + 3 + 2
+        assert len(browser.find_elements(By.ID, "hist-threshold")) == 1  # the threshold's line, dashed
+
+        # The operating point moves on the ROC and PR curves with the slider.
         slider = browser.find_element(By.ID, "slider")
+        marker = lambda: [float(browser.find_element(By.ID, "roc-marker").get_attribute(a)) for a in ("cx", "cy")]  # noqa: E731
         slider.send_keys(Keys.END)  # the highest threshold: nothing is flagged
         assert (text("test-tp"), text("test-fp"), text("test-tn"), text("test-fn")) == ("0", "0", "4", "4")
-        assert text("test-recall") == "0.000" and text("test-fpr") == "0.000"
+        assert text("test-recall") == "0.000" and text("test-fpr") == "0.000" and text("test-precision") == "n/a"
+        at_top = marker()
+        assert text("roc-marker-label") == "FPR 0.000, recall 0.000"
+        assert not browser.find_elements(By.ID, "pr-marker") and "n/a" in text("pr-marker-label")
         slider.send_keys(Keys.HOME)  # the lowest: everything is
         assert (text("test-tp"), text("test-fp"), text("test-tn"), text("test-fn")) == ("4", "4", "0", "0")
-        browser.find_element(By.ID, "filter").send_keys("false positives")
-        assert len(browser.find_elements(By.CSS_SELECTOR, "#grid .card.fp")) == 4
+        at_bottom = marker()
+        assert at_bottom[0] > at_top[0] and at_bottom[1] < at_top[1]  # from (0, 0) to (1, 1)
+        assert text("roc-marker-label") == "FPR 1.000, recall 1.000"
+        assert text("pr-marker-label") == "recall 1.000, precision 0.5000"
+        assert [r.text.split()[:3] for r in browser.find_elements(By.CSS_SELECTOR, "#defects tr[data-defect]")] == [
+            ["spot", "4", "4"]
+        ]
 
+        # The decisions as CSV, at a threshold typed in: the counts the page shows.
+        scores = sorted(tested.values())
+        chosen = (scores[3] + scores[4]) / 2
+        box = browser.find_element(By.ID, "threshold-value")
+        box.clear()
+        box.send_keys(repr(chosen), Keys.TAB)
+        assert _significant(box.get_attribute("value")) <= 4
+        page = {
+            split: {key.upper(): int(text(f"{split}-{key}")) for key in ("tp", "fp", "tn", "fn")}
+            for split in ("test", "validation")
+        }
+        assert page["test"]["TP"] + page["test"]["FP"] == sum(s > chosen for s in scores) == 4
+        browser.find_element(By.ID, "download-csv").click()
+        wait.until(lambda b: [p for p in downloads.iterdir() if p.suffix == ".csv"])
+        rows = list(csv.DictReader(next(p for p in downloads.iterdir() if p.suffix == ".csv").open()))
+        assert {
+            split: {
+                key: sum(r["outcome"] == key for r in rows if r["split"] == split) for key in ("TP", "FP", "TN", "FN")
+            }
+            for split in ("test", "validation")
+        } == page
+        assert {float(r["image_threshold"]) for r in rows} == {chosen}
+
+        # Zoom: click (tap) a card, arrows move, the heat map with its scale, Esc closes.
+        cards = browser.find_elements(By.CSS_SELECTOR, "#grid .card")
+        names = [c.get_attribute("data-name") for c in cards]
+        zoom = browser.find_element(By.ID, "zoom")
+        assert not zoom.is_displayed()
+        cards[0].click()
+        wait.until(lambda b: zoom.is_displayed())
+        assert text("zoom-title") == names[0] and text("zoom-position") == "1 / 8"
+        assert js("return document.documentElement.scrollWidth") <= width
+        press(Keys.ARROW_RIGHT)
+        assert text("zoom-title") == names[1]
+        press(Keys.ARROW_LEFT)
+        press(Keys.ARROW_LEFT)
+        assert text("zoom-title") == names[-1]  # round to the last
+        browser.find_element(By.XPATH, "//input[@name='zoom-view'][@value='heat']/..").click()
+        layer = "document.getElementById('zoom-layer')"
+        wait.until(lambda b: js(f"return {layer}.dataset.view") == "heat")
+        assert js(
+            f"const c = {layer}; return c.getContext('2d').getImageData(c.width >> 1, c.height >> 1, 1, 1).data[3]"
+        )
+        assert browser.find_element(By.ID, "zoom-scale").is_displayed() and "\u2265" in text("zoom-scale")
+        browser.find_element(By.XPATH, "//input[@name='zoom-view'][@value='region']/..").click()
+        wait.until(lambda b: js(f"return {layer}.dataset.view") == "region")
+        assert "pixel thr." in text("zoom-region")
+        press(Keys.ESCAPE)
+        assert not zoom.is_displayed()
+        # Keyboard in the grid: arrows move between cards, Enter opens one.
+        cards = browser.find_elements(By.CSS_SELECTOR, "#grid .card")
+        js("arguments[0].focus()", cards[0])
+        press(Keys.ARROW_RIGHT)
+        assert js("return document.activeElement.dataset.name") == names[1]
+        press(Keys.ENTER)
+        wait.until(lambda b: zoom.is_displayed())
+        assert text("zoom-title") == names[1]
+        # The pixel threshold moved from the zoom: above every map, no region; the page's box follows.
+        browser.find_element(By.ID, "zoom-pixel").send_keys(Keys.END)
+        assert text("zoom-region").startswith("none > pixel thr.")
+        highest = float(browser.find_element(By.ID, "zoom-pixel").get_attribute("value"))
+        assert highest > max(im.map_max for im in session.images["test"])
+        assert float(browser.find_element(By.ID, "pixel-value").get_attribute("value")) == pytest.approx(
+            highest, rel=1e-3
+        )
+        press(Keys.ESCAPE)
+        assert not zoom.is_displayed() and js("return document.activeElement.dataset.name") == names[1]
+        if width < 1000:
+            return
+
+        # The pixel threshold: moved on the page, said on every card, saved with the image threshold.
+        maxima = sorted(im.map_max for im in session.images["test"])
+        pixel = (maxima[5] + maxima[6]) / 2  # two test images keep a region
+        box = browser.find_element(By.ID, "pixel-value")
+        box.clear()
+        box.send_keys(repr(pixel), Keys.TAB)
+        badges = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#grid .badge.region")]
+        assert all(f"pixel thr. {pixel:#.4g}" in b for b in badges) and len(badges) == 8
+        assert sum(not b.startswith("none") for b in badges) == 2
         browser.find_element(By.ID, "save").click()
         wait.until(lambda b: "Saved" in b.find_element(By.ID, "save-status").text)
-        chosen = float(browser.find_element(By.ID, "slider").get_attribute("value"))
-        sidecar = run_copy / "checkpoints" / "last.threshold.json"
-        assert json.loads(sidecar.read_text())["image_threshold"] == pytest.approx(chosen)
+        assert f"pixel threshold {pixel:#.4g}" in text("save-status")
+        sidecar = json.loads((run_copy / "checkpoints" / "last.threshold.json").read_text())
+        assert sidecar["image_threshold"] == chosen and sidecar["pixel_threshold"] == pixel
+        model, _ = load_model(run_copy)
+        assert float(model.post.image_threshold) == pytest.approx(chosen)
+        assert float(model.post.pixel_threshold) == pytest.approx(pixel)
 
+        slider.send_keys(Keys.HOME)
         anomalous = tiny_mvtec / "widget" / "test" / "spot" / "000.png"
         browser.find_element(By.ID, "file-input").send_keys(str(anomalous))  # a user picks a file
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#dropped .result"))
-        assert "000.png: score" in text("dropped") and "anomalous" in text("dropped")  # the lowest threshold
+        assert "000.png" in text("dropped") and "anomalous" in text("dropped")  # the lowest threshold
         browser.execute_script(_DROP, "dropped.png", list(anomalous.read_bytes()))  # a file dropped on the page
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#dropped .result")) == 2)
-        assert "dropped.png: score" in text("dropped")
+        assert "dropped.png" in text("dropped")
+        browser.find_element(By.CSS_SELECTOR, "#dropped .card").click()  # the last one: first
+        wait.until(lambda b: zoom.is_displayed())
+        assert text("zoom-title") == "dropped.png" and text("zoom-position") == "1 / 2"
+        browser.find_element(By.XPATH, "//input[@name='zoom-view'][@value='heat']/..").click()
+        wait.until(lambda b: js(f"return {layer}.dataset.view") == "heat")
+        assert js(
+            f"const c = {layer}; return c.getContext('2d').getImageData(c.width >> 1, c.height >> 1, 1, 1).data[3]"
+        )
+        browser.find_element(By.ID, "zoom-close").click()
+        assert not zoom.is_displayed()
+        # The run's settings.
+        browser.find_element(By.CSS_SELECTOR, "#settings summary").click()
+        settings = {
+            r.find_elements(By.TAG_NAME, "td")[0].text: r.find_elements(By.TAG_NAME, "td")[1].text
+            for r in browser.find_elements(By.CSS_SELECTOR, "#settings-table tr")
+        }
+        assert settings["image_size"] == "32" and settings["method_name"] == "rd4ad"
     finally:
         browser.quit()
 
@@ -308,6 +579,14 @@ def test_a_bad_save_writes_nothing_and_answers_400(served, run_copy):
         ('{"image_threshold": 0.5, "checkpoint_sha256": "%s", "_target_": "os.system"}', "'_target_', which adkd"),
         ('{"image_threshold": 0.5, "checkpoint_sha256": 7}', "does not name the checkpoint"),
         ('{"image_threshold": 0.5, "checkpoint_sha256": "%s", "calibrated_image_threshold": "x"}', "calibrated"),
+        ('{"image_threshold": 0.5, "pixel_threshold": "0.1", "checkpoint_sha256": "%s"}', "pixel_threshold '0.1'"),
+        ('{"image_threshold": 0.5, "pixel_threshold": null, "checkpoint_sha256": "%s"}', "pixel_threshold None"),
+        ('{"image_threshold": 0.5, "pixel_threshold": NaN, "checkpoint_sha256": "%s"}', "no pixel threshold (NaN)"),
+        ('{"image_threshold": 0.5, "pixel_threshold": 1e39, "checkpoint_sha256": "%s"}', "gives pixel_threshold 1e+39"),
+        (
+            '{"image_threshold": 0.5, "pixel_threshold": 0.1, "calibrated_pixel_threshold": true, "checkpoint_sha256": "%s"}',
+            "calibrated_pixel_threshold True",
+        ),
         ('{"image_threshold": 0.5', "Cannot read"),
         ("[1, 2]", "holds no image_threshold"),
         (" " * 100_000, "not a threshold choice adkd wrote"),
@@ -344,6 +623,27 @@ def test_a_bad_threshold_file_is_refused_in_one_line_by_predict_export_and_serve
         assert len(lines) == 1 and lines[0].startswith(f"error: {sidecar} gives image_threshold -1e+300"), lines
         assert "delete it (the calibrated threshold is then used) and choose the threshold again" in lines[0]
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_threshold_file_holds_the_pixel_threshold_checked_and_per_category(tmp_path):
+    from adkd.deploy import operating_point
+    from adkd.errors import UserError
+
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(b"weights")
+    path = operating_point.save(checkpoint, 1.5, 1.0, "widget", pixel_threshold=0.25, calibrated_pixel=0.2)
+    assert path.name == "last.widget.threshold.json"
+    assert json.loads(path.read_text())["calibrated_pixel_threshold"] == 0.2
+    assert operating_point.choice(checkpoint, category="widget") == operating_point.Choice(1.5, 0.25)
+    assert operating_point.chosen(checkpoint, category="widget") == 1.5
+    assert operating_point.choice(checkpoint) is None  # another category's file is not this one's
+    for bad in (float("nan"), float("inf"), "0.3", True, 1e39):
+        with pytest.raises(UserError, match="pixel_threshold must be"):
+            operating_point.save(checkpoint, 2.0, 1.0, "widget", pixel_threshold=bad)
+    assert operating_point.choice(checkpoint, category="widget") == operating_point.Choice(1.5, 0.25)  # untouched
+    operating_point.save(checkpoint, 2.0, 1.0, "widget")  # the image threshold alone: the calibrated pixel one
+    assert operating_point.choice(checkpoint, category="widget") == operating_point.Choice(2.0, None)
+    assert "pixel_threshold" not in json.loads(path.read_text())
 
 
 def test_many_concurrent_saves_all_succeed_and_leave_one_whole_file(served, run_copy):

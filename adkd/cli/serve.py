@@ -1,12 +1,15 @@
 """`adkd serve <run folder or .ckpt>`: a local web app and HTTP endpoint for one trained run.
 
-Open the address it prints: the run's test and validation images with their maps, scores and
-decisions (filter by false positive, false negative, defect type); a threshold slider that moves
-the confusion counts, precision, recall and false-positive rate on both splits beside the score
-histogram; "Save" keeps the chosen threshold beside the checkpoint
+Open the address it prints (a desktop or a phone): the run's test and validation images with
+their scores, decisions and predicted regions (filter by false positive, false negative, defect
+type; click one to see it large, with its heat map or region outline); an image threshold slider
+(the decision) and a pixel threshold slider (the region) that move the confusion counts,
+precision, recall and false-positive rate on both splits, the score histogram, the ROC and PR
+curves' operating point and the recall per defect type; "Download CSV": every image's decision
+at those thresholds; "Save" keeps both thresholds beside the checkpoint
 (``checkpoints/last.threshold.json``; the checkpoint is untouched), and predict, export and
-serve use it from then on; new images are scored by dropping them on the page or naming a folder
-on this machine.
+serve use them from then on; new images are scored by dropping them on the page or naming a
+folder on this machine; the run's settings.
 
 A line integrates it over HTTP: ``curl -F file=@part.png http://127.0.0.1:8000/predict`` answers
 ``{"score": ..., "normalized_score": ..., "decision": "normal" | "anomalous", "threshold": ...}``

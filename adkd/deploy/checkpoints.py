@@ -27,8 +27,8 @@ def checkpoint_path(source: Path) -> Path:
 def load_model(source: Path, device: str = "cpu", category: str | None = None) -> tuple[nn.Module, dict]:
     """The trained LightningModule of a run folder or checkpoint, in inference mode, and its run
     config (with ``checkpoint``: the file, its epoch and step). The stored config is
-    checked by :mod:`adkd.deploy.trust` before anything is built from it. An image threshold chosen
-    after training (:mod:`adkd.deploy.operating_point`) replaces the calibrated one.
+    checked by :mod:`adkd.deploy.trust` before anything is built from it. Image and pixel thresholds
+    chosen after training (:mod:`adkd.deploy.operating_point`) replace the calibrated ones.
 
     A unified model (``category=all``) holds thresholds per category and none of its own:
     ``category`` picks the one it decides with, and is required (a CheckpointError lists them).
@@ -64,11 +64,13 @@ def load_model(source: Path, device: str = "cpu", category: str | None = None) -
     if picked:
         origin["category"] = picked
 
-    choice = operating_point.chosen(path, category=picked)
+    choice = operating_point.choice(path, category=picked)
     if choice is not None:  # the engineer's choice (adkd.deploy.serve) over the calibrated one
         origin["calibrated_image_threshold"] = float(model.post.image_threshold)
         origin["chosen_threshold"] = str(operating_point.sidecar_path(path, picked))
-        model.post.set_thresholds(image=choice)
+        if choice.pixel is not None:
+            origin["calibrated_pixel_threshold"] = float(model.post.pixel_threshold)
+        model.post.set_thresholds(image=choice.image, pixel=choice.pixel)
     return model.to(device).prepare_for_inference(), {**config, "checkpoint": origin}
 
 

@@ -1,5 +1,10 @@
-"""The image threshold an engineer chose after training (``adkd.deploy.serve``'s slider), kept in a
+"""The thresholds an engineer chose after training (``adkd.deploy.serve``'s sliders), kept in a
 small file beside the checkpoint: ``checkpoints/last.threshold.json`` for ``last.ckpt``.
+
+Two thresholds, separate: the image threshold decides whether an image is anomalous (its score
+above it), the pixel threshold draws the predicted region (the anomaly map above it). The file
+always holds the image threshold; the pixel threshold is in it where one was chosen (files
+written before it could be chosen have none, and the calibrated pixel threshold is then used).
 
 The checkpoint itself is never rewritten: its calibrated thresholds stay what training set. The
 file names the checkpoint it was chosen for (its sha256); a checkpoint that has changed since (a
@@ -23,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from adkd.deploy import trust
@@ -30,9 +36,26 @@ from adkd.deploy.trust import file_digest
 from adkd.errors import CheckpointError, UserError
 
 MAX_BYTES = 64 * 1024  # what adkd writes is a few hundred bytes
-KEYS = {"category", "image_threshold", "calibrated_image_threshold", "checkpoint_sha256", "saved"}
+KEYS = {
+    "category",
+    "image_threshold",
+    "calibrated_image_threshold",
+    "pixel_threshold",
+    "calibrated_pixel_threshold",
+    "checkpoint_sha256",
+    "saved",
+}
 _SAVING = threading.Lock()  # one Save at a time in this process: the last one saved is the one in use
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a threshold file holds: the image threshold, and the pixel threshold where one was
+    chosen (None: the calibrated one stays)."""
+
+    image: float
+    pixel: float | None = None
 
 
 def sidecar_path(checkpoint: Path, category: str | None = None) -> Path:
@@ -54,18 +77,29 @@ def check_choice(image_threshold: object, where: str = "image_threshold") -> flo
     return value
 
 
-def save(checkpoint: Path, image_threshold: float, calibrated: float | None, category: str | None = None) -> Path:
-    """Write the chosen image threshold for ``checkpoint`` (``category``'s, of a unified model),
-    checked first (:func:`check_choice`; nothing is written for a bad value) and atomically: a
-    reader never sees half a file, and a process killed at any moment leaves the previous choice
-    or the new one. Saves of one process take turns; each writes its own temporary file (held
-    with a lock while it lives), which :func:`clean_partial` removes if its writer died."""
+def save(
+    checkpoint: Path,
+    image_threshold: float,
+    calibrated: float | None,
+    category: str | None = None,
+    pixel_threshold: float | None = None,
+    calibrated_pixel: float | None = None,
+) -> Path:
+    """Write the chosen image threshold for ``checkpoint`` (``category``'s, of a unified model), and
+    the chosen pixel threshold where one is given, both checked first (:func:`check_choice`;
+    nothing is written for a bad value) and atomically: a reader never sees half a file, and a
+    process killed at any moment leaves the previous choice or the new one. Saves of one process
+    take turns; each writes its own temporary file (held with a lock while it lives), which
+    :func:`clean_partial` removes if its writer died. ``calibrated``, ``calibrated_pixel``: the
+    thresholds training set, kept in the file for the record."""
     value = check_choice(image_threshold)
+    pixel = None if pixel_threshold is None else check_choice(pixel_threshold, "pixel_threshold")
     path = sidecar_path(checkpoint, category)
     record = {
         **({"category": category} if category else {}),
         "image_threshold": value,
         "calibrated_image_threshold": calibrated,
+        **({"pixel_threshold": pixel, "calibrated_pixel_threshold": calibrated_pixel} if pixel is not None else {}),
         "checkpoint_sha256": file_digest(checkpoint),
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -114,11 +148,18 @@ def clean_partial(path: Path) -> list[Path]:
 
 
 def chosen(checkpoint: Path, digest: str | None = None, category: str | None = None) -> float | None:
-    """The image threshold chosen for ``checkpoint`` as it is now (``category``'s, of a unified
-    model), or None (no file, or a stale one: then a warning says so). ``digest``: the checkpoint's
+    """The image threshold chosen for ``checkpoint`` as it is now (:func:`choice`), or None."""
+    found = choice(checkpoint, digest, category)
+    return None if found is None else found.image
+
+
+def choice(checkpoint: Path, digest: str | None = None, category: str | None = None) -> Choice | None:
+    """The thresholds chosen for ``checkpoint`` as it is now (``category``'s, of a unified model),
+    or None (no file, or a stale one: then a warning says so). ``digest``: the checkpoint's
     sha256, where the caller has it. The file is read as any file adkd is handed: a value it cannot
     use (not a number, NaN, beyond float32, a key adkd does not write) is refused in one line that
-    names the file and what to do."""
+    names the file and what to do. A file without a pixel threshold (written before one could be
+    chosen) gives ``pixel`` None."""
     path = sidecar_path(checkpoint, category)
     clean_partial(path)
     if not path.is_file():
@@ -146,9 +187,18 @@ def chosen(checkpoint: Path, digest: str | None = None, category: str | None = N
         value = trust.threshold(record["image_threshold"], "image_threshold", path)
         if value is None:
             raise CheckpointError(f"{path} gives no image threshold (NaN).")
-        calibrated = record.get("calibrated_image_threshold")
-        if calibrated is not None and (isinstance(calibrated, bool) or not isinstance(calibrated, int | float)):
-            raise CheckpointError(f"{path} gives calibrated_image_threshold {calibrated!r}: expected a number or null.")
+        for key in ("calibrated_image_threshold", "calibrated_pixel_threshold"):
+            calibrated = record.get(key)
+            if calibrated is not None and (isinstance(calibrated, bool) or not isinstance(calibrated, int | float)):
+                raise CheckpointError(f"{path} gives {key} {calibrated!r}: expected a number or null.")
+        pixel = None
+        if "pixel_threshold" in record:
+            given = record["pixel_threshold"]
+            if not isinstance(given, int | float) or isinstance(given, bool):
+                raise CheckpointError(f"{path} gives pixel_threshold {given!r}: expected a number.")
+            pixel = trust.threshold(given, "pixel_threshold", path)
+            if pixel is None:
+                raise CheckpointError(f"{path} gives no pixel threshold (NaN).")
         if record.get("category", category) != category:
             raise CheckpointError(f"{path} is the choice for category {record.get('category')!r}, not {category!r}.")
         stamp = record.get("checkpoint_sha256")
@@ -163,7 +213,7 @@ def chosen(checkpoint: Path, digest: str | None = None, category: str | None = N
             file=sys.stderr,
         )
         return None
-    return value
+    return Choice(value, pixel)
 
 
 def fingerprint(checkpoint: Path, category: str | None = None) -> str:

@@ -1,15 +1,20 @@
 """The HTTP side of ``adkd.deploy.serve``: a FastAPI app over one :class:`~adkd.deploy.serve.session.Session`.
 
-- ``GET /``: the page (plain HTML and JavaScript, no build step): the run's images in a grid with
-  their maps, scores and decisions; a threshold slider with live counts on the test and
-  validation images beside the histogram; saving the chosen threshold; scoring dropped images
-  and server folders.
+- ``GET /``: the page (one HTML file, plain JavaScript, no build step and nothing fetched from
+  elsewhere): the run's images in a grid, each opened large with its heat map or region; image
+  and pixel threshold sliders with live counts, histogram, ROC and PR curves and recall per
+  defect type; saving the chosen thresholds; the decisions as CSV; scoring dropped images and
+  server folders; the run's settings.
 - ``POST /predict``: one image as the multipart form field ``file`` -> JSON ``score``,
-  ``normalized_score`` (0.5 = the threshold), ``decision``, ``threshold`` (``?mask=true``: also
-  ``mask_png``, the predicted region at the image's own size, base64 PNG). A line's integration
-  calls this.
-- ``GET /api/run``, ``GET /api/images``, ``GET /api/overlay/<split>/<index>.png``,
-  ``POST /api/threshold``, ``POST /api/score-folder``: what the page reads and writes.
+  ``normalized_score`` (0.5 = the threshold), ``decision``, ``threshold``, ``pixel_threshold``
+  (``?mask=true``: also ``mask_png``, the predicted region at the image's own size, base64 PNG;
+  ``?heatmap=true``: also ``map_size`` and ``map_f32``, the raw anomaly map at the model's size as
+  base64 little-endian float32). A line's integration calls this.
+- ``GET /api/decisions.csv``: every image of the run with its decision (``?image_threshold=``,
+  ``?pixel_threshold=``: at those thresholds instead of the ones in use).
+- ``GET /api/run``, ``GET /api/images``, ``GET /api/image/<split>/<index>.png``,
+  ``GET /api/map/<split>/<index>``, ``GET /api/truth/<split>/<index>.png``, ``POST /api/threshold``,
+  ``POST /api/score-folder``: what the page reads and writes.
 
 Bad requests get a 4xx with a message that says what to send, never a 500; a body larger than
 the upload limit is refused (413) before it is parsed, and an image whose header declares more
@@ -38,8 +43,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
+from adkd.deploy import operating_point
 from adkd.deploy.predict import walk_images
-from adkd.deploy.serve.session import SPLITS, Session
+from adkd.deploy.serve.session import KEEP, SPLITS, Session, map_bytes
 from adkd.errors import ImageTooLargeError, UserError
 
 MAX_FOLDER_IMAGES = 5000
@@ -51,6 +57,7 @@ WILDCARD = ("0.0.0.0", "::", "")
 class Threshold(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image_threshold: Any  # checked by adkd.deploy.operating_point.check_choice, which says what it takes
+    pixel_threshold: Any = None  # the same; left out: the pixel threshold in use stays
 
 
 class Folder(BaseModel):
@@ -100,6 +107,7 @@ def create_app(
             **session.describe(),
             "folders": folders,
             "counts": {split: len(session.images[split]) for split in SPLITS},
+            "settings": session.settings(),
         }
 
     @app.get("/api/images")
@@ -112,26 +120,65 @@ def create_app(
                 "label": s.label,
                 "defect": s.defect,
                 "score": s.score,
+                "map_max": s.map_max,
+                "truth": s.mask_path is not None,
             }
             for split in SPLITS
             for s in session.images[split]
         ]
 
-    @app.get("/api/overlay/{split}/{index}.png")
-    def overlay(split: str, index: int) -> Response:
+    def check_image(split: str, index: int) -> None:
         if split not in SPLITS or not 0 <= index < len(session.images[split]):
             raise HTTPException(404, f"No image {split}/{index}: splits are {', '.join(SPLITS)}, indices from 0.")
+
+    @app.get("/api/image/{split}/{index}.png")
+    def image(split: str, index: int, size: int = 1024) -> Response:
+        check_image(split, index)
+        longest = min(max(size, 16), 4096)
+        return Response(session.image_png(split, index, longest), media_type="image/png", headers=CACHED)
+
+    @app.get("/api/map/{split}/{index}")
+    def anomaly_map(split: str, index: int) -> Response:
+        """The raw map at the model's size: little-endian float32, row by row (X-Map-Size: WxH)."""
+        check_image(split, index)
+        values = session.anomaly_map(split, index)
+        size = f"{values.shape[1]}x{values.shape[0]}"
         return Response(
-            session.overlay_png(split, index), media_type="image/png", headers={"Cache-Control": "max-age=3600"}
+            map_bytes(values), media_type="application/octet-stream", headers={**CACHED, "X-Map-Size": size}
+        )
+
+    @app.get("/api/truth/{split}/{index}.png")
+    def truth(split: str, index: int, size: int = 1024) -> Response:
+        check_image(split, index)
+        mask = session.truth_png(split, index, min(max(size, 16), 4096))
+        if mask is None:
+            raise HTTPException(404, f"Image {split}/{index} has no ground-truth mask.")
+        return Response(mask, media_type="image/png", headers=CACHED)
+
+    @app.get("/api/decisions.csv")
+    def decisions(image_threshold: float | None = None, pixel_threshold: float | None = None) -> Response:
+        image_threshold = _query(image_threshold, "image_threshold")
+        pixel_threshold = _query(pixel_threshold, "pixel_threshold")
+        described = session.describe()
+        name = "-".join(str(described[k]) for k in ("method", "dataset", "category") if described[k]) + "-decisions"
+        return Response(
+            session.decisions_csv(image_threshold, pixel_threshold),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{_safe(name)}.csv"', "Cache-Control": "no-store"},
         )
 
     @app.post("/api/threshold")
     def threshold(choice: Threshold) -> dict:
-        path = session.choose(choice.image_threshold)  # checked before anything is written
-        return {"threshold": session.threshold, "saved": str(path)}
+        pixel = choice.pixel_threshold if "pixel_threshold" in choice.model_fields_set else KEEP
+        path = session.choose(choice.image_threshold, pixel)  # checked before anything is written
+        return {"threshold": session.threshold, "pixel_threshold": session.pixel_threshold, "saved": str(path)}
 
     @app.post("/predict")
-    def predict(file: UploadFile | None = File(None), mask: bool = False) -> dict:  # noqa: B008 - FastAPI's form
+    def predict(  # noqa: B008 - FastAPI's form
+        file: UploadFile | None = File(None),  # noqa: B008
+        mask: bool = False,
+        heatmap: bool = False,
+    ) -> dict:
         if file is None or not hasattr(file, "read"):
             raise HTTPException(
                 400,
@@ -141,7 +188,7 @@ def create_app(
         data = file.file.read()
         if not data:
             raise HTTPException(400, f"The uploaded file {file.filename!r} is empty.")
-        return {"file": file.filename, **session.predict_bytes(data, file.filename or "the upload", mask)}
+        return {"file": file.filename, **session.predict_bytes(data, file.filename or "the upload", mask, heatmap)}
 
     @app.post("/api/score-folder")
     async def score_folder(folder: Folder, request: Request) -> dict:
@@ -204,8 +251,21 @@ def _score_folder(session: Session, root: Path, stop: Callable[[], bool]) -> dic
     return {"folder": str(root), "results": results, "skipped": skipped}
 
 
+CACHED = {"Cache-Control": "max-age=3600"}
+
+
 def _name(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
+
+
+def _query(value: float | None, name: str) -> float | None:
+    """A threshold given in a query: None, or what a saved one may be (a UserError, 400, otherwise)."""
+    return None if value is None else operating_point.check_choice(value, name)
+
+
+def _safe(name: str) -> str:
+    """A file name for a download: letters, digits, '-', '_' and '.' only."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or "decisions"
 
 
 def host_names(host: str) -> frozenset[str]:

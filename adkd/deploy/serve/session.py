@@ -1,5 +1,6 @@
-"""What ``adkd.deploy.serve`` holds for one run, loaded once: the engine, the operating point, and the
-run's own test and validation images with their scores and maps.
+"""What ``adkd.deploy.serve`` holds for one run, loaded once: the engine, the operating point (the
+image threshold that decides, the pixel threshold that draws the region), and the run's own test
+and validation images with their scores and maps.
 
 Every engine gives the raw map and score (:class:`~adkd.deploy.engines.Deployable`'s first two
 outputs); decisions and normalised values come from the run's
@@ -10,10 +11,12 @@ applies to every engine at once.
 from __future__ import annotations
 
 import copy
+import csv
 import io
 import logging
 import math
 import os
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +32,27 @@ from adkd.deploy.checkpoints import load_model
 from adkd.deploy.engines import Deployable
 from adkd.deploy.predict import exported_model
 from adkd.deploy.serve import DEFAULT_MAX_PIXELS
-from adkd.errors import UserError, user_error_in
-from adkd.report.panels import overlay
+from adkd.errors import ImageReadError, UserError, user_error_in
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "validation")
-MAP_MEMORY = 256 * 2**20  # maps kept (float16) up to this size; beyond, an overlay computes its own
+KEEP = object()  # Session.choose: the pixel threshold stays as it is
+DECISION_FIELDS = [
+    "split",
+    "image_path",
+    "gt_label",
+    "defect",
+    "pred_score",
+    "normalized_score",
+    "decision",
+    "outcome",
+    "image_threshold",
+    "map_max",
+    "region",
+    "pixel_threshold",
+]
+MAP_MEMORY = 256 * 2**20  # maps kept (float16) up to this size; beyond, each request computes its own
 DECODERS = min(4, os.cpu_count() or 1)  # images decoded at once (the cores are the limit anyway)
 
 
@@ -50,6 +67,7 @@ class Scored:
     defect: str
     mask_path: Path | None
     score: float
+    map_max: float  # the map's highest value: a region is drawn where the pixel threshold is below it
 
 
 class Session:
@@ -77,6 +95,11 @@ class Session:
         self.calibrated = self.config["checkpoint"].get(
             "calibrated_image_threshold", _number(self.post.image_threshold)
         )
+        self.calibrated_pixel = self.config["checkpoint"].get(
+            "calibrated_pixel_threshold", _number(self.post.pixel_threshold)
+        )
+        self.pixel_chosen = "calibrated_pixel_threshold" in self.config["checkpoint"]  # saved with the image's
+        self.pixel_floor = _number(self.post.pixel_floor)
         self.image_size = int(self.config["image_size"])
         if engine == "torch":
             deployable = Deployable(module).eval()
@@ -95,6 +118,8 @@ class Session:
         self.stopping = threading.Event()  # set when the server is asked to stop: long requests end
         self.images: dict[str, list[Scored]] = {split: [] for split in SPLITS}
         self._maps: dict[str, list[torch.Tensor]] = {}
+        self.map_range: tuple[float, float] | None = None  # lowest and highest value of the run's maps
+        self.token = secrets.token_hex(6)  # in the page's image URLs: another run on this port is not cached
         self.images_note = self._score_run_images()
 
     # -- the operating point --------------------------------------------------------------------
@@ -106,21 +131,29 @@ class Session:
     def pixel_threshold(self) -> float | None:
         return _number(self.post.pixel_threshold)
 
-    def choose(self, image_threshold: object) -> Path:
-        """Keep ``image_threshold`` for this run (:mod:`adkd.deploy.operating_point`); used from now on.
-        Checked before anything is written (a UserError says what is expected); concurrent choices
-        take turns, so the one in use is the one last saved."""
+    def choose(self, image_threshold: object, pixel_threshold: object = KEEP) -> Path:
+        """Keep ``image_threshold`` for this run, and ``pixel_threshold`` (left out: the pixel
+        threshold in use stays, a chosen one saved again) (:mod:`adkd.deploy.operating_point`);
+        both used from now on. Checked before anything is written (a UserError says what is
+        expected); concurrent choices take turns, so the one in use is the one last saved."""
         value = operating_point.check_choice(image_threshold)
+        if pixel_threshold is KEEP:
+            pixel = self.pixel_threshold if self.pixel_chosen else None
+        else:
+            pixel = operating_point.check_choice(pixel_threshold, "pixel_threshold")
         with self._choosing:
             try:
-                path = operating_point.save(self.checkpoint, value, self.calibrated, self.category)
+                path = operating_point.save(
+                    self.checkpoint, value, self.calibrated, self.category, pixel, self.calibrated_pixel
+                )
             except OSError as err:  # a read-only or full disk: the choice stays as it was
                 raise UserError(
                     f"Cannot save the threshold beside {self.checkpoint} ({err.strerror or err}): "
                     "nothing was changed. The run's checkpoints folder must be writable."
                 ) from err
-            self.post.set_thresholds(image=value)
-        log.info("Image threshold %.6g saved to %s", value, path)
+            self.post.set_thresholds(image=value, pixel=pixel)
+            self.pixel_chosen = self.pixel_chosen or pixel is not None
+        log.info("Image threshold %.6g, pixel threshold %s saved to %s", value, pixel, path)
         return path
 
     # -- scoring --------------------------------------------------------------------------------
@@ -130,13 +163,15 @@ class Session:
             anomaly_map, score = self._engine(images)
         return anomaly_map.float().cpu(), score.float().cpu()
 
-    def predict_bytes(self, data: bytes, name: str, mask: bool = False) -> dict:
+    def predict_bytes(self, data: bytes, name: str, mask: bool = False, heatmap: bool = False) -> dict:
         """One uploaded image: score, normalised score, decision, threshold (and the predicted
-        region as a PNG at the image's own size, base64, with ``mask``)."""
-        return self.predict_file(io.BytesIO(data), name, mask)
+        region as a PNG at the image's own size, base64, with ``mask``; the anomaly map at the
+        model's size, with ``heatmap``)."""
+        return self.predict_file(io.BytesIO(data), name, mask, heatmap)
 
-    def predict_file(self, file: Path | BinaryIO, name: str, mask: bool = False) -> dict:
-        """:meth:`predict_bytes` of an image file or stream. One whose header declares more than
+    def predict_file(self, file: Path | BinaryIO, name: str, mask: bool = False, heatmap: bool = False) -> dict:
+        """:meth:`predict_bytes` of an image file or stream (``heatmap``: also the raw map, see
+        :func:`map_fields`). One whose header declares more than
         ``max_pixels`` is refused before it is decoded (ImageTooLargeError), and at most
         ``DECODERS`` images are decoded at once: the memory a burst of requests takes is bounded
         by about DECODERS x 12 bytes x max_pixels, whatever is sent."""
@@ -151,6 +186,8 @@ class Session:
         if mask:
             with self._decoding:
                 answer["mask_png"] = self.mask_png(anomaly_map[0, 0], size)
+        if heatmap:
+            answer.update(map_fields(anomaly_map[0, 0]))
         return answer
 
     def decide(self, score: float) -> dict:
@@ -158,6 +195,7 @@ class Session:
         answer = {
             "score": score,
             "threshold": threshold,
+            "pixel_threshold": self.pixel_threshold,
             "normalized_score": None,
             "decision": "no threshold",
             "anomalous": None,
@@ -205,6 +243,7 @@ class Session:
         chosen = {"test": records["test"], "validation": records["calibration"]}
         total = sum(len(r) for r in chosen.values())
         keep_maps = total * self.image_size**2 * 2 <= MAP_MEMORY
+        lowest, highest = math.inf, -math.inf
         with tqdm(total=total, unit="image", desc="scoring the run's images") as bar:
             for split, split_records in chosen.items():
                 data = AnomalyDataset(split_records, self.image_size)
@@ -214,6 +253,8 @@ class Session:
                     maps, scores = self.infer(torch.stack([s["image"] for s in samples]))
                     for offset, (score, anomaly_map) in enumerate(zip(scores.tolist(), maps, strict=True)):
                         record = split_records[start + offset]
+                        top = float(anomaly_map.max())
+                        lowest, highest = min(lowest, float(anomaly_map.min())), max(highest, top)
                         self.images[split].append(
                             Scored(
                                 split,
@@ -223,32 +264,131 @@ class Session:
                                 record.defect,
                                 record.mask_path,
                                 score,
+                                top,
                             )
                         )
                         if keep_maps:
                             self._maps[split].append(anomaly_map[0].half())
                     bar.update(len(samples))
+        if math.isfinite(lowest) and math.isfinite(highest):
+            self.map_range = (lowest, highest)
         return None
 
-    def overlay_png(self, split: str, index: int) -> bytes:
-        """image | map | predicted region (and truth) for one of the run's images, as PNG bytes."""
-        item = self.images[split][index]
-        sample = AnomalyDataset([Record(item.path, item.label, item.mask_path, item.defect)], self.image_size)[0]
+    def anomaly_map(self, split: str, index: int) -> torch.Tensor:
+        """One of the run's images' raw anomaly map (H, W) at the model's size, float32."""
         maps = self._maps.get(split) or []
-        anomaly_map = maps[index].float() if index < len(maps) else self.infer(sample["image"][None])[0][0, 0]
-        normalized = self.post.normalize(anomaly_map[None, None], torch.zeros(1))[0][0, 0]
-        if self.pixel_threshold is None:
-            normalized = None
-        buffer = io.BytesIO()
-        truth = sample["gt_mask"][0].numpy() > 0.5 if item.mask_path is not None else None
-        overlay(
-            sample["image"].permute(1, 2, 0).numpy(),
-            None if normalized is None else normalized.numpy(),
-            f"{item.path.name}: score {item.score:.4g}",
-            buffer,
-            truth=truth,
-        )
+        if index < len(maps):
+            return maps[index].float()
+        return self.infer(self._sample(split, index)["image"][None])[0][0, 0]
+
+    def truth_png(self, split: str, index: int, longest: int) -> bytes | None:
+        """One of the run's images' ground-truth mask as a black and white PNG (any non-zero value
+        of the mask file is anomalous), its longest side at most ``longest`` pixels (a pixel
+        partly covered stays white: thin defects survive), or None where it has none."""
+        from PIL import Image
+
+        item = self.images[split][index]
+        if item.mask_path is None:
+            return None
+        with self._decoding:
+            try:
+                with Image.open(item.mask_path) as img:
+                    mask = img.convert("L").point(lambda v: 255 if v else 0)
+            except (OSError, ValueError) as err:
+                raise ImageReadError(f"Cannot read mask {item.mask_path}: {err}") from err
+            if max(mask.size) > longest:
+                scale = longest / max(mask.size)
+                size = (max(1, round(mask.size[0] * scale)), max(1, round(mask.size[1] * scale)))
+                mask = mask.resize(size, Image.BOX).point(lambda v: 255 if v else 0)
+            buffer = io.BytesIO()
+            mask.save(buffer, format="PNG")
         return buffer.getvalue()
+
+    def _sample(self, split: str, index: int) -> dict:
+        item = self.images[split][index]
+        return AnomalyDataset([Record(item.path, item.label, item.mask_path, item.defect)], self.image_size)[0]
+
+    def image_png(self, split: str, index: int, longest: int) -> bytes:
+        """One of the run's images as a PNG, its longest side at most ``longest`` pixels (never
+        enlarged): what the page draws the map over (the model saw it squeezed to a square)."""
+        from PIL import Image
+
+        with self._decoding:
+            image = read_image(self.images[split][index].path)
+            if max(image.size) > longest:
+                image.thumbnail((longest, longest), Image.BILINEAR)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+
+    def decisions(self, image_threshold: float | None = None, pixel_threshold: float | None = None) -> list[dict]:
+        """Every scored image of the run with its decision at ``image_threshold`` and whether a
+        region is drawn at ``pixel_threshold`` (left out: the thresholds in use)."""
+        image_threshold = self.threshold if image_threshold is None else image_threshold
+        pixel_threshold = self.pixel_threshold if pixel_threshold is None else pixel_threshold
+        post = copy.deepcopy(self.post)
+        if image_threshold is not None:
+            post.set_thresholds(image=image_threshold)
+        rows = []
+        for split in SPLITS:
+            items = self.images[split]
+            normalized = post.normalize_score(torch.tensor([s.score for s in items], dtype=torch.float64)).tolist()
+            for item, value in zip(items, normalized, strict=True):
+                row = {
+                    "split": split,
+                    "image_path": str(item.path),
+                    "gt_label": item.label,
+                    "defect": item.defect,
+                    "pred_score": item.score,
+                    "normalized_score": "",
+                    "decision": "no threshold",
+                    "outcome": "",
+                    "image_threshold": "" if image_threshold is None else image_threshold,
+                    "map_max": item.map_max,
+                    "region": "",
+                    "pixel_threshold": "" if pixel_threshold is None else pixel_threshold,
+                }
+                if image_threshold is not None:
+                    anomalous = item.score > image_threshold
+                    row.update(
+                        normalized_score=value if math.isfinite(value) else "",
+                        decision="anomalous" if anomalous else "normal",
+                        outcome=("T" if anomalous == bool(item.label) else "F") + ("P" if anomalous else "N"),
+                    )
+                if pixel_threshold is not None:
+                    row["region"] = "drawn" if item.map_max > pixel_threshold else "none"
+                rows.append(row)
+        return rows
+
+    def decisions_csv(self, image_threshold: float | None = None, pixel_threshold: float | None = None) -> str:
+        """:meth:`decisions` as CSV text (``DECISION_FIELDS``)."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=DECISION_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.decisions(image_threshold, pixel_threshold))
+        return buffer.getvalue()
+
+    def settings(self) -> dict:
+        """The run's settings as the page lists them: the command's overrides, and every value of
+        the run's config as ``dotted.key: value`` text."""
+        config = {k: v for k, v in self.config.items() if k != "checkpoint"}
+        flat: list[list[str]] = []
+
+        def walk(value: object, key: str) -> None:
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(v, f"{key}.{k}" if key else str(k))
+            else:
+                flat.append([key, value if isinstance(value, str) else _json(value)])
+
+        walk(config, "")
+        origin = self.config["checkpoint"]
+        overrides = config.get("overrides")
+        return {
+            "overrides": [str(o) for o in overrides] if isinstance(overrides, list) else [],
+            "checkpoint": {k: str(v) for k, v in origin.items()},
+            "values": flat,
+        }
 
     def describe(self) -> dict:
         config = self.config
@@ -264,8 +404,38 @@ class Session:
             "threshold": self.threshold,
             "calibrated_threshold": self.calibrated,
             "pixel_threshold": self.pixel_threshold,
+            "calibrated_pixel_threshold": self.calibrated_pixel,
+            "pixel_floor": self.pixel_floor,
+            "map_range": None if self.map_range is None else list(self.map_range),
+            "map_size": [self.image_size, self.image_size],
             "images_note": self.images_note,
+            "token": self.token,
         }
+
+
+def map_fields(anomaly_map: torch.Tensor) -> dict:
+    """A raw anomaly map (H, W) as JSON fields: ``map_size`` [W, H] and ``map_f32``, its values as
+    little-endian float32, row by row, base64 (what the page draws the heat map and region from)."""
+    import base64
+
+    return {
+        "map_size": [anomaly_map.shape[1], anomaly_map.shape[0]],
+        "map_f32": base64.b64encode(map_bytes(anomaly_map)).decode(),
+    }
+
+
+def map_bytes(anomaly_map: torch.Tensor) -> bytes:
+    """A map (H, W) as little-endian float32 bytes, row by row."""
+    return anomaly_map.detach().float().cpu().numpy().astype("<f4").tobytes()
+
+
+def _json(value: object) -> str:
+    import json
+
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _number(value: torch.Tensor) -> float | None:
