@@ -1,21 +1,5 @@
-"""`adkd export <run folder or .ckpt> [--format onnx|torchscript|openvino] [--out FILE]`.
-
-Writes a model that takes a batch of resized RGB images in [0, 1] (any batch size) and returns
-the smoothed anomaly map, the image score and both normalised around the threshold (0.5), with
-the input normalisation, the blur and the thresholds inside. The export ends with a parity check
-on test images of the run's own dataset (random images where that is not at hand): the exported
-model's maps and scores must match the checkpoint's to ``--tolerance`` (relative to the largest
-value; default 1e-4, or the looser ``export_tolerance`` a network declares, with its reason), or the
-export fails and prints the differences (the normalised outputs are reported too).
-
-ONNX goes through torch's dynamo exporter (opset 18), which handles DHKD's FFT filter and
-normalizing flow and ADPS's patch split; TorchScript through tracing; OpenVINO from the ONNX
-export, in fp32, fp16 or int8 (``--precision``; :mod:`adkd.deploy.openvino`).
-
-A unified run (``category=all``) holds a threshold per category, and an export carries one:
-``--category`` picks it, and the export goes to ``<run>/export/<category>/``, checked on that
-category's test images, with ``category`` in its metadata.
-"""
+"""Export behind ``adkd export``: ONNX and TorchScript with the parity check (what an export holds
+and how it is checked: the command's help, :mod:`adkd.cli.export`; OpenVINO: :mod:`adkd.deploy.openvino`)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,5 @@
-"""`adkd predict <run folder or .ckpt> <image | folder | glob> ...`: score new images.
-
-Needs nothing but the checkpoint: it carries the resolved config (method, backbone, image size),
-the weights, and the thresholds set after training. Writes into ``--out``:
-
-- ``predictions.csv``: image_path, pred_score, normalized_score (0.5 = the threshold), pred_label
-  (1 = anomalous), decision, image_threshold;
-- ``figures/``: per image, the image | its anomaly map (normalised, with a colour bar) | the
-  predicted region, with the score and the decision in the title (``--no-figures`` to skip);
-- ``masks/`` with ``--masks``: the predicted region as a binary PNG at the image's own size.
-
-A folder is searched recursively; files that cannot be read are listed and skipped.
-
-A unified model (trained with ``category=all``) holds a threshold per category: ``--category``
-says which category the images are of, and picks its thresholds; without it, predict refuses and
-lists the categories.
-"""
+"""Scoring behind ``adkd predict``: images in, predictions.csv, figures and masks out (the files
+and the engines: the command's help, :mod:`adkd.cli.predict`)."""
 
 from __future__ import annotations
 

@@ -1,28 +1,6 @@
-"""`adkd submit --out <folder> <run> [<run> ...]`: the anomaly maps of MVTec AD
-2's private test sets, in the form MVTec's evaluation server (https://benchmark.mvtec.com/) takes.
-
-The labels of ``test_private`` and ``test_private_mixed`` are not published; the server scores maps
-uploaded as one ``.tar.gz`` of this folder (what MVTec's checker, ``check_and_prepare_data_for_upload.py``
-in the dataset's public code, verifies before it packs one):
-
-  <out>/anomaly_images/<category>/<test_private|test_private_mixed>/<image stem>.tiff
-      the anomaly map: one channel, float16, higher = more anomalous (threshold-free metrics)
-  <out>/anomaly_images_thresholded/<category>/<test_private|test_private_mixed>/<image stem>.png
-      the segmentation: one channel, 0 normal, 255 anomalous (optional for the server; its
-      threshold-dependent metrics need it)
-
-with all 8 categories, one file per test image in each folder (``000_regular``..., ``000_mixed``...)
-and nothing else. Give one finished MVTec AD 2 run per category (several calls may fill one folder),
-or a unified run (``category=all``), which writes each of its categories with that category's thresholds;
-``--archive`` packs the folder once it is complete, named and laid out as MVTec's checker packs it.
-
-Each map is the run's smoothed map resized (bilinear) to its image's own size, in units of the run's
-pixel threshold (:meth:`~adkd.methods.components.postprocess.PostProcessor.in_threshold_units`: 0 at the lowest
-normal validation value, 1 at the threshold), a monotone rescaling that leaves the threshold-free
-metrics as they are and keeps float16's precision near the threshold; the segmentation is the map
-above 1. TIFFs are zlib-compressed by default (full-size float16 maps take gigabytes; tifffile,
-which MVTec's checker reads them with, reads them); ``--compression none`` writes them plain.
-"""
+"""The MVTec AD 2 submission writer behind ``adkd submit``: the private test sets' maps and
+segmentations in the layout MVTec's evaluation server takes (what the folder holds and why: the
+command's help, :mod:`adkd.cli.submit`)."""
 
 from __future__ import annotations
 

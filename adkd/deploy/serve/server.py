@@ -1,24 +1,5 @@
-"""`adkd serve <run folder or .ckpt>`: a local web app and HTTP endpoint for one trained run.
-
-Open the address it prints (a desktop or a phone): the run's test and validation images with
-their scores, decisions and predicted regions (filter by false positive, false negative, defect
-type; click one to see it large, with its heat map or region outline); an image threshold slider
-(the decision) and a pixel threshold slider (the region) that move the confusion counts,
-precision, recall and false-positive rate on both splits, the score histogram, the ROC and PR
-curves' operating point and the recall per defect type; "Download CSV": every image's decision
-at those thresholds; "Save" keeps both thresholds beside the checkpoint
-(``checkpoints/last.threshold.json``; the checkpoint is untouched), and predict, export and
-serve use them from then on; new images are scored by dropping them on the page or naming a
-folder on this machine; the run's settings.
-
-A line integrates it over HTTP: ``curl -F file=@part.png http://127.0.0.1:8000/predict`` answers
-``{"score": ..., "normalized_score": ..., "decision": "normal" | "anomalous", "threshold": ...}``
-(``/predict?mask=true``: also the predicted region as a base64 PNG).
-
-The model is loaded once and the run's images scored once, at start. It binds to 127.0.0.1
-(this machine only) unless ``--host`` says otherwise. A unified model (``category=all``) is served
-one category at a time (``--category``: its thresholds, its images, its saved choice).
-"""
+"""The HTTP server behind ``adkd serve``: the bind checks, then uvicorn with the app (what the
+page and the endpoint do: the command's help, :mod:`adkd.cli.serve`)."""
 
 from __future__ import annotations
 
