@@ -1,7 +1,8 @@
 """Peer check: an adkd method against anomalib's implementation of it, on the same data.
 
-Pairs (--method): rd4ad vs ReverseDistillation, stfpm vs Stfpm, patchcore vs Patchcore, efficientad
-vs EfficientAd and draem vs Draem (both below).
+Pairs (--method): rd4ad vs ReverseDistillation, stfpm vs Stfpm, patchcore vs Patchcore, uninet vs
+UniNet (WRN-50-2 or ResNet-50: anomalib's bottleneck fits their widths only), efficientad vs
+EfficientAd and draem vs Draem (both below).
 Same data (adkd's datamodule), backbone, image size, batch size and epochs for both; each
 project's own network, loss, optimizer recipe, anomaly-map smoothing, image score and input
 normalisation (adkd's inside its backbone, anomalib's from its pre-processor: ImageNet's); one
@@ -146,6 +147,53 @@ def anomalib_stfpm(backbone: str, image_size: int, weights: str, official: bool 
     return model, optimizer, lambda images: scale(images) * loss(*model(images))
 
 
+def anomalib_uninet(backbone: str, image_size: int, weights: str):  # noqa: ANN201
+    """anomalib's UniNet with its Lightning module's recipe (AdamW lr 5e-3, amsgrad, eps 1e-10, the
+    target teacher at 1e-6, x0.2 at 80% of the epochs; temperature 0.1) and its training step: the
+    loss is given the batch's masks (all normal here) and labels, so its classification head's
+    BCE is added. Both teachers get ``weights`` (anomalib would download torchvision's)."""
+    import torchvision
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from anomalib.models.image.uninet import torch_model as uninet
+    from anomalib.models.image.uninet.components import UniNetLoss
+
+    if backbone not in ("wide_resnet50_2", "resnet50"):
+        raise SystemExit("anomalib's UniNet fits layer widths 256/512/1024 only: --backbone wide_resnet50_2")
+    original = uninet.Teachers._get_teacher
+
+    def offline(name: str):  # noqa: ANN202
+        model = getattr(torchvision.models, name)(weights=None)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return create_feature_extractor(model, return_nodes=["layer3", "layer2", "layer1"])
+
+    uninet.Teachers._get_teacher = staticmethod(offline)
+    try:
+        model = uninet.UniNetModel(backbone, backbone, UniNetLoss(temperature=0.1))
+    finally:
+        uninet.Teachers._get_teacher = original
+    model.teachers.source_teacher.eval()
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.student.parameters()},
+            {"params": model.bottleneck.parameters()},
+            {"params": model.dfs.parameters()},
+            {"params": model.teachers.target_teacher.parameters(), "lr": 1e-6},
+        ],
+        lr=5e-3,
+        betas=(0.9, 0.999),
+        weight_decay=1e-5,
+        eps=1e-10,
+        amsgrad=True,
+    )
+
+    def loss_of(images: torch.Tensor) -> torch.Tensor:
+        normal = torch.zeros(len(images), *images.shape[-2:])
+        return model(images, masks=normal, labels=torch.zeros(len(images)))
+
+    return model, optimizer, loss_of
+
+
 def anomalib_patchcore(backbone: str, image_size: int, weights: str):  # noqa: ANN201
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
@@ -159,6 +207,7 @@ ANOMALIB = {
     "rd4ad": anomalib_rd4ad,
     "stfpm": anomalib_stfpm,
     "patchcore": anomalib_patchcore,
+    "uninet": anomalib_uninet,
     "efficientad": None,
     "draem": None,
 }
@@ -380,6 +429,9 @@ def train_anomalib(
     if init is not None:
         start_from_adkd(method, init, model)
     loader = dm.train_dataloader()
+    schedule = None
+    if method == "uninet":  # anomalib's UniNet: x0.2 at 80% of the epochs, stepped once an epoch
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(epochs * 0.8)], gamma=0.2)
     for epoch in range(1 if optimizer is None else epochs):
         model.train()
         loader.sampler.set_epoch(epoch)  # as Lightning does; else every epoch would repeat the first's order
@@ -391,6 +443,8 @@ def train_anomalib(
             optimizer.zero_grad()
             loss_of(imagenet_normalized(batch["image"])).backward()
             optimizer.step()
+        if schedule is not None:
+            schedule.step()
     if optimizer is None:
         model.subsample_embedding(0.1)  # anomalib's default coreset_sampling_ratio
     model.eval()
@@ -398,7 +452,8 @@ def train_anomalib(
     with torch.no_grad():
         for batch in dm.test_dataloader():
             out = model(imagenet_normalized(batch["image"]))
-            metrics.update(out.pred_score.flatten(), batch["gt_label"], out.anomaly_map, batch["gt_mask"])
+            maps = out.anomaly_map if out.anomaly_map.dim() == 4 else out.anomaly_map.unsqueeze(1)  # UniNet's: (B,H,W)
+            metrics.update(out.pred_score.flatten(), batch["gt_label"], maps, batch["gt_mask"])
     return metrics.compute()
 
 

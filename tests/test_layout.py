@@ -8,8 +8,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "adkd"
-# A method may build on another only where it is declared here (RD++ extends RD4AD).
-METHOD_BASES = {"rdpp": {"rd4ad"}}
+# A method may build on another only where it is declared here (RD++ extends RD4AD; UniNet's student
+# is RD4AD's decoder).
+METHOD_BASES = {"rdpp": {"rd4ad"}, "uninet": {"rd4ad"}}
 # Commands import their heavy parts when they run, so that every --help answers at once.
 DEFERRED_IMPORTS = ("cli",)
 

@@ -27,7 +27,8 @@ def gaussian_blur(anomaly_map: torch.Tensor, sigma: float) -> torch.Tensor:
 
 class PostProcessor(nn.Module):
     """Raw map (B,1,H,W) -> smoothed map and image score (max, mean, or mean of the top ``topk``
-    share of pixels), in float32 even under AMP. The score is taken from the map smoothed with
+    share of pixels, or ``weighted``: of a share the network sets per image), in float32 even
+    under AMP. The score is taken from the map smoothed with
     ``score_sigma`` (default: the map's ``sigma``): ADPS keeps its map sharp and scores max(G(M));
     and then, where ``score_box`` is set, averaged over score_box x score_box windows (DRAEM).
 
@@ -55,8 +56,8 @@ class PostProcessor(nn.Module):
             raise ValueError(f"score_box is the odd side of a mean filter (DRAEM: 21), or 0; got {score_box}")
         self.score_box = int(score_box)
         sigma = map_sigma
-        if score not in ("max", "mean", "topk"):
-            raise ValueError(f"score must be 'max', 'mean' or 'topk', got {score!r}")
+        if score not in ("max", "mean", "topk", "weighted"):
+            raise ValueError(f"score must be 'max', 'mean', 'topk' or 'weighted', got {score!r}")
         if not 0 < topk <= 1:
             raise ValueError(f"topk is the share of pixels averaged for score=topk, in (0, 1]; got {topk}")
         self.sigma, self.score, self.topk = sigma, score, topk
@@ -96,7 +97,10 @@ class PostProcessor(nn.Module):
         for name in THRESHOLDS:
             getattr(self, name).fill_(float("nan"))
 
-    def forward(self, raw_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, raw_map: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``raw_map``: a network's ``anomaly_map`` output: the map, or (map, share) from a network
+        that sets the share of pixels its score averages per image (UniNet's weighted decision)."""
+        raw_map, share = raw_map if isinstance(raw_map, tuple) else (raw_map, None)
         with torch.autocast(raw_map.device.type, enabled=False):
             anomaly_map = gaussian_blur(raw_map.float(), self.sigma)
             scored = anomaly_map if self.score_sigma == self.sigma else gaussian_blur(raw_map.float(), self.score_sigma)
@@ -108,6 +112,12 @@ class PostProcessor(nn.Module):
             elif self.score == "topk":
                 pixels = int(flat.shape[1])  # a constant in exported graphs too: their image size is fixed
                 pred_score = flat.topk(max(1, round(self.topk * pixels)), dim=1).values.mean(1)
+            elif self.score == "weighted":
+                if share is None:
+                    raise ValueError(
+                        "post.score=weighted needs a network that sets a share of pixels per image (UniNet's)"
+                    )
+                pred_score = _mean_of_top_share(flat, share)
             else:
                 pred_score = flat.mean(1)
         return anomaly_map, pred_score
@@ -145,6 +155,16 @@ class PostProcessor(nn.Module):
         clipped: a monotone rescaling (threshold-free metrics unchanged) that any method's map reads
         the same in, and that keeps float16's precision where the threshold lies."""
         return (anomaly_map - self.pixel_floor) / _span(self.pixel_threshold, self.pixel_floor)
+
+
+def _mean_of_top_share(flat: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """Per row, the mean of its floor(share * n) highest values (at least one): a sort and a running
+    sum rather than topk, whose k cannot differ between the images of a batch (nor be a tensor in
+    an exported graph)."""
+    pixels = flat.shape[1]
+    k = (share.float() * pixels).floor().clamp(1, pixels)
+    running = flat.sort(dim=1, descending=True).values.cumsum(dim=1)
+    return running.gather(1, k.long().unsqueeze(1) - 1).squeeze(1) / k
 
 
 def _upper_quantile(values: torch.Tensor, share: float) -> float:
