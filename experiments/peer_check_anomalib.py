@@ -153,10 +153,9 @@ def anomalib_uninet(backbone: str, image_size: int, weights: str):  # noqa: ANN2
     loss is given the batch's masks (all normal here) and labels, so its classification head's
     BCE is added. Both teachers get ``weights`` (anomalib would download torchvision's)."""
     import torchvision
-    from torchvision.models.feature_extraction import create_feature_extractor
-
     from anomalib.models.image.uninet import torch_model as uninet
     from anomalib.models.image.uninet.components import UniNetLoss
+    from torchvision.models.feature_extraction import create_feature_extractor
 
     if backbone not in ("wide_resnet50_2", "resnet50"):
         raise SystemExit("anomalib's UniNet fits layer widths 256/512/1024 only: --backbone wide_resnet50_2")
