@@ -7,5 +7,7 @@ THRESHOLD_METRICS = ("image_f1", "image_precision", "image_recall", "image_fpr")
 REGION_METRICS = ("pixel_spro", "pixel_spro_03")  # AU-sPRO, where a dataset has defect regions (MVTec LOCO)
 # Image AUROC on the normal images and one kind of anomaly, where a dataset names kinds (MVTec LOCO AD)
 KIND_METRICS = {"logical_anomalies": "image_auroc_logical", "structural_anomalies": "image_auroc_structural"}
+# A part seen from several views, scored by its highest-scoring view (Real-IAD multi-view, adkd.metrics.samples)
+SAMPLE_METRICS = ("sample_auroc", "sample_ap", "sample_f1max")
 SEGMENTATION_METRICS = ("pixel_seg_f1",)  # at the segmentation threshold (see AnomalyMetrics.segmentation_f1)
 METRIC_NAMES = (*IMAGE_METRICS, *PIXEL_METRICS)

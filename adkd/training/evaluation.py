@@ -16,10 +16,17 @@ import torch
 
 from adkd.metrics import AnomalyMetrics
 from adkd.metrics.names import KIND_METRICS, METRIC_NAMES
+from adkd.metrics.samples import sample_metrics
 from adkd.report.plots import WorstCases, draw_sample, write_plots
 from adkd.training.callbacks import TrainingLength
 
-SUMMARY_PER_CATEGORY = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1")  # printed per category (unified)
+SUMMARY_PER_CATEGORY = (
+    "image_auroc",
+    "sample_auroc",
+    "pixel_auroc",
+    "pixel_aupro",
+    "image_f1",
+)  # printed per category (unified)
 
 
 class _Tally:
@@ -32,6 +39,7 @@ class _Tally:
         self.figures: list[dict] = []
         self.predictions: list[dict] = []
         self.worst = WorstCases(num_figures // 2)
+        self.samples: list[str] = []  # the part each image shows, where the dataset names it (Real-IAD multi-view)
 
     def add(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
         regions = {k: batch[k] for k in ("gt_regions", "gt_saturation") if k in batch}  # MVTec LOCO's sPRO
@@ -42,6 +50,8 @@ class _Tally:
         self.predictions += [
             {"image_path": p, "gt_label": int(y), "defect": d, "pred_score": float(s)} for p, y, d, s in rows
         ]
+        if "sample" in batch:
+            self.samples += list(batch["sample"])
         self._keep_figures(batch, anomaly_map, pred_score, labels, scores)
 
     def _keep_figures(
@@ -101,7 +111,8 @@ class _Tally:
         return out
 
     def compute(self, post: torch.nn.Module, milliseconds: float, segmentation_threshold: float | None = None) -> dict:
-        """The threshold-free metrics, those at ``post``'s image threshold where it has one, the
+        """The threshold-free metrics (the sample-level ones where every image names its part), those
+        at ``post``'s image threshold where it has one, the
         segmentation F1 at ``segmentation_threshold`` where the dataset asks for one, the time."""
         metrics = self.metrics.compute()
         if post.calibrated and self.predictions:
@@ -109,6 +120,9 @@ class _Tally:
         if segmentation_threshold is not None:
             metrics["pixel_seg_f1"] = self.metrics.segmentation_f1(segmentation_threshold)
         metrics.update(self.kind_aurocs())
+        if self.samples and len(self.samples) == len(self.predictions):  # every image's part is known
+            scores, labels = [r["pred_score"] for r in self.predictions], [r["gt_label"] for r in self.predictions]
+            metrics.update(sample_metrics(scores, labels, self.samples))
         metrics["inference_ms_per_image"] = milliseconds
         return metrics
 
