@@ -186,6 +186,7 @@ class RealIADDataModule(AnomalyDataModule):
             anomalous = defect != normal_class
             if split == "train" and anomalous:
                 continue  # anomaly-free training: the normal images alone
+            image = within(base, image_name, where)
             if anomalous and not mask_name:
                 problems.append(f"{where}: the anomalous image {image_name} has no mask_path; Real-IAD gives every one")
                 continue
@@ -197,15 +198,7 @@ class RealIADDataModule(AnomalyDataModule):
                 )
                 continue
             mask = within(base, mask_name, where) if anomalous else None
-            records.append(
-                Record(
-                    within(base, image_name, where),
-                    int(anomalous),
-                    mask,
-                    defect if anomalous else "good",
-                    sample=sample,
-                )
-            )
+            records.append(Record(image, int(anomalous), mask, defect if anomalous else "good", sample=sample))
         refuse(problems, f"{self.name}/{self.category}")
         if not records:
             raise DatasetNotFoundError(f"No {split} entries for {self.category!r} in {self.split_file}")
