@@ -218,3 +218,75 @@ def test_the_test_tally_adds_sample_metrics_only_where_every_image_names_its_par
     metrics = multi_view.compute(post, 1.0)
     assert metrics["sample_auroc"] == pytest.approx(0.5) and metrics["image_auroc"] == pytest.approx(10 / 16)
     assert "sample_auroc" not in single.compute(post, 1.0)
+
+
+# The SLURM sweep of the 30 categories (README, "Real-IAD"), rehearsed at toy size: the same Hydra
+# multirun with Hydra's basic launcher in place of hydra/launcher=slurm, stopped in its first job and
+# continued with the command it prints, then tabulated.
+@pytest.mark.slow
+def test_a_category_sweep_is_stopped_resumed_in_its_folder_and_tabulated(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root_dir = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root_dir), "ADKD_OFFLINE": "1"}
+
+    def start(args: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "adkd.run", *args],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+    data = replicas.realiad(tmp_path / "realiad")
+    args = [
+        "-m",
+        "method=stfpm",
+        "dataset=realiad",
+        f"dataset.root={data}",
+        "category=audiojack,pcb",
+        "backbone=resnet18",
+        "backbone.pretrained=false",
+        "image_size=32",
+        "batch_size=4",
+        "max_epochs=4",
+        "logger=none",
+        "num_figures=0",
+        "dataset.num_workers=0",
+    ]
+    proc = start(args)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((tmp_path / "outputs").rglob("0/checkpoints/last.ckpt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    command = out.split("Resume with: ")[1].splitlines()[0].split()
+    assert command[-1] == "resume=true" and "category=audiojack,pcb" in command
+    resumed = start(command[3:])
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-3000:]
+    assert f"Resuming {sweep.resolve() / '0'} from" in (sweep / "0" / "run.log").read_text()
+    for job, category in (("0", "audiojack"), ("1", "pcb")):
+        assert json.loads((sweep / job / "status.json").read_text())["status"] == "finished"
+        results = json.loads((sweep / job / "metrics.json").read_text())
+        assert (results["dataset"], results["category"]) == ("realiad", category)
+        metrics = results["metrics"]
+        for name in ("image_auroc", "sample_auroc", "sample_ap", "pixel_auroc", "pixel_aupro"):
+            assert 0.0 <= metrics[name] <= 1.0, (name, metrics[name])
+        assert results["training"]["epochs"] == 4
+        print(category, {k: round(metrics[k], 4) for k in ("image_auroc", "sample_auroc", "pixel_auroc")})
+    report = subprocess.run(
+        [sys.executable, "-m", "adkd", "report", str(sweep)], cwd=tmp_path, env=env, text=True, capture_output=True
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    print(report.stdout)
+    assert "audiojack" in report.stdout and "pcb" in report.stdout and "sample" in report.stdout.lower()
