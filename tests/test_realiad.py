@@ -290,3 +290,32 @@ def test_a_category_sweep_is_stopped_resumed_in_its_folder_and_tabulated(tmp_pat
     assert report.returncode == 0, report.stderr[-3000:]
     print(report.stdout)
     assert "audiojack" in report.stdout and "pcb" in report.stdout and "sample" in report.stdout.lower()
+
+
+def test_what_a_category_costs_is_counted_from_the_copy(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from adkd.data.realiad import category_cost
+
+    root = replicas.realiad(tmp_path / "realiad")
+    files = [p for p in (root / "realiad_1024" / "pcb").rglob("*") if p.is_file()]
+    cost = category_cost(root, "pcb")
+    assert cost == {
+        "train_images": 10,
+        "test_images": 15,
+        "test_anomalous": 3,
+        "test_samples": 3,
+        "bytes": sum(p.stat().st_size for p in files),  # every image and mask of the category is read
+    }
+    assert category_cost(root, "pcb", "single_view")["test_samples"] == 3
+    repository = Path(__file__).resolve().parents[1]
+    script = [sys.executable, str(repository / "experiments" / "realiad_cost.py"), "--root", str(root)]
+    env = {**os.environ, "PYTHONPATH": str(repository)}
+    done = subprocess.run(
+        [*script, "--rate", "5", "--categories", "audiojack,pcb"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "| pcb | 10 | 15 | 3 | 3 | 0.00 | 2.0 |" in text and "| all 2 | 20 | 30 | 6 | 6 | 0.00 | 4.0 |" in text
