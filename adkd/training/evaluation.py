@@ -15,8 +15,9 @@ import lightning as L
 import torch
 
 from adkd.metrics import AnomalyMetrics
-from adkd.metrics.names import KIND_METRICS, METRIC_NAMES
+from adkd.metrics.names import KIND_METRICS, KIND_SPRO_METRICS, METRIC_NAMES, SPRO_MEAN
 from adkd.metrics.samples import sample_metrics
+from adkd.metrics.spro import SPRO, SPRO_LIMITS
 from adkd.report.plots import WorstCases, draw_sample, write_plots
 from adkd.training.callbacks import TrainingLength
 
@@ -40,6 +41,7 @@ class _Tally:
         self.predictions: list[dict] = []
         self.worst = WorstCases(num_figures // 2)
         self.samples: list[str] = []  # the part each image shows, where the dataset names it (Real-IAD multi-view)
+        self.kind_spro: dict[str, SPRO] = {}  # MVTec LOCO AD: AU-sPRO of the normal images and one kind of anomaly
 
     def add(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
         regions = {k: batch[k] for k in ("gt_regions", "gt_saturation") if k in batch}  # MVTec LOCO's sPRO
@@ -52,6 +54,12 @@ class _Tally:
         ]
         if "sample" in batch:
             self.samples += list(batch["sample"])
+        if "gt_regions" in batch:
+            for kind in KIND_SPRO_METRICS:
+                chosen = [i for i, (y, d) in enumerate(zip(labels, defects, strict=True)) if y == 0 or d == kind]
+                if chosen:
+                    spro = self.kind_spro.setdefault(kind, SPRO())
+                    spro.update(anomaly_map[chosen], batch["gt_regions"][chosen], batch["gt_saturation"][chosen])
         self._keep_figures(batch, anomaly_map, pred_score, labels, scores)
 
     def _keep_figures(
@@ -110,6 +118,23 @@ class _Tally:
             out[name] = float(binary_auroc(scores, labels, thresholds=None)) if normal else None
         return out
 
+    def kind_spros(self) -> dict[str, float | None]:
+        """AU-sPRO to FPR 0.05 on the normal images and each kind of anomaly (MVTec LOCO AD's
+        logical and structural anomalies; the false positives counted on those images alone, as the
+        dataset's evaluation scores each kind), and the mean of the two kinds: the official
+        localization number. None where a kind has no regions (and then no mean). Nothing for
+        datasets without defect regions."""
+        if not self.kind_spro:
+            return {}
+        out = {}
+        for kind, name in KIND_SPRO_METRICS.items():
+            spro = self.kind_spro.get(kind)
+            defined = spro is not None and spro.regions and any(len(n) for n in spro.negatives)
+            out[name] = spro.areas([SPRO_LIMITS["pixel_spro"]])[0] if defined else None
+        values = list(out.values())
+        out[SPRO_MEAN] = None if any(v is None for v in values) else sum(values) / len(values)
+        return out
+
     def compute(self, post: torch.nn.Module, milliseconds: float, segmentation_threshold: float | None = None) -> dict:
         """The threshold-free metrics (the sample-level ones where every image names its part), those
         at ``post``'s image threshold where it has one, the
@@ -120,6 +145,7 @@ class _Tally:
         if segmentation_threshold is not None:
             metrics["pixel_seg_f1"] = self.metrics.segmentation_f1(segmentation_threshold)
         metrics.update(self.kind_aurocs())
+        metrics.update(self.kind_spros())
         if self.samples and len(self.samples) == len(self.predictions):  # every image's part is known
             scores, labels = [r["pred_score"] for r in self.predictions], [r["gt_label"] for r in self.predictions]
             metrics.update(sample_metrics(scores, labels, self.samples))
