@@ -202,7 +202,7 @@ def realiad(root: Path, categories: tuple[str, ...] = ("audiojack", "pcb"), reso
     ``{"meta": {"prefix", "normal_class"}, "train": [...], "test": [...]}`` with entries ``category``,
     ``anomaly_class``, ``image_path``, ``mask_path`` relative to ``realiad_<resolution>/<prefix>``.
 
-    Per category: two normal training parts, one normal test part and two defective ones (five
+    Per category: six normal training parts, one normal test part and two defective ones (five
     views each). Part 0003 (defect ``AK``) shows it in views C1 and C3, part 0004 (``QS``) in C2
     alone: their other views are normal images (``OK``, no mask) under ``NG/``, as released."""
     import json
@@ -211,13 +211,9 @@ def realiad(root: Path, categories: tuple[str, ...] = ("audiojack", "pcb"), reso
     for index, category in enumerate(categories):
         cat = root / f"realiad_{resolution}" / category
         entries: dict[str, list[dict]] = {"train": [], "test": []}
-        for split, number, defect, shown in (
-            ("train", 1, None, ()),
-            ("train", 2, None, ()),
-            ("test", 5, None, ()),
-            ("test", 3, "AK", (1, 3)),
-            ("test", 4, "QS", (2,)),
-        ):
+        parts = [("train", number, None, ()) for number in (1, 2, 6, 7, 8, 9)]
+        parts += [("test", 5, None, ()), ("test", 3, "AK", (1, 3)), ("test", 4, "QS", (2,))]
+        for split, number, defect, shown in parts:
             folder = f"OK/S{number:04d}" if defect is None else f"NG/{defect}/S{number:04d}"
             for view in range(1, 6):
                 stem = f"{category}_{number:04d}_{'OK' if defect is None else 'NG'}_C{view}_2023092{index}0{view}1530"

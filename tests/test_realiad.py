@@ -44,7 +44,7 @@ def anomalib_rows(samples) -> list[tuple]:  # noqa: ANN001
 
 @pytest.mark.parametrize(
     ("protocol", "folder", "n_train", "n_test"),
-    [("multi_view", "realiad_jsons", 10, 15), ("single_view", "realiad_jsons_sv", 2, 3)],
+    [("multi_view", "realiad_jsons", 30, 15), ("single_view", "realiad_jsons_sv", 6, 3)],
 )
 def test_realiad_reads_as_anomalib_file_by_file_and_mask_by_mask(tmp_path, protocol, folder, n_train, n_test):
     from anomalib.data.datasets.image.realiad import RealIADDataset
@@ -80,8 +80,12 @@ def test_realiad_reads_as_anomalib_file_by_file_and_mask_by_mask(tmp_path, proto
 
         records = dm.checked_records()  # validation: held out of the normal training images
         assert sorted(records["train"] + records["val"], key=str) == sorted(dm.records("train"), key=str)
-        assert len(records["val"]) == (1 if protocol == "multi_view" else 0)  # 10% of 10 images, of 2
         assert not set(map(str, records["train"])) & set(map(str, records["val"]))
+        if protocol == "multi_view":  # 10% of the 6 parts: one, with its 5 views, none of them trained on
+            assert len(records["val"]) == 5 and len({r.sample for r in records["val"]}) == 1
+            assert not {r.sample for r in records["val"]} & {r.sample for r in records["train"]}
+        else:  # 10% of the 6 images
+            assert len(records["val"]) == 1
 
 
 def test_a_multi_view_record_names_its_part_by_the_authors_key_and_views_of_a_defective_part_may_be_normal(tmp_path):
@@ -152,22 +156,28 @@ def test_missing_data_wrong_category_protocol_or_download_say_what_to_do(tmp_pat
     assert "has no mask_path" in str(err.value) and "its sample is unknown" in str(err.value)
 
 
-def test_the_dataset_config_reads_its_replica_and_category_all_joins_the_categories(tmp_path):
+def test_the_dataset_config_reads_its_replica_and_category_all_joins_the_30_categories(tmp_path):
     from hydra.utils import instantiate
 
+    from adkd.data.realiad import RealIADDataModule
     from adkd.data.unified import datamodule
     from adkd.training.config import compose
 
-    root = replicas.realiad(tmp_path / "data")
+    root = replicas.realiad(tmp_path / "data", RealIADDataModule.categories)
     cfg = compose(
         ["dataset=realiad", f"dataset.root={root}", "category=pcb", "dataset.protocol=single_view"], tmp_path / "run"
     )
     dm = instantiate(cfg.dataset)
     assert (dm.name, dm.category, dm.protocol, dm.resolution) == ("realiad", "pcb", "single_view", "1024")
     assert {r.gt_label for r in dm.checked_records()["test"]} == {0, 1}
+
     cfg = compose(["dataset=realiad", f"dataset.root={root}", "category=all"], tmp_path / "run_all")
-    with pytest.raises(Exception, match="not found"):  # all 30 categories: the replica holds two
-        datamodule(cfg.dataset)
+    unified = datamodule(cfg.dataset)
+    assert unified.categories == RealIADDataModule.categories and unified.category == "all"
+    splits = unified.split_records()
+    assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (30 * 25, 30 * 5, 30 * 15)
+    assert {r.category for r in splits["test"]} == set(RealIADDataModule.categories)
+    assert len({r.sample for r in splits["test"]}) == 30 * 3  # a part's name holds its category: none shared
 
 
 def test_a_part_is_scored_by_its_highest_view_and_is_anomalous_if_any_view_is():
@@ -303,7 +313,7 @@ def test_what_a_category_costs_is_counted_from_the_copy(tmp_path):
     files = [p for p in (root / "realiad_1024" / "pcb").rglob("*") if p.is_file()]
     cost = category_cost(root, "pcb")
     assert cost == {
-        "train_images": 10,
+        "train_images": 30,
         "test_images": 15,
         "test_anomalous": 3,
         "test_samples": 3,
@@ -318,4 +328,4 @@ def test_what_a_category_costs_is_counted_from_the_copy(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     text = done.stdout
-    assert "| pcb | 10 | 15 | 3 | 3 | 0.00 | 2.0 |" in text and "| all 2 | 20 | 30 | 6 | 6 | 0.00 | 4.0 |" in text
+    assert "| pcb | 30 | 15 | 3 | 3 | 0.00 | 6.0 |" in text and "| all 2 | 60 | 30 | 6 | 6 | 0.00 | 12.0 |" in text

@@ -19,13 +19,15 @@ Two protocols, each the authors' JSON set (``dataset.protocol``):
 - ``single_view`` (``realiad_jsons_sv``): the ``C1`` view only; image metrics alone.
 
 Validation holds out ``dataset.val_fraction`` of the normal training images (Real-IAD has no
-validation split of its own). A record's defect is its ``anomaly_class``. ``category=all`` is the
+validation split of its own); multi-view, of the normal training parts, every view of a part on the
+same side, so that no validation image shows a part trained on. A record's defect is its ``anomaly_class``. ``category=all`` is the
 multi-class (unified) setting of the paper's headline tables.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -148,6 +150,18 @@ class RealIADDataModule(AnomalyDataModule):
             f"Real-IAD category {self.category!r} ({self.protocol}, realiad_{self.resolution}) not found: "
             f"no {missing}.\nExpected layout:\n{REALIAD_LAYOUT}\n{GET_IT}."
         )
+
+    def _split_train_val(self, train: list[Record]) -> tuple[list[Record], list[Record]]:
+        """Multi-view: ``val_fraction`` of the parts held out with all their views (the same ones
+        for every run); single-view, of the images, as every dataset."""
+        if self.protocol != "multi_view":
+            return super()._split_train_val(train)
+        parts = list(dict.fromkeys(r.sample for r in train if r.gt_label == 0))
+        order = list(range(len(parts)))
+        random.Random(0).shuffle(order)
+        held = {parts[i] for i in order[: int(round(len(parts) * self.val_fraction)) if len(parts) > 1 else 0]}
+        normal = [r for r in train if r.gt_label == 0]
+        return [r for r in normal if r.sample not in held], [r for r in normal if r.sample in held]
 
     def read_split_file(self) -> dict:
         """The category's JSON, checked for the release's structure."""
