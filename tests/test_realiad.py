@@ -18,6 +18,7 @@ Departures from anomalib, on purpose:
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -293,6 +294,13 @@ def test_a_category_sweep_is_stopped_resumed_in_its_folder_and_tabulated(tmp_pat
         for name in ("image_auroc", "sample_auroc", "sample_ap", "pixel_auroc", "pixel_aupro"):
             assert 0.0 <= metrics[name] <= 1.0, (name, metrics[name])
         assert results["training"]["epochs"] == 4
+        with (sweep / job / "test_predictions.csv").open() as f:
+            predictions = list(csv.DictReader(f))
+        assert len(predictions) == 15 and {p["sample"] for p in predictions} == {
+            f"{category}_0005_OK",
+            f"{category}_0003_NG",
+            f"{category}_0004_NG",
+        }
         print(category, {k: round(metrics[k], 4) for k in ("image_auroc", "sample_auroc", "pixel_auroc")})
     report = subprocess.run(
         [sys.executable, "-m", "adkd", "report", str(sweep)], cwd=tmp_path, env=env, text=True, capture_output=True

@@ -50,8 +50,10 @@ REALIAD_LAYOUT = """\
 
 GET_IT = (
     f"Real-IAD is shared by its authors on request: ask for access at {REALIAD_URL} (or through "
-    "https://realiad4ad.github.io/Real-IAD), then download realiad_jsons.zip and the images of one resolution "
-    "(e.g. realiad_1024/<category>.zip), extract them into one folder and set dataset.root=/path/to/Real-IAD"
+    "https://realiad4ad.github.io/Real-IAD); once granted, `huggingface-cli login` and `huggingface-cli download "
+    "--repo-type dataset REAL-IAD/Real-IAD --local-dir /path/to/Real-IAD` fetch it. Extract realiad_jsons.zip "
+    "and the images of one resolution (one archive a category, e.g. realiad_1024/<category>.zip) in that folder "
+    "and set dataset.root=/path/to/Real-IAD"
 )
 
 

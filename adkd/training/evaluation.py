@@ -166,7 +166,11 @@ class Evaluation(L.Callback):
     and its ``metrics`` the mean over categories (a metric undefined in any category has no mean);
     the loggers get ``test/<category>/<metric>`` and the mean as ``test/<metric>``; figures and
     plots go to ``figures/<category>/`` and ``plots/<category>/``, and ``test_predictions.csv``
-    gains a ``category`` column."""
+    gains a ``category`` column.
+
+    Where every test image names the part it shows (Real-IAD's multi-view protocol), the metrics
+    also score each part by its highest-scoring view (``sample_auroc``, ``sample_ap``,
+    ``sample_f1max``: :mod:`adkd.metrics.samples`), and ``test_predictions.csv`` gains a ``sample`` column."""
 
     def __init__(self, output_dir: str, num_figures: int = 8, run: dict | None = None) -> None:
         self.output_dir = Path(output_dir)
@@ -301,12 +305,17 @@ class Evaluation(L.Callback):
         unified = bool(self.members)
         post = trainer.lightning_module.post
         fields = ["image_path", "gt_label", "defect", "pred_score", "normalized_score", "decision"]
+        parts = any(tally.samples for tally in self.tallies.values())  # the part each image shows (Real-IAD)
         with (self.output_dir / "test_predictions.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[*fields, *(["category"] * unified)])
+            writer = csv.DictWriter(f, fieldnames=[*fields, *(["category"] * unified), *(["sample"] * parts)])
             writer.writeheader()
             for category, tally in self.tallies.items():
                 rows = tally.decided(self._post(post, category) if unified else post)
-                writer.writerows([{**row, "category": category} for row in rows] if unified else rows)
+                rows = [{**row, "category": category} for row in rows] if unified else rows
+                if parts:
+                    samples = tally.samples if len(tally.samples) == len(rows) else [""] * len(rows)
+                    rows = [{**row, "sample": sample} for row, sample in zip(rows, samples, strict=True)]
+                writer.writerows(rows)
         from lightning.pytorch.loggers import WandbLogger
 
         for category, tally in self.tallies.items():
