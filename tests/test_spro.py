@@ -179,7 +179,8 @@ def test_each_kind_of_anomaly_is_scored_with_the_normal_images_alone_and_the_off
     FPR 0, the next step is FPR 1/6 > 0.05: the area to 0.05 is 0.05 x 1/2, so 0.5. Structural kind
     (normal + structural, 7 free px): 0.95 costs FPR 1/7 before the region is found: 0. The official
     mean: 0.25. Pooled over every image (``pixel_spro``), the structural image's 0.95 comes before the
-    logical region too (FPR 1/9 first): 0."""
+    logical region too (FPR 1/9 first): 0. Image scores 0.5 (normal), 0.3 (logical), 0.7 (structural):
+    image AUROC 0 and 1 per kind, mean 0.5."""
     from types import SimpleNamespace
 
     from adkd.training.evaluation import _Tally
@@ -198,8 +199,14 @@ def test_each_kind_of_anomaly_is_scored_with_the_normal_images_alone_and_the_off
         "defect": ["good", "logical_anomalies", "structural_anomalies"],
     }
     tally = _Tally(pixel=True, num_figures=0)
-    tally.add(batch, scores.reshape(3, 1, 1, 4), scores.max(dim=1).values)
+    tally.add(batch, scores.reshape(3, 1, 1, 4), torch.tensor([0.5, 0.3, 0.7]))  # image scores
     metrics = tally.compute(SimpleNamespace(calibrated=False), 1.0)
+    # image AUROC per kind: the logical image below the normal one (0), the structural above (1)
+    assert (metrics["image_auroc_logical"], metrics["image_auroc_structural"], metrics["image_auroc_mean"]) == (
+        0.0,
+        1.0,
+        0.5,
+    )
     assert metrics["pixel_spro_logical"] == pytest.approx(0.5, abs=1e-9)
     assert metrics["pixel_spro_structural"] == pytest.approx(0.0, abs=1e-9)
     assert metrics["pixel_spro_mean"] == pytest.approx(0.25, abs=1e-9)
@@ -210,5 +217,5 @@ def test_each_kind_of_anomaly_is_scored_with_the_normal_images_alone_and_the_off
     part = {k: v[chosen] if isinstance(v, torch.Tensor) else [v[i] for i in chosen] for k, v in batch.items()}
     only_logical.add(part, scores[chosen].reshape(2, 1, 1, 4), scores[chosen].max(dim=1).values)
     metrics = only_logical.compute(SimpleNamespace(calibrated=False), 1.0)
-    assert metrics["pixel_spro_logical"] == pytest.approx(0.5, abs=1e-9)
+    assert metrics["pixel_spro_logical"] == pytest.approx(0.5, abs=1e-9) and "image_auroc_mean" not in metrics
     assert metrics["pixel_spro_structural"] is None and metrics["pixel_spro_mean"] is None

@@ -13,6 +13,8 @@ REGION_METRICS = (
 )  # AU-sPRO, where a dataset has defect regions (MVTec LOCO)
 # Image AUROC on the normal images and one kind of anomaly, where a dataset names kinds (MVTec LOCO AD)
 KIND_METRICS = {"logical_anomalies": "image_auroc_logical", "structural_anomalies": "image_auroc_structural"}
+# The mean of the two kinds' image AUROC: MVTec LOCO AD's official detection number (its "mean")
+KIND_MEAN = "image_auroc_mean"
 # AU-sPRO (to FPR 0.05) on the normal images and one kind of anomaly, and the mean of the two kinds':
 # MVTec LOCO AD's official localization numbers (its evaluation scores each kind with the good images)
 KIND_SPRO_METRICS = {"logical_anomalies": "pixel_spro_logical", "structural_anomalies": "pixel_spro_structural"}
