@@ -192,3 +192,47 @@ def mvtec_loco(root: Path, categories: tuple[str, ...] = ("breakfast_box",)) -> 
                     paint.mask(cat / "ground_truth" / kind / f"{i:03d}" / f"{k:03d}.png", region, value=value)
         (cat / "defects_config.json").write_text(json.dumps(list(LOCO_DEFECTS), indent=2))
     return root
+
+
+def realiad(root: Path, categories: tuple[str, ...] = ("audiojack", "pcb"), resolution: str = "1024") -> Path:
+    """Real-IAD: ``realiad_<resolution>/<category>/OK/S<4 digits>/<category>_<4 digits>_OK_C<view>_<time>.jpg``
+    and ``NG/<defect>/S.../..._NG_C<view>_<time>.jpg`` with a ``.png`` mask beside each view that shows
+    its defect; the splits as released, ``realiad_jsons/realiad_jsons/<category>.json`` (every view,
+    multi-view) and ``realiad_jsons/realiad_jsons_sv/<category>.json`` (``C1`` alone), each
+    ``{"meta": {"prefix", "normal_class"}, "train": [...], "test": [...]}`` with entries ``category``,
+    ``anomaly_class``, ``image_path``, ``mask_path`` relative to ``realiad_<resolution>/<prefix>``.
+
+    Per category: six normal training parts, one normal test part and two defective ones (five
+    views each). Part 0003 (defect ``AK``) shows it in views C1 and C3, part 0004 (``QS``) in C2
+    alone: their other views are normal images (``OK``, no mask) under ``NG/``, as released."""
+    import json
+
+    paint = _Painter(9)
+    for index, category in enumerate(categories):
+        cat = root / f"realiad_{resolution}" / category
+        entries: dict[str, list[dict]] = {"train": [], "test": []}
+        parts = [("train", number, None, ()) for number in (1, 2, 6, 7, 8, 9)]
+        parts += [("test", 5, None, ()), ("test", 3, "AK", (1, 3)), ("test", 4, "QS", (2,))]
+        for split, number, defect, shown in parts:
+            folder = f"OK/S{number:04d}" if defect is None else f"NG/{defect}/S{number:04d}"
+            for view in range(1, 6):
+                stem = f"{category}_{number:04d}_{'OK' if defect is None else 'NG'}_C{view}_2023092{index}0{view}1530"
+                anomalous = view in shown
+                mask = paint.image(cat / folder / f"{stem}.jpg", defect=anomalous)
+                if anomalous:
+                    paint.mask(cat / folder / f"{stem}.png", mask)
+                entries[split].append(
+                    {
+                        "category": category,
+                        "anomaly_class": defect if anomalous else "OK",
+                        "image_path": f"{folder}/{stem}.jpg",
+                        "mask_path": f"{folder}/{stem}.png" if anomalous else None,
+                    }
+                )
+        meta = {"prefix": f"{category}/", "normal_class": "OK", "pre_transform": None}
+        single = {split: [e for e in rows if "_C1_" in e["image_path"]] for split, rows in entries.items()}
+        for folder, content in (("realiad_jsons", entries), ("realiad_jsons_sv", single)):
+            path = root / "realiad_jsons" / folder / f"{category}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"meta": meta, **content}, indent=1))
+    return root

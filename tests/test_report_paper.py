@@ -147,11 +147,15 @@ def test_a_variant_is_matched_by_its_label_and_a_missing_paper_is_refused(tmp_pa
         [
             run("efficientad", "grid", image_auroc=0.985),
             run("efficientad", "grid", label="efficientad_m", image_auroc=0.995),
+            run("efficientad", "breakfast_box", dataset="mvtec_loco", image_auroc_mean=0.885),
         ],
     )
     assert adkd(["report", str(tmp_path), "--paper", "efficientad"]) == 0
-    rows = table_rows((tmp_path / "paper_efficientad.md").read_text())
+    mvtec, loco = (tmp_path / "paper_efficientad.md").read_text().split("Dataset: mvtec_loco")
+    rows = table_rows(mvtec)
     assert rows["mean"] == ["98.5 / 98.8 (-0.3) [1 category]", "99.5 / 99.1 (+0.4) [1 category]"]
+    # MVTec LOCO AD: the mean of the two kinds' image AUROC beside the paper's (EfficientAD-M: no run)
+    assert table_rows(loco)["mean"] == ["88.5 / 90.0 (-1.5) [1 category]", "no run / 90.7"]
     assert adkd(["report", str(tmp_path / "nowhere"), "--paper", "adps"]) == 1
     assert "does not exist" in capsys.readouterr().err
 

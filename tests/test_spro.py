@@ -170,3 +170,52 @@ def test_the_test_tally_scores_spro_and_each_kind_of_anomaly_apart(tmp_path):
     assert metrics["image_auroc_logical"] == pytest.approx(0.75)
     assert metrics["image_auroc_structural"] == pytest.approx(1.0)
     assert metrics["pixel_spro"] == pytest.approx(1.0) and metrics["pixel_spro_03"] == pytest.approx(1.0)
+
+
+def test_each_kind_of_anomaly_is_scored_with_the_normal_images_alone_and_the_official_mean_is_theirs():
+    """Images of 4 px. Normal: 0.1 0.2 0.3 0.4. Logical: a region on px 0-1 (saturated at 2 px),
+    scores 0.9 0.25, the rest 0.05 0.05. Structural: a region on px 0 (1 px) at 0.35, a region-free
+    px at 0.95, the rest 0. Logical kind (normal + logical, 6 free px): 0.9 finds half the region at
+    FPR 0, the next step is FPR 1/6 > 0.05: the area to 0.05 is 0.05 x 1/2, so 0.5. Structural kind
+    (normal + structural, 7 free px): 0.95 costs FPR 1/7 before the region is found: 0. The official
+    mean: 0.25. Pooled over every image (``pixel_spro``), the structural image's 0.95 comes before the
+    logical region too (FPR 1/9 first): 0. Image scores 0.5 (normal), 0.3 (logical), 0.7 (structural):
+    image AUROC 0 and 1 per kind, mean 0.5."""
+    from types import SimpleNamespace
+
+    from adkd.training.evaluation import _Tally
+
+    scores = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.9, 0.25, 0.05, 0.05], [0.35, 0.95, 0.0, 0.0]])
+    masks = np.array([[0, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0]], bool)
+    bits = torch.from_numpy(masks.astype(np.int64))  # region 0 of each image
+    areas = torch.zeros(3, MAX_REGIONS)
+    areas[1, 0], areas[2, 0] = 2.0, 1.0
+    batch = {
+        "gt_label": torch.tensor([0, 1, 1]),
+        "gt_mask": torch.from_numpy(masks).float().reshape(3, 1, 1, 4),
+        "gt_regions": bits.reshape(3, 1, 1, 4),
+        "gt_saturation": areas,
+        "image_path": ["good/000.png", "logical_anomalies/000.png", "structural_anomalies/000.png"],
+        "defect": ["good", "logical_anomalies", "structural_anomalies"],
+    }
+    tally = _Tally(pixel=True, num_figures=0)
+    tally.add(batch, scores.reshape(3, 1, 1, 4), torch.tensor([0.5, 0.3, 0.7]))  # image scores
+    metrics = tally.compute(SimpleNamespace(calibrated=False), 1.0)
+    # image AUROC per kind: the logical image below the normal one (0), the structural above (1)
+    assert (metrics["image_auroc_logical"], metrics["image_auroc_structural"], metrics["image_auroc_mean"]) == (
+        0.0,
+        1.0,
+        0.5,
+    )
+    assert metrics["pixel_spro_logical"] == pytest.approx(0.5, abs=1e-9)
+    assert metrics["pixel_spro_structural"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics["pixel_spro_mean"] == pytest.approx(0.25, abs=1e-9)
+    assert metrics["pixel_spro"] == pytest.approx(0.0, abs=1e-9)
+
+    only_logical = _Tally(pixel=True, num_figures=0)  # a test split without structural anomalies: no mean
+    chosen = [0, 1]
+    part = {k: v[chosen] if isinstance(v, torch.Tensor) else [v[i] for i in chosen] for k, v in batch.items()}
+    only_logical.add(part, scores[chosen].reshape(2, 1, 1, 4), scores[chosen].max(dim=1).values)
+    metrics = only_logical.compute(SimpleNamespace(calibrated=False), 1.0)
+    assert metrics["pixel_spro_logical"] == pytest.approx(0.5, abs=1e-9) and "image_auroc_mean" not in metrics
+    assert metrics["pixel_spro_structural"] is None and metrics["pixel_spro_mean"] is None

@@ -89,6 +89,7 @@ class AnomalyDataset(Dataset):
     one mask file a region), every sample also holds ``gt_regions`` (1,H,W int64: bit k set where
     region k lies) and ``gt_saturation`` (``MAX_REGIONS`` floats: region k's saturation area in
     pixels at this size, 0 past the image's last region), what :class:`adkd.metrics.spro.SPRO` takes.
+    Where the records name the part each image shows (Real-IAD's multi-view protocol), ``sample`` (str).
 
     ``cache``: every image (and mask) is decoded and resized once, up front, and kept as uint8
     (0.2 MB an image at 256 px): an epoch then costs no decoding, and loader workers share the
@@ -180,6 +181,8 @@ class AnomalyDataset(Dataset):
         }
         if regions:
             sample.update(gt_regions=regions[0], gt_saturation=regions[1])
+        if record.sample is not None:  # a part seen from several views (Real-IAD multi-view)
+            sample["sample"] = record.sample
         if self.synthesizer is not None:
             seed = index if self.fixed_synthesis else seed
             if getattr(self.synthesizer, "keep_clean", False):

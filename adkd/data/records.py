@@ -32,7 +32,9 @@ class Record:
     ``regions``: for a dataset whose ground truth is one file per defect region (MVTec LOCO), every
     region's mask file; ``mask_path`` is the first of them, and the image's mask is their union (any
     non-zero pixel of any of them). ``saturations``: the dataset's saturation rule per defect type,
-    which the sPRO metric needs (:mod:`adkd.metrics.spro`)."""
+    which the sPRO metric needs (:mod:`adkd.metrics.spro`). ``sample``: for a dataset that photographs
+    each part from several views (Real-IAD's multi-view protocol), the part the image shows: the test
+    then also scores each part by its highest-scoring view (``sample_auroc``, :mod:`adkd.training.evaluation`)."""
 
     image_path: Path
     gt_label: int
@@ -41,6 +43,7 @@ class Record:
     category: str | None = field(default=None, compare=False)
     regions: tuple[Path, ...] = ()
     saturations: tuple[Saturation, ...] = field(default=(), compare=False)
+    sample: str | None = field(default=None, compare=False)
 
     @property
     def mask_paths(self) -> tuple[Path, ...]:

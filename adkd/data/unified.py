@@ -35,7 +35,7 @@ def datamodule(config, **overrides) -> AnomalyDataModule:  # noqa: ANN001
         has = f"only one, {names[0]}: run category={names[0]}" if names else "no list of categories"
         raise ConfigError(
             f"category={ALL_CATEGORIES} trains one model on every category of a dataset, and {member.name} has {has}. "
-            f"It is for datasets with several categories (mvtec, visa, textures, cells, parts, elpv, or a folder of "
+            f"It is for datasets with several categories (mvtec, visa, realiad, textures, cells, parts, elpv, or a folder of "
             f"categories in the MVTec AD layout)."
         )
     return UnifiedDataModule({name: instantiate(config, **{**overrides, "category": name}) for name in names})

@@ -39,7 +39,9 @@ NOTES = {  # what a reader must know to read a paper's numbers beside ours
     "AU-PRO is over all test images: not the same measure.",
     "adps": "Means only: the paper's tables are images and could not be read.",
     "efficientad": "Means only, as an unofficial implementation's README quotes the paper; a run labelled "
-    "efficientad_m is compared with EfficientAD-M.",
+    "efficientad_m is compared with EfficientAD-M. Its MVTec LOCO AD figure is read as the dataset's official "
+    "detection number, the mean of the logical and structural image AUROC (image_auroc_mean); the README does not "
+    "say which AUROC it is, and the paper's per-category LOCO table (AU-sPRO included) was not read here.",
     "draem": "Per-category pixel AUROC and AP from the paper's table 2; its image AUROC table was not read here, "
     "so image AUROC is its mean only (our mean over every category run beside it).",
     "destseg": "Per-category pixel AUROC and AP from the paper's table 2 (DeSTSeg: mean of 5 seeds). Its STPM, "

@@ -21,9 +21,11 @@ from pathlib import Path
 
 from adkd.metrics.names import (
     IMAGE_METRICS,
+    KIND_MEAN,
     KIND_METRICS,
     PIXEL_METRICS,
     REGION_METRICS,
+    SAMPLE_METRICS,
     SEGMENTATION_METRICS,
     THRESHOLD_METRICS,
 )
@@ -39,7 +41,16 @@ DATASET_METRICS = {
     "mpdd": ("image_auroc", "pixel_auroc", "pixel_aupro"),
     "mvtec_ad2": ("pixel_aupro_005", "pixel_seg_f1"),  # MVTec AD 2's leaderboard: AU-PRO to FPR 0.05, SegF1
     # MVTec LOCO AD: image AUROC, for each kind of anomaly too, and AU-sPRO to FPR 0.05
-    "mvtec_loco": ("image_auroc", "image_auroc_logical", "image_auroc_structural", "pixel_spro"),
+    "mvtec_loco": (
+        "image_auroc",
+        "image_auroc_logical",
+        "image_auroc_structural",
+        "image_auroc_mean",
+        "pixel_spro",
+        "pixel_spro_mean",
+    ),
+    # Real-IAD: image AUROC, the multi-view protocol's sample AUROC (a part by its highest view), pixel
+    "realiad": ("image_auroc", "sample_auroc", "pixel_auroc", "pixel_aupro"),
     "ksdd": ("image_auroc", "pixel_auroc", "pixel_ap"),  # KolektorSDD(2): pixel AP (ADPS, DRAEM)
     "ksdd2": ("image_auroc", "pixel_auroc", "pixel_ap"),
     "elpv": ("image_auroc", "image_ap", "image_f1max"),  # image labels only
@@ -53,6 +64,8 @@ KNOWN_METRICS = (
     *PIXEL_METRICS,
     *REGION_METRICS,
     *KIND_METRICS.values(),
+    KIND_MEAN,
+    *SAMPLE_METRICS,
     *SEGMENTATION_METRICS,
     *THRESHOLD_METRICS,
     *TIME_METRICS,

@@ -15,11 +15,19 @@ import lightning as L
 import torch
 
 from adkd.metrics import AnomalyMetrics
-from adkd.metrics.names import KIND_METRICS, METRIC_NAMES
+from adkd.metrics.names import KIND_MEAN, KIND_METRICS, KIND_SPRO_METRICS, METRIC_NAMES, SPRO_MEAN
+from adkd.metrics.samples import sample_metrics
+from adkd.metrics.spro import SPRO, SPRO_LIMITS
 from adkd.report.plots import WorstCases, draw_sample, write_plots
 from adkd.training.callbacks import TrainingLength
 
-SUMMARY_PER_CATEGORY = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1")  # printed per category (unified)
+SUMMARY_PER_CATEGORY = (
+    "image_auroc",
+    "sample_auroc",
+    "pixel_auroc",
+    "pixel_aupro",
+    "image_f1",
+)  # printed per category (unified)
 
 
 class _Tally:
@@ -32,6 +40,8 @@ class _Tally:
         self.figures: list[dict] = []
         self.predictions: list[dict] = []
         self.worst = WorstCases(num_figures // 2)
+        self.samples: list[str] = []  # the part each image shows, where the dataset names it (Real-IAD multi-view)
+        self.kind_spro: dict[str, SPRO] = {}  # MVTec LOCO AD: AU-sPRO of the normal images and one kind of anomaly
 
     def add(self, batch: dict, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> None:
         regions = {k: batch[k] for k in ("gt_regions", "gt_saturation") if k in batch}  # MVTec LOCO's sPRO
@@ -42,6 +52,14 @@ class _Tally:
         self.predictions += [
             {"image_path": p, "gt_label": int(y), "defect": d, "pred_score": float(s)} for p, y, d, s in rows
         ]
+        if "sample" in batch:
+            self.samples += list(batch["sample"])
+        if "gt_regions" in batch:
+            for kind in KIND_SPRO_METRICS:
+                chosen = [i for i, (y, d) in enumerate(zip(labels, defects, strict=True)) if y == 0 or d == kind]
+                if chosen:
+                    spro = self.kind_spro.setdefault(kind, SPRO())
+                    spro.update(anomaly_map[chosen], batch["gt_regions"][chosen], batch["gt_saturation"][chosen])
         self._keep_figures(batch, anomaly_map, pred_score, labels, scores)
 
     def _keep_figures(
@@ -86,7 +104,8 @@ class _Tally:
     def kind_aurocs(self) -> dict[str, float | None]:
         """Image AUROC on the normal images and each kind of anomaly the dataset names (MVTec LOCO
         AD's logical and structural anomalies, :data:`adkd.metrics.names.KIND_METRICS`); None where
-        there are no normal images. Nothing for datasets without such kinds."""
+        there are no normal images; where every kind is tested, their mean (``image_auroc_mean``, the
+        official detection number). Nothing for datasets without such kinds."""
         from torchmetrics.functional.classification import binary_auroc
 
         out = {}
@@ -98,10 +117,31 @@ class _Tally:
             scores = torch.tensor(normal + anomalous, dtype=torch.float64)
             labels = torch.tensor([0] * len(normal) + [1] * len(anomalous))
             out[name] = float(binary_auroc(scores, labels, thresholds=None)) if normal else None
+        if len(out) == len(KIND_METRICS):  # every kind tested: their mean, the dataset's official number
+            values = list(out.values())
+            out[KIND_MEAN] = None if any(v is None for v in values) else sum(values) / len(values)
+        return out
+
+    def kind_spros(self) -> dict[str, float | None]:
+        """AU-sPRO to FPR 0.05 on the normal images and each kind of anomaly (MVTec LOCO AD's
+        logical and structural anomalies; the false positives counted on those images alone, as the
+        dataset's evaluation scores each kind), and the mean of the two kinds: the official
+        localization number. None where a kind has no regions (and then no mean). Nothing for
+        datasets without defect regions."""
+        if not self.kind_spro:
+            return {}
+        out = {}
+        for kind, name in KIND_SPRO_METRICS.items():
+            spro = self.kind_spro.get(kind)
+            defined = spro is not None and spro.regions and any(len(n) for n in spro.negatives)
+            out[name] = spro.areas([SPRO_LIMITS["pixel_spro"]])[0] if defined else None
+        values = list(out.values())
+        out[SPRO_MEAN] = None if any(v is None for v in values) else sum(values) / len(values)
         return out
 
     def compute(self, post: torch.nn.Module, milliseconds: float, segmentation_threshold: float | None = None) -> dict:
-        """The threshold-free metrics, those at ``post``'s image threshold where it has one, the
+        """The threshold-free metrics (the sample-level ones where every image names its part), those
+        at ``post``'s image threshold where it has one, the
         segmentation F1 at ``segmentation_threshold`` where the dataset asks for one, the time."""
         metrics = self.metrics.compute()
         if post.calibrated and self.predictions:
@@ -109,6 +149,10 @@ class _Tally:
         if segmentation_threshold is not None:
             metrics["pixel_seg_f1"] = self.metrics.segmentation_f1(segmentation_threshold)
         metrics.update(self.kind_aurocs())
+        metrics.update(self.kind_spros())
+        if self.samples and len(self.samples) == len(self.predictions):  # every image's part is known
+            scores, labels = [r["pred_score"] for r in self.predictions], [r["gt_label"] for r in self.predictions]
+            metrics.update(sample_metrics(scores, labels, self.samples))
         metrics["inference_ms_per_image"] = milliseconds
         return metrics
 
@@ -126,7 +170,11 @@ class Evaluation(L.Callback):
     and its ``metrics`` the mean over categories (a metric undefined in any category has no mean);
     the loggers get ``test/<category>/<metric>`` and the mean as ``test/<metric>``; figures and
     plots go to ``figures/<category>/`` and ``plots/<category>/``, and ``test_predictions.csv``
-    gains a ``category`` column."""
+    gains a ``category`` column.
+
+    Where every test image names the part it shows (Real-IAD's multi-view protocol), the metrics
+    also score each part by its highest-scoring view (``sample_auroc``, ``sample_ap``,
+    ``sample_f1max``: :mod:`adkd.metrics.samples`), and ``test_predictions.csv`` gains a ``sample`` column."""
 
     def __init__(self, output_dir: str, num_figures: int = 8, run: dict | None = None) -> None:
         self.output_dir = Path(output_dir)
@@ -261,12 +309,17 @@ class Evaluation(L.Callback):
         unified = bool(self.members)
         post = trainer.lightning_module.post
         fields = ["image_path", "gt_label", "defect", "pred_score", "normalized_score", "decision"]
+        parts = any(tally.samples for tally in self.tallies.values())  # the part each image shows (Real-IAD)
         with (self.output_dir / "test_predictions.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[*fields, *(["category"] * unified)])
+            writer = csv.DictWriter(f, fieldnames=[*fields, *(["category"] * unified), *(["sample"] * parts)])
             writer.writeheader()
             for category, tally in self.tallies.items():
                 rows = tally.decided(self._post(post, category) if unified else post)
-                writer.writerows([{**row, "category": category} for row in rows] if unified else rows)
+                rows = [{**row, "category": category} for row in rows] if unified else rows
+                if parts:
+                    samples = tally.samples if len(tally.samples) == len(rows) else [""] * len(rows)
+                    rows = [{**row, "sample": sample} for row, sample in zip(rows, samples, strict=True)]
+                writer.writerows(rows)
         from lightning.pytorch.loggers import WandbLogger
 
         for category, tally in self.tallies.items():
