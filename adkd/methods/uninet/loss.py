@@ -44,8 +44,17 @@ def uninet_loss(
         s = F.normalize(s.float().flatten(2).transpose(1, 2), dim=2)
         cosine = cosine + (1 - (s * t).sum(2)).mean()
         logits = s @ t.transpose(1, 2) / temperature  # (B, positions, positions)
-        diagonal = (logits.diagonal(dim1=1, dim2=2) - logits.logsumexp(dim=2)).exp()
+        diagonal = (logits.diagonal(dim1=1, dim2=2) - _log_sum_exp(logits, 1 / temperature)).exp()
         contrast = contrast + -(diagonal + 1e-8).log().mean()
         hinge = hinge + F.relu(margin - diagonal).mean()
     loss = cosine_weight * cosine + (1 - cosine_weight) * contrast + hinge
     return {"loss": loss, "cosine": cosine, "contrast": contrast, "margin": hinge}
+
+
+def _log_sum_exp(logits: torch.Tensor, bound: float) -> torch.Tensor:
+    """log(sum(exp)) over the last dimension. The logits are cosines / T, within +-``bound``: up to
+    a bound of 50 the plain sum cannot overflow float32 (e^50 times a billion positions), and it
+    saves logsumexp's passes for the maximum over matrices of positions x positions."""
+    if bound <= 50:
+        return logits.exp().sum(dim=-1).log()
+    return logits.logsumexp(dim=-1)
