@@ -72,8 +72,8 @@ def fixture_steps(method: str) -> int:
     """Optimiser steps on the fixture (3 batches an epoch) that show a method works: a fraction of its
     demo recipe's, whose own floor, on 50 training textures, is a slow test (tests/test_run.py).
     DeSTSeg's segmentation network starts after its student, and DRAEM's discriminative one learns
-    slowly: both get more."""
-    return {"destseg": 120, "draem": 90}.get(method, 30)
+    slowly: both get more; so does UniNet, whose student learns two teachers' features at once."""
+    return {"destseg": 120, "draem": 90, "uninet": 60}.get(method, 30)
 
 
 def fixture_seed(method: str) -> int:
