@@ -148,8 +148,9 @@ class UniNetNetwork(nn.Module):
             source = self.teacher(images)
         target = self.target(images)
         code = self.bottleneck([torch.cat([t, s], dim=0) for t, s in zip(target, source, strict=True)])
-        halves = [f.chunk(2, dim=0) for f in self.student(code)]
-        from_target, from_source = [h[0] for h in halves], [h[1] for h in halves]
+        b = images.shape[0]  # slices, not chunk(2): an exported graph keeps its batch size free
+        decoded = self.student(code)
+        from_target, from_source = [f[:b] for f in decoded], [f[b:] for f in decoded]
         return [*source, *target], [*from_target, *from_source]
 
     def anomaly_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
