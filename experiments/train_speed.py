@@ -1,0 +1,288 @@
+"""Training speed per method: adkd's epoch against anomalib's and against its own limit.
+
+For each method, on the same data, backbone, image size, batch and threads, interleaved (every
+round measures each variant once, so a busy machine slows them alike; the table gives medians
+over the rounds):
+
+- ``adkd``: a Lightning fit as `python -m adkd.run` trains (the real datamodule), with its configs
+  as they are: the frozen teacher's features cached after the first epoch (``teacher_cache``,
+  conf/run.yaml), channels-last and fused optimisers where the method's yaml sets them;
+- ``before``: the same with the teacher cache, channels-last and the fused optimiser off;
+- ``limit``: the same fit on the epoch's batches already in memory (taken once from the datamodule,
+  synthetic anomalies and all) with the teacher's features cached: what is left is the student's
+  forward and backward (and what the synthetic anomalies force to be recomputed), and Lightning's step;
+- ``anomalib``: its network, loss and optimiser for the method (rd4ad: ReverseDistillation, stfpm:
+  Stfpm, patchcore: Patchcore, as experiments/peer_check_anomalib.py builds them) in a plain loop over
+  the same loader.
+
+An epoch's time is the mean of the epochs after the first (the first fills the cache, and pays for
+the loader's start); PatchCore trains one epoch (its single pass and coreset): that one is timed.
+``before`` is adkd with all three techniques off (as it trained before them); ``--extra`` times
+each alone on top of it: ``cache`` (the teacher cache), ``channels_last`` (weights and images in
+channels-last), ``fused`` (the optimiser's fused implementation).
+
+    python experiments/train_speed.py [--methods rd4ad stfpm ...] [--backbone resnet18] [--image-size 256]
+        [--batch 8] [--train-images 32] [--epochs 2] [--rounds 2] [--threads 1] [--csv results.csv]
+        [--extra cache channels_last fused] [overrides ...]
+
+On a CUDA machine it trains there (``--accelerator``), synchronising the device at every epoch's
+ends; threads then only bound the loader's side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+METHODS = ("rd4ad", "stfpm", "rdpp", "dhkd", "adps", "destseg", "patchcore")
+ONE_EPOCH = {"patchcore"}  # one pass: its only epoch is timed
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class EpochTimer:
+    def __init__(self) -> None:
+        from lightning.pytorch.callbacks import Callback
+
+        timer = self
+        self.epochs: list[float] = []
+
+        class _Callback(Callback):
+            def on_train_epoch_start(self, trainer, module):  # noqa: ANN001
+                _sync()
+                timer.start = time.perf_counter()
+
+            def on_train_epoch_end(self, trainer, module):  # noqa: ANN001
+                _sync()
+                timer.epochs.append(time.perf_counter() - timer.start)
+
+        self.callback = _Callback()
+
+    def epoch_s(self, one_epoch: bool) -> float:
+        timed = self.epochs[:1] if one_epoch else self.epochs[1:]
+        return statistics.mean(timed)
+
+
+def _config(method: str, args: argparse.Namespace, extra: list[str]):  # noqa: ANN202
+    from adkd.training.config import compose
+
+    overrides = [
+        f"method={method}",
+        f"backbone={args.backbone}",
+        "backbone.pretrained=false",
+        f"image_size={args.image_size}",
+        f"batch_size={args.batch}",
+        f"lr={args.lr}",
+        f"dataset.limit_train={args.train_images}",
+        "logger=none",
+        *args.overrides,
+        *extra,
+    ]
+    return compose(overrides, Path(args.out) / method)
+
+
+def _trainer(args: argparse.Namespace, epochs: int, callbacks: list):  # noqa: ANN202
+    import lightning as L
+
+    return L.Trainer(
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
+        max_epochs=epochs,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+
+
+# Each variant's overrides. "before": all three techniques off, as adkd trained before them; each
+# technique alone on top of it; "adkd" and "limit": the configs as they are.
+BEFORE = ["teacher_cache.enabled=false", "method.channels_last=false", "++method.optimizer.fused=false"]
+VARIANTS = {
+    "before": BEFORE,
+    "adkd": [],
+    "limit": [],
+    "cache": [*BEFORE[1:], "teacher_cache.enabled=true"],
+    "channels_last": [BEFORE[0], BEFORE[2], "method.channels_last=true"],
+    "fused": [*BEFORE[:2], "++method.optimizer.fused=true"],
+}
+NO_OPTIMIZER = {"patchcore"}
+
+
+def adkd_epoch(method: str, args: argparse.Namespace, variant: str) -> float:
+    """Seconds per epoch of a Lightning fit (``variant``: a key of VARIANTS)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    extra = [o for o in VARIANTS[variant] if not (method in NO_OPTIMIZER and "optimizer" in o)]
+    cfg = _config(method, args, extra)
+    L.seed_everything(0, verbose=False)
+    datamodule = instantiate(cfg.dataset)
+    model = instantiate(cfg.method, _convert_="all")
+    timer = EpochTimer()
+    epochs = 1 if method in ONE_EPOCH else 1 + args.epochs
+    if variant == "limit":
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        batches = list(datamodule.train_dataloader())  # epoch 0's, synthetic anomalies as drawn
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, pin_memory=args.accelerator != "cpu")
+        _trainer(args, epochs, [timer.callback]).fit(model, train_dataloaders=loader)
+    else:
+        _trainer(args, epochs, [timer.callback]).fit(model, datamodule=datamodule)
+    return timer.epoch_s(method in ONE_EPOCH)
+
+
+def _peer():  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location(
+        "peer_check_anomalib", Path(__file__).with_name("peer_check_anomalib.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def anomalib_epoch(method: str, args: argparse.Namespace, weights: str) -> float:
+    """Seconds per epoch of anomalib's network, loss and optimiser on adkd's loader (a plain loop, as
+    experiments/peer_check_anomalib.py trains it)."""
+    from hydra.utils import instantiate
+
+    peer = _peer()
+    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
+    cfg = _config(method, args, [])
+    torch.manual_seed(0)
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model, optimizer, loss_of = peer.ANOMALIB[method](args.backbone, args.image_size, weights)
+    model.to(device)
+    loader = datamodule.train_dataloader()
+    autocast = torch.autocast(device.type, enabled=args.precision == "16-mixed")
+    times = []
+    for epoch in range(1 if optimizer is None else 1 + args.epochs):
+        model.train()
+        loader.sampler.set_epoch(epoch)
+        _sync()
+        start = time.perf_counter()
+        for batch in loader:
+            images = peer.imagenet_normalized(batch["image"]).to(device, non_blocking=True)
+            with autocast:
+                if optimizer is None:
+                    with torch.no_grad():
+                        model(images)
+                    continue
+                optimizer.zero_grad()
+                loss = loss_of(images)
+            loss.backward()
+            optimizer.step()
+        if optimizer is None:
+            model.subsample_embedding(
+                0.1
+            )  # anomalib's default coreset_sampling_ratio (adkd's epoch has its coreset too)
+        _sync()
+        times.append(time.perf_counter() - start)
+    return times[0] if optimizer is None else statistics.mean(times[1:])
+
+
+def teacher_weights(backbone: str, folder: Path) -> str:
+    """A torchvision state dict of the backbone (seeded random init; pretrained weights make no
+    difference to the time) for anomalib's teacher."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = {"mobilenet_v2": torchvision.models.mobilenet_v2}.get(backbone) or getattr(torchvision.models, backbone)
+    path = folder / f"{backbone}.pth"
+    torch.save(net().state_dict(), path)
+    return str(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="one rate for every method (speed does not depend on it)"
+    )
+    parser.add_argument("--train-images", type=int, default=32, help="training images (dataset.limit_train)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs, after a first one")
+    parser.add_argument("--rounds", type=int, default=2, help="every variant measured once a round, interleaved")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (one: runs on a shared CPU)")
+    parser.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default=None, help="default: 32-true on the CPU, 16-mixed on a GPU")
+    parser.add_argument(
+        "--extra", nargs="*", default=["cache", "channels_last", "fused"], help="techniques timed on their own"
+    )
+    parser.add_argument("--no-anomalib", action="store_true")
+    parser.add_argument("--out", default="outputs/train_speed")
+    parser.add_argument("--csv", type=Path, help="also write the table here")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every adkd run (e.g. dataset=...)")
+    args = parser.parse_args()
+    import lightning  # noqa: F401 - first: its import sets its loggers' levels, which the next line lowers
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line a measurement, not Lightning's
+    warnings.filterwarnings("ignore", ".*(val_dataloader|does not have many workers|litlogger).*")
+    args.precision = args.precision or ("32-true" if args.accelerator == "cpu" else "16-mixed")
+    torch.set_num_threads(args.threads)
+    peer = None if args.no_anomalib else _peer()
+    variants = ["before", "adkd", "limit", *args.extra]
+    times: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = None if peer is None else teacher_weights(args.backbone, Path(tmp))
+        for r in range(args.rounds):
+            for method in args.methods:
+                runs = [v for v in variants if not (method in NO_OPTIMIZER and v == "fused")]
+                if peer is not None and peer.ANOMALIB.get(method) is not None:
+                    runs.append("anomalib")
+                for variant in runs if r % 2 == 0 else runs[::-1]:  # alternate the order between rounds
+                    if variant == "anomalib":
+                        seconds = anomalib_epoch(method, args, weights)
+                    else:
+                        seconds = adkd_epoch(method, args, variant)
+                    times.setdefault((method, variant), []).append(seconds)
+                    print(f"round {r} {method:<9} {variant:<13} {seconds:7.2f} s/epoch", flush=True)
+    rows = table(args, times, variants)
+    for row in rows:
+        print(" | ".join(f"{c:>13}" for c in row))
+    if args.csv:
+        with args.csv.open("w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+
+def table(args: argparse.Namespace, times: dict, variants: list[str]) -> list[list[str]]:
+    """Median seconds per epoch, and ratios of medians: before and now against anomalib and the
+    limit; each technique alone against before."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    header = ["method", "before (s/epoch)", "adkd (s/epoch)", "limit (s/epoch)", "anomalib (s/epoch)"]
+    header += ["before / anomalib", "adkd / anomalib", "before / limit", "adkd / limit"]
+    header += [f"{e} alone / before" for e in variants[3:]]
+    rows = [header]
+    for method in args.methods:
+        before, after, limit = med[(method, "before")], med[(method, "adkd")], med[(method, "limit")]
+        peer = med.get((method, "anomalib"))
+        row = [method, f"{before:.2f}", f"{after:.2f}", f"{limit:.2f}", "" if peer is None else f"{peer:.2f}"]
+        row += ["" if peer is None else f"{before / peer:.2f}x", "" if peer is None else f"{after / peer:.2f}x"]
+        row += [f"{before / limit:.2f}x", f"{after / limit:.2f}x"]
+        row += [f"{med[(method, e)] / before:.2f}x" if (method, e) in med else "" for e in variants[3:]]
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
