@@ -1,8 +1,10 @@
 """Training speed per method: adkd's epoch against anomalib's and against its own limit.
 
-For each method, on the same data, backbone, image size, batch and threads, interleaved (every
-round measures each variant once, so a busy machine slows them alike; the table gives medians
-over the rounds):
+For each method, on the same data, backbone, image size, batch and threads, interleaved epoch by
+epoch: every variant's fit runs in its own thread, and they take turns, one epoch each, in an
+order that alternates (nothing else of this process runs during a timed epoch). A busy machine so
+slows them alike; the table gives each variant's fastest epoch after the first (the first fills
+the cache and starts the loader), since on a shared machine other load only ever slows one down:
 
 - ``adkd``: a Lightning fit as `python -m adkd.run` trains (the real datamodule), with its configs
   as they are: the frozen teacher's features cached after the first epoch (``teacher_cache``,
@@ -15,14 +17,12 @@ over the rounds):
   Stfpm, patchcore: Patchcore, as experiments/peer_check_anomalib.py builds them) in a plain loop over
   the same loader.
 
-An epoch's time is the mean of the epochs after the first (the first fills the cache, and pays for
-the loader's start); PatchCore trains one epoch (its single pass and coreset): that one is timed.
-``before`` is adkd with all three techniques off (as it trained before them); ``--extra`` times
+PatchCore trains one epoch (its single pass and coreset): that one is timed. ``before`` is adkd with all three techniques off (as it trained before them); ``--extra`` times
 each alone on top of it: ``cache`` (the teacher cache), ``channels_last`` (weights and images in
 channels-last), ``fused`` (the optimiser's fused implementation).
 
     python experiments/train_speed.py [--methods rd4ad stfpm ...] [--backbone resnet18] [--image-size 256]
-        [--batch 8] [--train-images 32] [--epochs 2] [--rounds 2] [--threads 1] [--csv results.csv]
+        [--batch 8] [--train-images 16] [--epochs 3] [--threads 1] [--csv results.csv]
         [--extra cache channels_last fused] [overrides ...]
 
 On a CUDA machine it trains there (``--accelerator``), synchronising the device at every epoch's
@@ -35,7 +35,6 @@ import argparse
 import csv
 import importlib.util
 import logging
-import statistics
 import tempfile
 import time
 import warnings
@@ -52,27 +51,63 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-class EpochTimer:
-    def __init__(self) -> None:
+class Turn:
+    """One variant's fit, run in its own thread one epoch at a time: ``step()`` lets it run from where
+    it waits to its next epoch's start (the first: its setup; the last: its end), so variants take
+    turns and each epoch is timed while nothing else of this process runs."""
+
+    def __init__(self, name: str, work) -> None:  # noqa: ANN001 - work(turn): the fit, calling turn.epoch_*
+        import threading
+
+        self.name, self.times, self.finished, self.error = name, [], False, None
+        self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
+        self._start = 0.0
+
+        def run() -> None:
+            self._go.acquire()
+            try:
+                torch.set_num_threads(torch.get_num_threads())
+                work(self)
+            except BaseException as err:  # noqa: BLE001 - handed to the main thread
+                self.error = err
+            finally:
+                self.finished = True
+                self._done.release()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def step(self) -> None:
+        if self.finished:
+            return
+        self._go.release()
+        self._done.acquire()
+        if self.error is not None:
+            raise RuntimeError(f"{self.name} failed") from self.error
+
+    def epoch_start(self) -> None:
+        self._done.release()  # the turn back: whatever ran since the last epoch is not in a measurement
+        self._go.acquire()
+        _sync()
+        self._start = time.perf_counter()
+
+    def epoch_end(self) -> None:
+        _sync()
+        self.times.append(time.perf_counter() - self._start)
+
+    def callback(self):  # noqa: ANN201
         from lightning.pytorch.callbacks import Callback
 
-        timer = self
-        self.epochs: list[float] = []
+        turn = self
 
         class _Callback(Callback):
             def on_train_epoch_start(self, trainer, module):  # noqa: ANN001
-                _sync()
-                timer.start = time.perf_counter()
+                turn.epoch_start()
 
             def on_train_epoch_end(self, trainer, module):  # noqa: ANN001
-                _sync()
-                timer.epochs.append(time.perf_counter() - timer.start)
+                turn.epoch_end()
 
-        self.callback = _Callback()
-
-    def epoch_s(self, one_epoch: bool) -> float:
-        timed = self.epochs[:1] if one_epoch else self.epochs[1:]
-        return statistics.mean(timed)
+        return _Callback()
 
 
 def _config(method: str, args: argparse.Namespace, extra: list[str]):  # noqa: ANN202
@@ -113,20 +148,20 @@ def _trainer(args: argparse.Namespace, epochs: int, callbacks: list):  # noqa: A
 
 # Each variant's overrides. "before": all three techniques off, as adkd trained before them; each
 # technique alone on top of it; "adkd" and "limit": the configs as they are.
-BEFORE = ["teacher_cache.enabled=false", "method.channels_last=false", "++method.optimizer.fused=false"]
+BEFORE = ["teacher_cache.enabled=false", "++method.channels_last=false", "++method.optimizer.fused=false"]
 VARIANTS = {
     "before": BEFORE,
     "adkd": [],
     "limit": [],
     "cache": [*BEFORE[1:], "teacher_cache.enabled=true"],
-    "channels_last": [BEFORE[0], BEFORE[2], "method.channels_last=true"],
+    "channels_last": [BEFORE[0], BEFORE[2], "++method.channels_last=true"],
     "fused": [*BEFORE[:2], "++method.optimizer.fused=true"],
 }
 NO_OPTIMIZER = {"patchcore"}
 
 
-def adkd_epoch(method: str, args: argparse.Namespace, variant: str) -> float:
-    """Seconds per epoch of a Lightning fit (``variant``: a key of VARIANTS)."""
+def adkd_fit(method: str, args: argparse.Namespace, variant: str, turn: Turn) -> None:
+    """A Lightning fit (``variant``: a key of VARIANTS), its epochs timed by ``turn``."""
     import lightning as L
     from hydra.utils import instantiate
 
@@ -135,17 +170,16 @@ def adkd_epoch(method: str, args: argparse.Namespace, variant: str) -> float:
     L.seed_everything(0, verbose=False)
     datamodule = instantiate(cfg.dataset)
     model = instantiate(cfg.method, _convert_="all")
-    timer = EpochTimer()
     epochs = 1 if method in ONE_EPOCH else 1 + args.epochs
+    trainer = _trainer(args, epochs, [turn.callback()])
     if variant == "limit":
         datamodule.prepare_data()
         datamodule.setup("fit")
         batches = list(datamodule.train_dataloader())  # epoch 0's, synthetic anomalies as drawn
         loader = torch.utils.data.DataLoader(batches, batch_size=None, pin_memory=args.accelerator != "cpu")
-        _trainer(args, epochs, [timer.callback]).fit(model, train_dataloaders=loader)
+        trainer.fit(model, train_dataloaders=loader)
     else:
-        _trainer(args, epochs, [timer.callback]).fit(model, datamodule=datamodule)
-    return timer.epoch_s(method in ONE_EPOCH)
+        trainer.fit(model, datamodule=datamodule)
 
 
 def _peer():  # noqa: ANN202
@@ -157,7 +191,7 @@ def _peer():  # noqa: ANN202
     return module
 
 
-def anomalib_epoch(method: str, args: argparse.Namespace, weights: str) -> float:
+def anomalib_fit(method: str, args: argparse.Namespace, weights: str, turn: Turn) -> None:
     """Seconds per epoch of anomalib's network, loss and optimiser on adkd's loader (a plain loop, as
     experiments/peer_check_anomalib.py trains it)."""
     from hydra.utils import instantiate
@@ -173,12 +207,10 @@ def anomalib_epoch(method: str, args: argparse.Namespace, weights: str) -> float
     model.to(device)
     loader = datamodule.train_dataloader()
     autocast = torch.autocast(device.type, enabled=args.precision == "16-mixed")
-    times = []
     for epoch in range(1 if optimizer is None else 1 + args.epochs):
         model.train()
         loader.sampler.set_epoch(epoch)
-        _sync()
-        start = time.perf_counter()
+        turn.epoch_start()
         for batch in loader:
             images = peer.imagenet_normalized(batch["image"]).to(device, non_blocking=True)
             with autocast:
@@ -194,9 +226,7 @@ def anomalib_epoch(method: str, args: argparse.Namespace, weights: str) -> float
             model.subsample_embedding(
                 0.1
             )  # anomalib's default coreset_sampling_ratio (adkd's epoch has its coreset too)
-        _sync()
-        times.append(time.perf_counter() - start)
-    return times[0] if optimizer is None else statistics.mean(times[1:])
+        turn.epoch_end()
 
 
 def teacher_weights(backbone: str, folder: Path) -> str:
@@ -220,9 +250,8 @@ def main() -> None:
     parser.add_argument(
         "--lr", type=float, default=1e-3, help="one rate for every method (speed does not depend on it)"
     )
-    parser.add_argument("--train-images", type=int, default=32, help="training images (dataset.limit_train)")
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs, after a first one")
-    parser.add_argument("--rounds", type=int, default=2, help="every variant measured once a round, interleaved")
+    parser.add_argument("--train-images", type=int, default=16, help="training images (dataset.limit_train)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs timed (the fastest counts), after a first one")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (one: runs on a shared CPU)")
     parser.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default=None, help="default: 32-true on the CPU, 16-mixed on a GPU")
@@ -232,6 +261,7 @@ def main() -> None:
     parser.add_argument("--no-anomalib", action="store_true")
     parser.add_argument("--out", default="outputs/train_speed")
     parser.add_argument("--csv", type=Path, help="also write the table here")
+    parser.add_argument("--from-log", type=Path, nargs="+", help="only the table, from these runs' printed lines")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every adkd run (e.g. dataset=...)")
     args = parser.parse_args()
     import lightning  # noqa: F401 - first: its import sets its loggers' levels, which the next line lowers
@@ -240,35 +270,55 @@ def main() -> None:
     warnings.filterwarnings("ignore", ".*(val_dataloader|does not have many workers|litlogger).*")
     args.precision = args.precision or ("32-true" if args.accelerator == "cpu" else "16-mixed")
     torch.set_num_threads(args.threads)
-    peer = None if args.no_anomalib else _peer()
     variants = ["before", "adkd", "limit", *args.extra]
     times: dict[tuple[str, str], list[float]] = {}
+    if args.from_log:
+        for line in (line for path in args.from_log for line in path.read_text().splitlines()):
+            if line.startswith("round ") and line.endswith(" s/epoch"):
+                _, _, method, variant, seconds, _ = line.split()
+                times.setdefault((method, variant), []).append(float(seconds))
+        args.methods = list(dict.fromkeys(m for m, _ in times))
+        write(args, table(args, times, variants))
+        return
+    peer = None if args.no_anomalib else _peer()
     with tempfile.TemporaryDirectory() as tmp:
         weights = None if peer is None else teacher_weights(args.backbone, Path(tmp))
-        for r in range(args.rounds):
-            for method in args.methods:
-                runs = [v for v in variants if not (method in NO_OPTIMIZER and v == "fused")]
-                if peer is not None and peer.ANOMALIB.get(method) is not None:
-                    runs.append("anomalib")
-                for variant in runs if r % 2 == 0 else runs[::-1]:  # alternate the order between rounds
-                    if variant == "anomalib":
-                        seconds = anomalib_epoch(method, args, weights)
-                    else:
-                        seconds = adkd_epoch(method, args, variant)
-                    times.setdefault((method, variant), []).append(seconds)
-                    print(f"round {r} {method:<9} {variant:<13} {seconds:7.2f} s/epoch", flush=True)
-    rows = table(args, times, variants)
+        for method in args.methods:
+            runs = [v for v in variants if not (method in NO_OPTIMIZER and v == "fused")]
+            if peer is not None and peer.ANOMALIB.get(method) is not None:
+                runs.append("anomalib")
+            turns = []
+            for variant in runs:
+                if variant == "anomalib":
+                    work = lambda t, m=method: anomalib_fit(m, args, weights, t)  # noqa: E731
+                else:
+                    work = lambda t, m=method, v=variant: adkd_fit(m, args, v, t)  # noqa: E731
+                turns.append(Turn(variant, work))
+            for step in range(2 + (0 if method in ONE_EPOCH else args.epochs)):  # setup, epochs, the end
+                for turn in turns if step % 2 == 0 else turns[::-1]:  # alternating the order
+                    turn.step()
+            for turn in turns:
+                timed = turn.times if method in ONE_EPOCH else turn.times[1:]  # after the first epoch
+                for r, seconds in enumerate(timed):
+                    times.setdefault((method, turn.name), []).append(seconds)
+                    print(f"round {r} {method:<9} {turn.name:<13} {seconds:7.2f} s/epoch", flush=True)
+    write(args, table(args, times, variants))
+
+
+def write(args: argparse.Namespace, rows: list[list[str]]) -> None:
     for row in rows:
         print(" | ".join(f"{c:>13}" for c in row))
     if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
         with args.csv.open("w", newline="") as f:
             csv.writer(f).writerows(rows)
 
 
 def table(args: argparse.Namespace, times: dict, variants: list[str]) -> list[list[str]]:
-    """Median seconds per epoch, and ratios of medians: before and now against anomalib and the
-    limit; each technique alone against before."""
-    med = {k: statistics.median(v) for k, v in times.items()}
+    """Each variant's fastest epoch (on a shared machine the others' load only ever slows one
+    down), and their ratios: before and now against anomalib and the limit;
+    each technique alone against before."""
+    med = {k: min(v) for k, v in times.items()}
     header = ["method", "before (s/epoch)", "adkd (s/epoch)", "limit (s/epoch)", "anomalib (s/epoch)"]
     header += ["before / anomalib", "adkd / anomalib", "before / limit", "adkd / limit"]
     header += [f"{e} alone / before" for e in variants[3:]]
