@@ -167,3 +167,13 @@ def test_a_seeded_training_is_the_same_with_the_cache_on_and_off(tiny_mvtec, tmp
     for name, value in on[1].items():
         if value.is_floating_point():
             assert torch.allclose(value, off[1][name], rtol=1e-4, atol=1e-5), name
+
+
+def test_bad_settings_stop_the_run_before_anything_is_built(tiny_mvtec, tmp_path):
+    from adkd.errors import ConfigError
+    from adkd.training.config import compose, validate
+
+    for bad, says in (("teacher_cache.max_gb=-1", "0 or more"), ("teacher_cache.dtype=int8", "float16")):
+        with pytest.raises(ConfigError, match=says):
+            validate(compose(tiny_overrides(tiny_mvtec, bad), tmp_path))
+    validate(compose(tiny_overrides(tiny_mvtec, "teacher_cache.dtype=float16"), tmp_path))
