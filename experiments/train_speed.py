@@ -3,8 +3,10 @@
 For each method, on the same data, backbone, image size, batch and threads, interleaved epoch by
 epoch: every variant's fit runs in its own thread, and they take turns, one epoch each, in an
 order that alternates (nothing else of this process runs during a timed epoch). A busy machine so
-slows them alike; the table gives each variant's fastest epoch after the first (the first fills
-the cache and starts the loader), since on a shared machine other load only ever slows one down:
+slows them alike. On the CPU an epoch's time is the fit thread's CPU time (one torch thread, no
+loader workers: the fit's work is all in its thread), which other processes' load hardly moves; on
+a GPU wall time. The table gives each variant's fastest epoch after the first (the first fills
+the cache and starts the loader):
 
 - ``adkd``: a Lightning fit as `python -m adkd.run` trains (the real datamodule), with its configs
   as they are: the frozen teacher's features cached after the first epoch (``teacher_cache``,
@@ -44,6 +46,13 @@ import torch
 
 METHODS = ("rd4ad", "stfpm", "rdpp", "dhkd", "adps", "destseg", "patchcore")
 ONE_EPOCH = {"patchcore"}  # one pass: its only epoch is timed
+
+
+def _clock() -> float:
+    """On the CPU, this thread's CPU time: with one torch thread and the loader in the same thread
+    (no workers), all of a fit's work is in its thread, and other processes' load on a shared
+    machine does not count. On a GPU, wall time (the device's work is not the thread's)."""
+    return time.perf_counter() if torch.cuda.is_available() else time.thread_time()
 
 
 def _sync() -> None:
@@ -89,11 +98,11 @@ class Turn:
         self._done.release()  # the turn back: whatever ran since the last epoch is not in a measurement
         self._go.acquire()
         _sync()
-        self._start = time.perf_counter()
+        self._start = _clock()
 
     def epoch_end(self) -> None:
         _sync()
-        self.times.append(time.perf_counter() - self._start)
+        self.times.append(_clock() - self._start)
 
     def callback(self):  # noqa: ANN201
         from lightning.pytorch.callbacks import Callback
@@ -121,6 +130,7 @@ def _config(method: str, args: argparse.Namespace, extra: list[str]):  # noqa: A
         f"batch_size={args.batch}",
         f"lr={args.lr}",
         f"dataset.limit_train={args.train_images}",
+        *(["dataset.num_workers=0"] if args.accelerator == "cpu" else []),  # the fit's work all in its thread
         "logger=none",
         *args.overrides,
         *extra,
