@@ -54,7 +54,8 @@ bench: $(STAMP)  ## inference engines, serving, coreset: speed side by side
 	$(PY) experiments/serve_load.py
 	$(PY) experiments/coreset_speed.py
 
-bench-train: $(STAMP)  ## training images/s per method and how long the GPU waits (a CUDA machine)
+bench-train: $(STAMP)  ## epoch time per method against anomalib's and its limit; images/s and GPU waits
+	$(PY) experiments/train_speed.py --csv outputs/train_speed.csv
 	$(PY) experiments/train_throughput.py --make-folder outputs/throughput-data
 	$(PY) experiments/train_throughput.py --root outputs/throughput-data
 

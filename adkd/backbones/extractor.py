@@ -49,6 +49,7 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         if frozen:
             self.requires_grad_(False)
+        self.feature_cache = None  # set during a training step by adkd.methods.components.teacher_cache
         self.channels, self.strides = self._probe()
         self.train()  # frozen: eval mode for good (see train); trainable: train mode, as any new module
 
@@ -72,6 +73,12 @@ class FeatureExtractor(nn.Module):
         return self.stages[index](x)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.feature_cache is not None:  # a frozen teacher's features kept from earlier epochs
+            return self.feature_cache.features(self, x)
+        return self.compute(x)
+
+    def compute(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The features, computed (``forward`` may serve them from a training run's cache)."""
         x = self.normalize(x)
         feats = []
         for i in range(len(self.stages)):

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from adkd.methods.components.postprocess import PostProcessor
+from adkd.methods.components.teacher_cache import TeacherCache
 
 CATEGORY_THRESHOLDS = "adkd_category_thresholds"  # a unified model's per-category thresholds, in its checkpoint
 
@@ -37,10 +38,19 @@ class AnomalyModule(L.LightningModule):
         post: dict | None = None,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
+        teacher_cache: dict | None = None,
+        channels_last: bool = False,
     ) -> None:
         """``network``: the method's ``nn.Module``; ``post``: the post-processing settings (conf/post/:
-        map_sigma, score_sigma, score, topk); ``optimizer``/``scheduler``: partial factories."""
+        map_sigma, score_sigma, score, topk); ``optimizer``/``scheduler``: partial factories;
+        ``teacher_cache``: :class:`~adkd.methods.components.teacher_cache.TeacherCache` settings
+        (conf/run.yaml's ``teacher_cache``; None: on, with its defaults); ``channels_last``: train in
+        channels-last memory format (weights and images; the method's yaml sets it where ``make
+        bench-train`` measured it faster on the CPU: STFPM's ResNet convolutions; RD4AD's transposed
+        convolutions get slower)."""
         super().__init__()
+        self.teacher_cache = TeacherCache(**(teacher_cache or {}))
+        self.channels_last = channels_last
         self.network = network
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -73,10 +83,32 @@ class AnomalyModule(L.LightningModule):
         return losses["loss"]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._log_losses(self.loss(batch), "train", len(batch["image"]))
+        with self.teacher_cache.serving(self.network, self._formatted(batch)):
+            return self._log_losses(self.loss(batch), "train", len(batch["image"]))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._log_losses(self.loss(batch), "val", len(batch["image"]))
+        with self.teacher_cache.serving(self.network, self._formatted(batch)):
+            self._log_losses(self.loss(batch), "val", len(batch["image"]))
+
+    def _formatted(self, batch: dict) -> dict:
+        """``batch`` with its images in channels-last where the module trains so (in place)."""
+        if self.channels_last and isinstance(batch, dict):
+            for key in ("image", "clean"):
+                if isinstance(batch.get(key), torch.Tensor) and batch[key].dim() == 4:
+                    batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def on_train_start(self) -> None:
+        """The teacher cache's size check: as many images as the training and validation sets hold."""
+        val = getattr(self.trainer.datamodule, "val_set", None)
+        self.teacher_cache.expected = _length(self.trainer.train_dataloader) + (len(val) if val is not None else 0)
+
+    def on_fit_end(self) -> None:
+        self.teacher_cache.clear()  # the memory back: testing and predicting do not use it
 
     def early_stopping_phase(self) -> str | None:
         """The training phase early stopping (``budget=converged``) watches; None while the
@@ -135,6 +167,14 @@ class ExportForm:
 
     def use_export_form(self) -> None:
         raise NotImplementedError
+
+
+def _length(loader) -> int:  # noqa: ANN001
+    """Images in a loader's dataset (0 where unknown: before the loaders are made, or a list of them)."""
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return 0
 
 
 def multistep_at_fractions(optimizer, max_epochs: int, fractions: list[float], gamma: float):  # noqa: ANN001, ANN201

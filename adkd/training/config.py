@@ -70,6 +70,14 @@ RULES: tuple[tuple[str, bool, Callable[[object], bool], str], ...] = (
     ("segmentation.k", False, lambda v: _FLOAT(v) and v >= 0, "a number of standard deviations, 0 or more"),
     ("dataset.val_fraction", True, lambda v: _FLOAT(v) and 0 <= v < 1, "a share of the training images, 0 to below 1"),
     ("dataset.num_workers", False, lambda v: _INT(v) and v >= 0, "a whole number, 0 or more"),
+    ("teacher_cache.enabled", False, lambda v: isinstance(v, bool), "true or false"),
+    ("teacher_cache.max_gb", False, lambda v: _FLOAT(v) and v >= 0, "a number of gigabytes, 0 or more"),
+    (
+        "teacher_cache.dtype",
+        True,
+        lambda v: v in ("float32", "float16", "bfloat16"),
+        "null, float32, float16 or bfloat16",
+    ),
 )
 
 
