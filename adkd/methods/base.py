@@ -45,9 +45,9 @@ class AnomalyModule(L.LightningModule):
         map_sigma, score_sigma, score, topk); ``optimizer``/``scheduler``: partial factories;
         ``teacher_cache``: :class:`~adkd.methods.components.teacher_cache.TeacherCache` settings
         (conf/run.yaml's ``teacher_cache``; None: on, with its defaults); ``channels_last``: train in
-        channels-last memory format (weights and images; the method's yaml sets it where ``make
-        bench-train`` measured it faster on the CPU: STFPM's ResNet convolutions; RD4AD's transposed
-        convolutions get slower)."""
+        channels-last memory format (weights and images; ``+method.channels_last=true``: ``make
+        bench-train`` measured STFPM's student forward faster so, RD4AD's transposed convolutions
+        slower; off by default, as it changes a seeded run's rounding)."""
         super().__init__()
         self.teacher_cache = TeacherCache(**(teacher_cache or {}))
         self.channels_last = channels_last
