@@ -145,3 +145,12 @@ def test_uninet_takes_the_official_class_settings_on_mvtec_only(tmp_path):
     assert groups[1]["lr"] == 1e-6 and {id(p) for p in groups[1]["params"]} == {
         id(p) for p in folder.network.target.parameters()
     }
+
+
+def test_the_target_teachers_statistics_train_in_the_paper_recipe_and_stay_in_the_small_one():
+    paper = build_method("uninet", "budget=paper", "backbone.pretrained=false").train()
+    assert paper.network.target.training and paper.network.frozen_statistics == ()
+    small = build_method("uninet", "budget=demo", "backbone.pretrained=false").train()
+    assert not small.network.target.training and small.network.student.training
+    assert all(p.requires_grad for p in small.network.target.parameters())  # its weights still train
+    assert small.network.frozen_statistics == ("target",)

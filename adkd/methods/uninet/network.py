@@ -135,6 +135,11 @@ class UniNetNetwork(nn.Module):
         self.target_batch_statistics = target_batch_statistics
         self.train()
 
+    @property
+    def frozen_statistics(self) -> tuple[str, ...]:
+        """Submodules that train in eval mode on purpose (BatchNorm statistics kept, weights trained)."""
+        return () if self.target_batch_statistics else ("target",)
+
     def train(self, mode: bool = True) -> UniNetNetwork:
         super().train(mode)
         if not self.target_batch_statistics:
