@@ -24,6 +24,15 @@ def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def to_deepest_scale(channels: list[int]) -> nn.ModuleList:
+    """Per tapped scale, the stride-2 3x3 conv+BN+ReLU steps (c_i -> c_{i+1} -> ... -> c_n) that bring
+    it to the deepest scale's resolution (none for the deepest): OCBE's, and UniNet's bottleneck's."""
+    n = len(channels)
+    return nn.ModuleList(
+        nn.Sequential(*[conv_bn_relu(channels[j], channels[j + 1], 2) for j in range(i, n - 1)]) for i in range(n)
+    )
+
+
 class OCBE(nn.Module):
     """One-class bottleneck embedding: every tapped scale is brought to the deepest one's
     resolution by stride-2 3x3 conv+BN+ReLU steps (c_i -> c_{i+1} -> ... -> c_n), concatenated,
@@ -32,9 +41,7 @@ class OCBE(nn.Module):
     def __init__(self, channels: list[int], blocks: int = 3, block: str = "bottleneck") -> None:
         super().__init__()
         n = len(channels)
-        self.down = nn.ModuleList(
-            nn.Sequential(*[conv_bn_relu(channels[j], channels[j + 1], 2) for j in range(i, n - 1)]) for i in range(n)
-        )
+        self.down = to_deepest_scale(channels)
         c = channels[-1]
         inplanes, out = c * n, 2 * c
         downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, 2, bias=False), nn.BatchNorm2d(out))

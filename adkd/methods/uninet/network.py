@@ -32,7 +32,7 @@ from adkd.backbones import FeatureExtractor
 from adkd.backbones.registry import get_spec
 from adkd.methods.components.init import kaiming_init
 from adkd.methods.components.maps import combine_scales, cosine_distance
-from adkd.methods.rd4ad.network import ReverseDecoder, conv_bn_relu
+from adkd.methods.rd4ad.network import ReverseDecoder, to_deepest_scale
 
 
 def _branch(cin: int, width: int, stride: int, bias: bool) -> nn.Sequential:
@@ -80,9 +80,7 @@ class Bottleneck(nn.Module):
     def __init__(self, channels: list[int], blocks: int = 3) -> None:
         super().__init__()
         n = len(channels)
-        self.down = nn.ModuleList(
-            nn.Sequential(*[conv_bn_relu(channels[j], channels[j + 1], 2) for j in range(i, n - 1)]) for i in range(n)
-        )
+        self.down = to_deepest_scale(channels)
         c = channels[-1]
         cin, out = c * n, 2 * c
         downsample = nn.Sequential(nn.Conv2d(cin, out, 1, 2, bias=False), nn.BatchNorm2d(out))
