@@ -169,7 +169,17 @@ def test_adps_on_kolektorsdd2_is_a_category_row(tmp_path):
 
 def test_every_published_number_has_a_source_a_known_metric_and_a_percentage():
     numbers = published()
-    assert set(paper_names()) == {"dhkd", "patchcore", "rd4ad", "rdpp", "destseg", "draem", "efficientad", "adps"}
+    assert set(paper_names()) == {
+        "dhkd",
+        "patchcore",
+        "rd4ad",
+        "rdpp",
+        "destseg",
+        "draem",
+        "efficientad",
+        "adps",
+        "uninet",
+    }
     assert all(p.source and p.metric in KNOWN_METRICS and 0 < p.value <= 100 for p in numbers)
     assert all(p.category in [*MVTEC, MEAN] for p in numbers if p.dataset == "mvtec")
     keys = [(p.paper, p.dataset, p.category, p.method, p.metric) for p in numbers]
@@ -272,3 +282,27 @@ def test_destseg_shows_its_reevaluated_columns_adkd_has(tmp_path):
         "95.0 / 98.6 (-3.6) [1 category]"
     )
     assert "- DeSTSeg (Zhang et al., CVPR 2023; arXiv 2211.11317), table 2 (pixel AUROC / AP)\n" in md
+
+
+def test_uninet_log_tables_as_transcribed_and_beside_ours(tmp_path):
+    """The official logs' separate-class tables: every class, rows that average to the printed mean
+    (MVTec AD and BTAD printed to 0.01, VisA to 0.1; each cell to 0.1), and a cell beside ours."""
+    numbers = [p for p in published() if p.paper == "uninet"]
+    sizes = {"mvtec": (15, 0.005), "visa": (12, 0.05), "btad": (3, 0.005)}
+    for dataset, (count, rounding) in sizes.items():
+        for metric in ("image_auroc", "pixel_auroc", "pixel_aupro"):
+            here = [p for p in numbers if (p.dataset, p.metric) == (dataset, metric)]
+            rows = [p.value for p in here if p.category != MEAN]
+            (printed,) = [p.value for p in here if p.category == MEAN]
+            assert len(rows) == count, (dataset, metric)
+            assert abs(sum(rows) / count - printed) <= rounding + 1e-9, (dataset, metric, sum(rows) / count)
+    cell = {(p.dataset, p.category, p.metric): p.value for p in numbers}
+    assert cell[("mvtec", "transistor", "pixel_aupro")] == 94.8 and cell[("visa", "chewinggum", "pixel_aupro")] == 83.2
+    sweep(tmp_path, [run("uninet", "tile", image_auroc=0.98, pixel_auroc=0.96, pixel_aupro=0.90)])
+    assert adkd(["report", str(tmp_path), "--paper", "uninet"]) == 0
+    md = (tmp_path / "paper_uninet.md").read_text()
+    rows = table_rows(md.split("Dataset: visa")[0])
+    assert list(rows)[1:3] == ["carpet", "bottle"]  # the log's row order
+    assert rows["tile"] == ["98.0 / 99.2 (-1.2)", "96.0 / 97.5 (-1.5)", "90.0 / 91.0 (-1.0)"]
+    assert rows["mean (printed)"] == ["99.9", "98.8", "96.1"]
+    assert "BEST_P_PRO" in md and "Dataset: btad" in md

@@ -48,6 +48,16 @@ NOTES = {  # what a reader must know to read a paper's numbers beside ours
     "DRAEM and PatchCore columns are the authors' official models re-evaluated by the DeSTSeg authors, masks "
     "resized to 256 px; its methods that adkd does not have (US, CutPaste, DSR) are left out. Image AUROC: table "
     "1's means only (the per-category table is in the supplementary material, not read here).",
+    "uninet": "Not the paper's tables: the official repository's logs (saved_results/<dataset>/log.txt, the "
+    "separate-class table: one model per class), its released checkpoints tested again after the code was "
+    "reorganised; its saved_results README says they differ slightly from the paper's. Those checkpoints are chosen "
+    "on the test set: the official training scores the test set every 10 epochs, keeps the checkpoint with the best "
+    "test AU-PRO (BEST_P_PRO) and stops early when test AU-PRO stops rising, so each number is the best of training, "
+    "not a last epoch's as adkd's are. Its code rounds each cell to 0.1 (VisA's printed means too). The paper's "
+    "per-category one-class tables were not read; its one-class means, as the README's figure shows them (I-AUROC / "
+    "P-AUROC / PRO): MVTec AD 99.90 / 98.81 / 96.00 (the log's: 99.89 / 98.82 / 96.06), BTAD 97.73 / 97.70 / no PRO "
+    "(the log's: 97.93 / 97.67 / 80.17); no one-class VisA number is printed there. Its multi-class tables (one "
+    "model for all classes: the logs' other table, the README's last figure) are left out.",
     **dict.fromkeys(("rd4ad", "rdpp"), "Means only: the paper's per-category tables could not be read here."),
 }
 
