@@ -89,6 +89,7 @@ def imagenet_normalized(images: torch.Tensor) -> torch.Tensor:
 
 TIMM = {  # adkd backbone -> anomalib's timm name, and adkd's stage numbers as timm's layer names
     "resnet18": ("resnet18", {1: "layer1", 2: "layer2", 3: "layer3"}),
+    "resnet50": ("resnet50", {1: "layer1", 2: "layer2", 3: "layer3"}),
     "wide_resnet50_2": ("wide_resnet50_2", {1: "layer1", 2: "layer2", 3: "layer3"}),
     "mobilenet_v2": ("mobilenetv2_100", {1: "blocks.1", 2: "blocks.2", 3: "blocks.4"}),
 }
@@ -467,6 +468,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--limit-train",
+        type=int,
+        default=None,
+        help="train both sides on N training images spread over the split (dataset.limit_train)",
+    )
     parser.add_argument("--adkd-only", action="store_true", help="train adkd's side only (anomalib's measured before)")
     parser.add_argument("--anomalib-only", action="store_true", help="train anomalib's side only")
     parser.add_argument(
@@ -536,6 +543,8 @@ def main() -> None:
     ours, theirs = {k: [] for k in keys}, {k: [] for k in keys}
     box = []  # draem: anomalib's map under the official 21x21 image score
     under = []  # efficientad: anomalib's trained networks under adkd's map (image, pixel AUROC)
+    if args.keep_runs:
+        os.makedirs(args.keep_runs, exist_ok=True)
     kept = contextlib.nullcontext(args.keep_runs) if args.keep_runs else tempfile.TemporaryDirectory()
     with kept as tmp:
         for seed in args.seeds:
@@ -562,6 +571,7 @@ def main() -> None:
                 "logger=none",
                 f"method={args.method}",
                 "num_figures=0",
+                *([f"dataset.limit_train={args.limit_train}"] if args.limit_train else []),
             ]
             if args.method == "efficientad":  # no backbone; the teacher file, the steps at batch 1
                 overrides = [o for o in overrides if not o.startswith("backbone.weights=")]
