@@ -1,8 +1,9 @@
 """Peer check: an adkd method against anomalib's implementation of it, on the same data.
 
 Pairs (--method): rd4ad vs ReverseDistillation, stfpm vs Stfpm, patchcore vs Patchcore, uninet vs
-UniNet (WRN-50-2 or ResNet-50: anomalib's bottleneck fits their widths only), efficientad vs
-EfficientAd and draem vs Draem (both below).
+UniNet (WRN-50-2 or ResNet-50: anomalib's bottleneck fits their widths only; adkd's target teacher
+trains its BatchNorm, as the official code's does), efficientad vs EfficientAd and draem vs Draem
+(both below).
 Same data (adkd's datamodule), backbone, image size, batch size and epochs for both; each
 project's own network, loss, optimizer recipe, anomaly-map smoothing, image score and input
 normalisation (adkd's inside its backbone, anomalib's from its pre-processor: ImageNet's); one
@@ -573,6 +574,8 @@ def main() -> None:
                 "num_figures=0",
                 *([f"dataset.limit_train={args.limit_train}"] if args.limit_train else []),
             ]
+            if args.method == "uninet":  # the official code's: the target teacher's BatchNorm trains
+                overrides.append("method.network.target_batch_statistics=true")
             if args.method == "efficientad":  # no backbone; the teacher file, the steps at batch 1
                 overrides = [o for o in overrides if not o.startswith("backbone.weights=")]
                 overrides += [
