@@ -310,6 +310,14 @@ def test_budget_decides_epochs_batch_and_rate_with_visible_precedence(tmp_path):
     assert knobs("method=rd4ad", "dataset=elpv") == (None, 200, 16, 0.005, False)
     paper = knobs("method=adps", "dataset=textures", "experiment=adps_paper")
     assert paper == (300, None, 32, 1e-4, False)  # no mixing
+    uninet = compose(["dataset=textures", "experiment=uninet_paper"], tmp_path)
+    assert (uninet.max_epochs, uninet.batch_size, uninet.image_size, uninet.backbone.name) == (
+        100,
+        8,
+        256,
+        "wide_resnet50_2",
+    )
+    assert uninet.method.network.target_batch_statistics is True  # the official code's
     assert knobs("method=dhkd", "dataset=textures", "budget=converged") == (100, None, 8, 1e-3, True)
     assert knobs("method=adps", "dataset=elpv", "batch_size=4", "lr=0.01")[2:4] == (4, 0.01)  # command line wins
 
