@@ -96,6 +96,32 @@ TIMM = {  # adkd backbone -> anomalib's timm name, and adkd's stage numbers as t
 }
 
 
+def set_teacher_statistics(weights: str, backbone: str, cfg) -> None:  # noqa: ANN001
+    """Give a random teacher's BatchNorm the running statistics of the training images (ImageNet-
+    normalised, as both sides feed them), as a pretrained teacher holds its data's statistics.
+    Left at their initial values (mean 0, variance 1) they normalise nothing in eval mode, and a
+    random ResNet-50's layer-3 features grow about 10x over training mode's: a frozen teacher in
+    eval mode (adkd's, the official code's) and one back in training mode (anomalib's UniNet) then
+    see different networks, which a pretrained teacher would not show."""
+    import torchvision
+    from hydra.utils import instantiate
+
+    net = getattr(torchvision.models, backbone)(weights=None)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over every batch
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    net.train()
+    with torch.no_grad():
+        for batch in datamodule.train_dataloader():
+            net(imagenet_normalized(batch["image"]))
+    torch.save(net.state_dict(), weights)
+
+
 def _load_teacher(extractor, weights: str) -> None:  # noqa: ANN001
     """A torchvision state dict into anomalib's timm feature extractor: by name for a ResNet (the
     same key names), in order for MobileNetV2 (the same tensors, named otherwise by timm)."""
@@ -470,6 +496,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument(
+        "--teacher-statistics",
+        action="store_true",
+        help="a random ResNet teacher gets its BatchNorm running statistics from the training images "
+        "before both sides load it (as a pretrained one holds its data's)",
+    )
+    parser.add_argument(
         "--limit-train",
         type=int,
         default=None,
@@ -594,6 +626,8 @@ def main() -> None:
                     f"synthesis.source={args.anomaly_source}",
                 ]
             cfg = compose(overrides, f"{tmp}/run_{seed}")
+            if args.teacher_statistics and args.weights is None and args.backbone != "mobilenet_v2":
+                set_teacher_statistics(weights, args.backbone, cfg)
             if not args.anomalib_only:
                 a = run(cfg)["metrics"]
             if args.adkd_only or args.anomalib_only:  # one side: its numbers, no comparison
@@ -620,6 +654,8 @@ def main() -> None:
             print(f"seed {seed}: {shown}", flush=True)
 
     teacher = args.weights or ("ImageNet (shared)" if args.backbone == "mobilenet_v2" else "random (seeded, shared)")
+    if args.teacher_statistics and not args.weights and args.backbone != "mobilenet_v2":
+        teacher += ", BatchNorm statistics from the training images"
     network = (
         f"from scratch at widths {args.draem_widths}, anomalies from {args.anomaly_source}"
         if args.method == "draem"
