@@ -89,3 +89,39 @@ def test_same_init_gives_anomalib_the_student_adkd_starts_from(peer, method, bac
     after = students()
     assert [a.shape for a in after] == [e.shape for e in expected]
     assert max((a - b).abs().max().item() for a, b in zip(expected, after, strict=True)) < 1e-4
+
+
+def test_teacher_statistics_make_a_random_teacher_normalise_in_eval_mode(peer, tiny_mvtec, tmp_path) -> None:  # noqa: ANN001
+    """``--teacher-statistics``: the running statistics become the training images' own, so the frozen
+    teacher in eval mode (adkd's) computes what it computes in training mode on those images
+    (anomalib's UniNet teacher), where the initial statistics put layer 3 off by a factor of several."""
+    import torchvision
+    from hydra.utils import instantiate
+
+    from adkd.training.config import compose
+
+    cfg = compose(tiny_overrides(tiny_mvtec, "method=rd4ad", "batch_size=64"), tmp_path / "run")
+    torch.manual_seed(0)
+    weights = str(tmp_path / "teacher.pth")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    (batch,) = list(datamodule.train_dataloader())  # every training image in one batch
+    images = peer.imagenet_normalized(batch["image"])
+
+    def layer3(train: bool) -> torch.Tensor:
+        net = torchvision.models.resnet18(weights=None)
+        net.load_state_dict(torch.load(weights, weights_only=True))
+        net.train(train)
+        body = torch.nn.Sequential(*list(net.children())[:7])  # conv1 ... layer3
+        with torch.no_grad():
+            return body(images)
+
+    before = layer3(train=False).std() / layer3(train=True).std()
+    peer.set_teacher_statistics(weights, "resnet18", cfg)
+    assert not 0.5 < before < 2  # the initial statistics normalise nothing (ResNet-18: 0.35x)
+    after, batch_statistics = layer3(train=False), layer3(train=True)
+    # equal up to the running variance's unbiased estimate (few values a channel at layer 3, 32 px)
+    assert 0.95 < after.std() / batch_statistics.std() < 1.05
+    assert (after - batch_statistics).abs().mean() < 0.1 * batch_statistics.abs().mean()
