@@ -100,25 +100,20 @@ def set_teacher_statistics(weights: str, backbone: str, cfg) -> None:  # noqa: A
     """Give a random teacher's BatchNorm the running statistics of the training images (ImageNet-
     normalised, as both sides feed them), as a pretrained teacher holds its data's statistics.
     Left at their initial values (mean 0, variance 1) they normalise nothing in eval mode, and a
-    random ResNet-50's layer-3 features grow about 10x over training mode's: a frozen teacher in
-    eval mode (adkd's, the official code's) and one back in training mode (anomalib's UniNet) then
-    see different networks, which a pretrained teacher would not show."""
+    random ResNet-50's layer-3 features come out about 8x larger than in training mode: a frozen
+    teacher in eval mode (adkd's, the official code's) and one back in training mode (anomalib's
+    UniNet) then see different networks, which a pretrained teacher would not show."""
     import torchvision
     from hydra.utils import instantiate
+    from torch.optim.swa_utils import update_bn
 
     net = getattr(torchvision.models, backbone)(weights=None)
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over every batch
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    net.train()
-    with torch.no_grad():
-        for batch in datamodule.train_dataloader():
-            net(imagenet_normalized(batch["image"]))
+    # torch's own: running statistics reset, then a cumulative average over every batch in train mode
+    update_bn((imagenet_normalized(batch["image"]) for batch in datamodule.train_dataloader()), net)
     torch.save(net.state_dict(), weights)
 
 
@@ -578,6 +573,8 @@ def main() -> None:
     under = []  # efficientad: anomalib's trained networks under adkd's map (image, pixel AUROC)
     if args.keep_runs:
         os.makedirs(args.keep_runs, exist_ok=True)
+    # --teacher-statistics applies to a random ResNet teacher only (given or ImageNet weights hold theirs)
+    calibrate = args.teacher_statistics and not args.weights and args.backbone != "mobilenet_v2"
     kept = contextlib.nullcontext(args.keep_runs) if args.keep_runs else tempfile.TemporaryDirectory()
     with kept as tmp:
         for seed in args.seeds:
@@ -626,7 +623,7 @@ def main() -> None:
                     f"synthesis.source={args.anomaly_source}",
                 ]
             cfg = compose(overrides, f"{tmp}/run_{seed}")
-            if args.teacher_statistics and args.weights is None and args.backbone != "mobilenet_v2":
+            if calibrate:
                 set_teacher_statistics(weights, args.backbone, cfg)
             if not args.anomalib_only:
                 a = run(cfg)["metrics"]
@@ -654,7 +651,7 @@ def main() -> None:
             print(f"seed {seed}: {shown}", flush=True)
 
     teacher = args.weights or ("ImageNet (shared)" if args.backbone == "mobilenet_v2" else "random (seeded, shared)")
-    if args.teacher_statistics and not args.weights and args.backbone != "mobilenet_v2":
+    if calibrate:
         teacher += ", BatchNorm statistics from the training images"
     network = (
         f"from scratch at widths {args.draem_widths}, anomalies from {args.anomaly_source}"
