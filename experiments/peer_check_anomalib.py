@@ -170,11 +170,15 @@ def anomalib_stfpm(backbone: str, image_size: int, weights: str, official: bool 
     return model, optimizer, lambda images: scale(images) * loss(*model(images))
 
 
-def anomalib_uninet(backbone: str, image_size: int, weights: str):  # noqa: ANN201
+def anomalib_uninet(backbone: str, image_size: int, weights: str, official: bool = False):  # noqa: ANN201
     """anomalib's UniNet with its Lightning module's recipe (AdamW lr 5e-3, amsgrad, eps 1e-10, the
     target teacher at 1e-6, x0.2 at 80% of the epochs; temperature 0.1) and its training step: the
     loss is given the batch's masks (all normal here) and labels, so its classification head's
-    BCE is added. Both teachers get ``weights`` (anomalib would download torchvision's)."""
+    BCE is added. Both teachers get ``weights`` (anomalib would download torchvision's).
+
+    ``official``: anomalib's network under the official recipe instead: temperature 2, no
+    classification loss, plain AdamW (eps 1e-8, no amsgrad, no schedule: see ``train_anomalib``),
+    feature selection's theta left at 1 (untrained), the source teacher in eval mode at every step."""
     import torchvision
     from anomalib.models.image.uninet import torch_model as uninet
     from anomalib.models.image.uninet.components import UniNetLoss
@@ -191,7 +195,7 @@ def anomalib_uninet(backbone: str, image_size: int, weights: str):  # noqa: ANN2
 
     uninet.Teachers._get_teacher = staticmethod(offline)
     try:
-        model = uninet.UniNetModel(backbone, backbone, UniNetLoss(temperature=0.1))
+        model = uninet.UniNetModel(backbone, backbone, UniNetLoss(temperature=2.0 if official else 0.1))
     finally:
         uninet.Teachers._get_teacher = original
     model.teachers.source_teacher.eval()
@@ -199,18 +203,20 @@ def anomalib_uninet(backbone: str, image_size: int, weights: str):  # noqa: ANN2
         [
             {"params": model.student.parameters()},
             {"params": model.bottleneck.parameters()},
-            {"params": model.dfs.parameters()},
+            *([] if official else [{"params": model.dfs.parameters()}]),
             {"params": model.teachers.target_teacher.parameters(), "lr": 1e-6},
         ],
         lr=5e-3,
         betas=(0.9, 0.999),
         weight_decay=1e-5,
-        eps=1e-10,
-        amsgrad=True,
+        **({} if official else {"eps": 1e-10, "amsgrad": True}),
     )
 
     def loss_of(images: torch.Tensor) -> torch.Tensor:
         normal = torch.zeros(len(images), *images.shape[-2:])
+        if official:  # the frozen teacher as the official code keeps it; no labels: no BCE
+            model.teachers.source_teacher.eval()
+            return model(images, masks=normal)
         return model(images, masks=normal, labels=torch.zeros(len(images)))
 
     return model, optimizer, loss_of
@@ -452,7 +458,7 @@ def train_anomalib(
         start_from_adkd(method, init, model)
     loader = dm.train_dataloader()
     schedule = None
-    if method == "uninet":  # anomalib's UniNet: x0.2 at 80% of the epochs, stepped once an epoch
+    if method == "uninet" and not official:  # anomalib's UniNet: x0.2 at 80% of the epochs, stepped once an epoch
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(epochs * 0.8)], gamma=0.2)
     for epoch in range(1 if optimizer is None else epochs):
         model.train()
@@ -513,7 +519,9 @@ def main() -> None:
     )
     official = (
         "stfpm: anomalib's Stfpm with the official code's loss scale and weight decay; draem: anomalib's "
-        "Draem with the official focal loss (both classes weighted 1)"
+        "Draem with the official focal loss (both classes weighted 1); uninet: anomalib's UniNet network "
+        "under the official recipe (temperature 2, no classification loss, plain AdamW without a "
+        "schedule, theta untrained, the source teacher in eval mode)"
     )
     parser.add_argument("--anomalib-official", action="store_true", help=official)
     parser.add_argument(

@@ -125,3 +125,29 @@ def test_teacher_statistics_make_a_random_teacher_normalise_in_eval_mode(peer, t
     # equal up to the running variance's unbiased estimate (few values a channel at layer 3, 32 px)
     assert 0.95 < after.std() / batch_statistics.std() < 1.05
     assert (after - batch_statistics).abs().mean() < 0.1 * batch_statistics.abs().mean()
+
+
+def test_anomalib_uninet_under_the_official_recipe(peer, tmp_path) -> None:  # noqa: ANN001
+    """``--anomalib-official`` for UniNet: anomalib's network trained as the official code trains it
+    (temperature 2, plain AdamW, theta untrained, no classification loss, the source teacher in eval
+    mode at every step), against anomalib's own recipe."""
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = str(tmp_path / "teacher.pth")
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)
+    images = torch.rand(2, 3, 32, 32)
+    for official in (False, True):
+        model, optimizer, loss_of = peer.anomalib_uninet("resnet50", 32, weights, official=official)
+        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        theta = {id(p) for p in model.dfs.parameters()}
+        assert model.loss.temperature == (2.0 if official else 0.1)
+        assert all(group["amsgrad"] is not official for group in optimizer.param_groups)
+        assert theta and theta.isdisjoint(trained) is official
+        model.train()
+        with torch.no_grad():
+            loss_of(images)
+            with_labels = model(images, masks=torch.zeros(2, 32, 32), labels=torch.zeros(2))
+            without = model(images, masks=torch.zeros(2, 32, 32))
+        assert model.teachers.source_teacher.training is not official
+        assert (with_labels - without).item() > 0.1  # the classification loss anomalib's recipe adds
