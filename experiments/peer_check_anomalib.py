@@ -2,8 +2,10 @@
 
 Pairs (--method): rd4ad vs ReverseDistillation, stfpm vs Stfpm, patchcore vs Patchcore, uninet vs
 UniNet (WRN-50-2 or ResNet-50: anomalib's bottleneck fits their widths only; adkd's target teacher
-trains its BatchNorm, as the official code's does), efficientad vs EfficientAd and draem vs Draem
-(both below).
+trains its BatchNorm, as the official code's does; adkd's trained networks are also scored by
+anomalib's image score, ``image_auroc_anomalib_score``; ``--anomalib-official`` trains anomalib's
+network under the official recipe, ``--uninet-departure`` then puts back one of anomalib's
+departures), efficientad vs EfficientAd and draem vs Draem (both below).
 Same data (adkd's datamodule), backbone, image size, batch size and epochs for both; each
 project's own network, loss, optimizer recipe, anomaly-map smoothing, image score and input
 normalisation (adkd's inside its backbone, anomalib's from its pre-processor: ImageNet's); one
@@ -75,6 +77,7 @@ import contextlib
 import os
 import statistics
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -170,7 +173,9 @@ def anomalib_stfpm(backbone: str, image_size: int, weights: str, official: bool 
     return model, optimizer, lambda images: scale(images) * loss(*model(images))
 
 
-def anomalib_uninet(backbone: str, image_size: int, weights: str, official: bool = False):  # noqa: ANN201
+def anomalib_uninet(  # noqa: ANN201
+    backbone: str, image_size: int, weights: str, official: bool = False, departure: str | None = None
+):
     """anomalib's UniNet with its Lightning module's recipe (AdamW lr 5e-3, amsgrad, eps 1e-10, the
     target teacher at 1e-6, x0.2 at 80% of the epochs; temperature 0.1) and its training step: the
     loss is given the batch's masks (all normal here) and labels, so its classification head's
@@ -178,7 +183,10 @@ def anomalib_uninet(backbone: str, image_size: int, weights: str, official: bool
 
     ``official``: anomalib's network under the official recipe instead: temperature 2, no
     classification loss, plain AdamW (eps 1e-8, no amsgrad, no schedule: see ``train_anomalib``),
-    feature selection's theta left at 1 (untrained), the source teacher in eval mode at every step."""
+    feature selection's theta left at 1 (untrained), the source teacher in eval mode at every step;
+    ``departure`` keeps one of anomalib's: ``classification-loss`` (the BCE on its head) or
+    ``teacher-training-mode`` (the source teacher left in training mode, as Lightning's ``train()``
+    leaves it)."""
     import torchvision
     from anomalib.models.image.uninet import torch_model as uninet
     from anomalib.models.image.uninet.components import UniNetLoss
@@ -215,8 +223,10 @@ def anomalib_uninet(backbone: str, image_size: int, weights: str, official: bool
     def loss_of(images: torch.Tensor) -> torch.Tensor:
         normal = torch.zeros(len(images), *images.shape[-2:])
         if official:  # the frozen teacher as the official code keeps it; no labels: no BCE
-            model.teachers.source_teacher.eval()
-            return model(images, masks=normal)
+            if departure != "teacher-training-mode":
+                model.teachers.source_teacher.eval()
+            labels = torch.zeros(len(images)) if departure == "classification-loss" else None
+            return model(images, masks=normal, labels=labels)
         return model(images, masks=normal, labels=torch.zeros(len(images)))
 
     return model, optimizer, loss_of
@@ -353,6 +363,33 @@ def efficientad_under_adkd_map(model, size: str, dm) -> dict:  # noqa: ANN001
     return metrics.compute()
 
 
+@torch.no_grad()
+def uninet_under_anomalib_score(run_dir: str) -> float:
+    """adkd's trained UniNet (the run's checkpoint) scored by anomalib's image score, its
+    ``weighted_decision_mechanism`` on adkd's six pair maps: the maximum of the summed map after a
+    5 x 5 blur, where adkd's is the official weighted decision. Against adkd's own image AUROC this
+    isolates the score; against anomalib's, the training."""
+    from anomalib.models.image.uninet.components import weighted_decision_mechanism
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from adkd.deploy.checkpoints import load_model
+    from adkd.methods.components.maps import cosine_distance
+    from adkd.metrics import AnomalyMetrics
+
+    model, config = load_model(Path(run_dir))
+    dm = instantiate(OmegaConf.create(config["dataset"]))
+    dm.prepare_data()
+    dm.setup("test")
+    metrics = AnomalyMetrics(pixel=False)
+    for batch in dm.test_dataloader():
+        teachers, students = model.network(batch["image"])
+        maps = [cosine_distance(t, s)[:, 0] for t, s in zip(teachers, students, strict=True)]
+        scores, _ = weighted_decision_mechanism(len(maps[0]), maps, 0.01, 3e-5, batch["image"].shape[-2:])
+        metrics.update(scores.flatten(), batch["gt_label"])
+    return float(metrics.compute()["image_auroc"])
+
+
 def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -445,14 +482,20 @@ def train_anomalib(
     seed: int,  # noqa: ANN001
     official: bool = False,
     init: dict | None = None,
+    departure: str | None = None,
 ) -> dict:
     """anomalib's network, loss and optimiser on adkd's data, epoch by epoch in adkd's orders;
-    ``init``: adkd's initial network (``--same-init``), copied into anomalib's before training."""
+    ``init``: adkd's initial network (``--same-init``), copied into anomalib's before training;
+    ``departure``: UniNet under the official recipe but for one of anomalib's departures."""
     from adkd.metrics import AnomalyMetrics
 
     torch.manual_seed(seed)
     model, optimizer, loss_of = ANOMALIB[method](
-        backbone, image_size, weights, **({"official": True} if official else {})
+        backbone,
+        image_size,
+        weights,
+        **({"official": True} if official else {}),
+        **({"departure": departure} if departure else {}),
     )
     if init is not None:
         start_from_adkd(method, init, model)
@@ -525,6 +568,13 @@ def main() -> None:
     )
     parser.add_argument("--anomalib-official", action="store_true", help=official)
     parser.add_argument(
+        "--uninet-departure",
+        choices=("classification-loss", "teacher-training-mode"),
+        default=None,
+        help="uninet, with --anomalib-official: keep this one of anomalib's departures from the official "
+        "recipe (its classification loss, or its source teacher left in training mode)",
+    )
+    parser.add_argument(
         "--draem-official-training",
         action="store_true",
         help="draem: anomalib's Draem also starts from the official initial weights and steps its "
@@ -561,6 +611,8 @@ def main() -> None:
         parser.error("--same-init: rd4ad and stfpm only")
     if args.draem_official_training and args.method != "draem":
         parser.error("--draem-official-training: draem only")
+    if args.uninet_departure and not (args.method == "uninet" and args.anomalib_official):
+        parser.error("--uninet-departure: uninet with --anomalib-official only")
     if args.keep_runs and os.path.exists(args.keep_runs) and not os.path.isdir(args.keep_runs):
         parser.error(f"--keep-runs {args.keep_runs}: a file, not a folder; name a folder (it is created if missing)")
     if args.method == "efficientad" and args.penalty_images == "none":
@@ -579,6 +631,7 @@ def main() -> None:
     ours, theirs = {k: [] for k in keys}, {k: [] for k in keys}
     box = []  # draem: anomalib's map under the official 21x21 image score
     under = []  # efficientad: anomalib's trained networks under adkd's map (image, pixel AUROC)
+    rescored = []  # uninet: adkd's trained networks under anomalib's image score (image AUROC)
     if args.keep_runs:
         os.makedirs(args.keep_runs, exist_ok=True)
     # --teacher-statistics applies to a random ResNet teacher only (given or ImageNet weights hold theirs)
@@ -635,9 +688,17 @@ def main() -> None:
                 set_teacher_statistics(weights, args.backbone, cfg)
             if not args.anomalib_only:
                 a = run(cfg)["metrics"]
+                if args.method == "uninet":
+                    a["image_auroc_anomalib_score"] = uninet_under_anomalib_score(f"{tmp}/run_{seed}")
+                    rescored.append(a["image_auroc_anomalib_score"])
             if args.adkd_only or args.anomalib_only:  # one side: its numbers, no comparison
                 side, m = ("adkd", a) if args.adkd_only else ("anomalib", _anomalib(args, cfg, weights, seed))
-                extra = ("image_auroc_box21", "image_auroc_adkd_map", "pixel_auroc_adkd_map")
+                extra = (
+                    "image_auroc_box21",
+                    "image_auroc_adkd_map",
+                    "pixel_auroc_adkd_map",
+                    "image_auroc_anomalib_score",
+                )
                 shown = [k for k in (*keys, *extra) if m.get(k) is not None]
                 print(f"seed {seed}: " + "; ".join(f"{k} {side} {m[k]:.4f}" for k in shown), flush=True)
                 continue
@@ -647,6 +708,8 @@ def main() -> None:
                     ours[k].append(a[k])
                     theirs[k].append(b[k])
             shown = "; ".join(f"{k} adkd {a[k]:.4f} anomalib {b[k]:.4f}" for k in keys if k in b)
+            if rescored:
+                shown += f"; adkd's networks under anomalib's image score: image_auroc {rescored[-1]:.4f}"
             if "image_auroc_box21" in b:
                 box.append(b["image_auroc_box21"])
                 shown += f"; anomalib's map under the official 21x21 score: image_auroc {box[-1]:.4f}"
@@ -678,6 +741,8 @@ def main() -> None:
         print(f"{k:<14}{_mean_spread(x):>16}{_mean_spread(y):>16}{statistics.mean(x) - statistics.mean(y):>+8.4f}")
     if box:
         print(f"image_auroc of anomalib's map under the official 21x21 score: {_mean_spread(box)}")
+    if rescored:
+        print(f"image_auroc of adkd's networks under anomalib's image score: {_mean_spread(rescored)}")
     if under:
         print(
             f"anomalib's networks under adkd's map: image_auroc {_mean_spread([u[0] for u in under])}, "
@@ -717,7 +782,16 @@ def _anomalib(args: argparse.Namespace, cfg, weights: str, seed: int) -> dict:  
         L.seed_everything(seed)
         init = instantiate(cfg.method, _convert_="all").network.state_dict()
     return train_anomalib(
-        args.method, dm, args.backbone, args.image_size, args.epochs, weights, seed, args.anomalib_official, init
+        args.method,
+        dm,
+        args.backbone,
+        args.image_size,
+        args.epochs,
+        weights,
+        seed,
+        args.anomalib_official,
+        init,
+        args.uninet_departure,
     )
 
 

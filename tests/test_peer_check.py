@@ -151,3 +151,16 @@ def test_anomalib_uninet_under_the_official_recipe(peer, tmp_path) -> None:  # n
             without = model(images, masks=torch.zeros(2, 32, 32))
         assert model.teachers.source_teacher.training is not official
         assert (with_labels - without).item() > 0.1  # the classification loss anomalib's recipe adds
+    # --uninet-departure: the official recipe but for one of anomalib's departures
+    model, _, loss_of = peer.anomalib_uninet("resnet50", 32, weights, official=True, departure="teacher-training-mode")
+    model.train()
+    with torch.no_grad():
+        loss_of(images)
+    assert model.teachers.source_teacher.training
+    model, _, loss_of = peer.anomalib_uninet("resnet50", 32, weights, official=True, departure="classification-loss")
+    model.train()
+    with torch.no_grad():
+        with_bce = loss_of(images)
+        without = model(images, masks=torch.zeros(2, 32, 32))
+    assert not model.teachers.source_teacher.training
+    assert (with_bce - without).item() > 0.1
