@@ -615,6 +615,15 @@ def main() -> None:
         parser.error("--uninet-departure: uninet with --anomalib-official only")
     if args.keep_runs and os.path.exists(args.keep_runs) and not os.path.isdir(args.keep_runs):
         parser.error(f"--keep-runs {args.keep_runs}: a file, not a folder; name a folder (it is created if missing)")
+    if args.weights and args.method not in ("efficientad", "draem"):  # read now: not after adkd's side has trained
+        from adkd.backbones.registry import BACKBONES
+        from adkd.backbones.weights import resolve_state_dict
+        from adkd.errors import BackboneWeightsError
+
+        try:
+            resolve_state_dict(args.backbone, BACKBONES[args.backbone], args.weights)
+        except BackboneWeightsError as err:
+            parser.error(f"--weights: {err}")
     if args.method == "efficientad" and args.penalty_images == "none":
         parser.error("--penalty-images none: anomalib's EfficientAd always takes penalty images")
 

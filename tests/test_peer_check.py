@@ -164,3 +164,14 @@ def test_anomalib_uninet_under_the_official_recipe(peer, tmp_path) -> None:  # n
         without = model(images, masks=torch.zeros(2, 32, 32))
     assert not model.teachers.source_teacher.training
     assert (with_bce - without).item() > 0.1
+
+
+def test_a_bad_teacher_file_is_refused_before_anything_trains(peer, tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """``--weights`` is read before adkd's side trains: a bad file ends the check at once, in one
+    line that names it, not in a pickle traceback after the first side's run."""
+    bad = tmp_path / "teacher.pth"
+    bad.write_text("not a checkpoint")
+    monkeypatch.setattr(sys, "argv", ["peer_check_anomalib.py", "--method", "rd4ad", "--weights", str(bad)])
+    with pytest.raises(SystemExit):
+        peer.main()
+    assert f"--weights: Cannot read backbone weights {bad}: it is not a torch file" in capsys.readouterr().err
