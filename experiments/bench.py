@@ -152,8 +152,8 @@ def interleaved_medians(models: dict, images: torch.Tensor, rounds: int, amp: bo
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def build(args: argparse.Namespace) -> dict:
-    """Every registered method (random weights: speed only) as its yaml builds it."""
+def build(args: argparse.Namespace, folder: Path) -> dict:
+    """Every registered method (random weights: speed only) as its yaml builds it; exported graphs go to `folder`."""
     models = {}
     examples = torch.rand(8, 3, args.image_size, args.image_size)
     for name in args.methods:
@@ -166,7 +166,6 @@ def build(args: argparse.Namespace) -> dict:
             anomaly_map, score = model.predict_maps(examples.to(args.device))
         model.post.calibrate(score.cpu(), anomaly_map.cpu(), 0.01)
         models[name] = model
-    folder = Path(tempfile.mkdtemp(prefix="adkd-bench-"))
     if args.onnx:
         for name in args.methods:
             path = folder / f"{name}.onnx"
@@ -245,7 +244,12 @@ def main() -> None:
     args.methods = list(dict.fromkeys([BASELINE, *args.methods]))
     args.openvino = args.openvino and args.device == "cpu" and args.onnx
     torch.backends.cudnn.benchmark = True
-    models = build(args)
+    with tempfile.TemporaryDirectory(prefix="adkd-bench-") as folder:  # the exported graphs (~250 MB), removed after
+        report(args, build(args, Path(folder)))
+
+
+def report(args: argparse.Namespace, models: dict) -> None:
+    """Every engine timed in interleaved rounds, printed with its ratio to the baseline."""
     cpu = f"cpu, {torch.get_num_threads()} threads"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
     print(f"{args.backbone}, {args.image_size} px, {device}; ms/image, median of {args.rounds} interleaved rounds")
