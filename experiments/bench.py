@@ -292,4 +292,9 @@ def report(args: argparse.Namespace, models: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # timings are all or nothing: nothing to resume
+        raise SystemExit(
+            "\nInterrupted: the bench keeps no partial timings; its exported graphs were removed."
+        ) from None
