@@ -615,7 +615,9 @@ def main() -> None:
         parser.error("--uninet-departure: uninet with --anomalib-official only")
     if args.keep_runs and os.path.exists(args.keep_runs) and not os.path.isdir(args.keep_runs):
         parser.error(f"--keep-runs {args.keep_runs}: a file, not a folder; name a folder (it is created if missing)")
-    if args.weights and args.method not in ("efficientad", "draem"):  # read now: not after adkd's side has trained
+    # A backbone file is read now, not after adkd's side has trained. EfficientAD's --weights is its
+    # teacher PDN, which adkd's run reads before its first step; DRAEM has no backbone.
+    if args.weights and args.method not in ("efficientad", "draem"):
         from adkd.backbones.registry import BACKBONES
         from adkd.backbones.weights import resolve_state_dict
         from adkd.errors import BackboneWeightsError
